@@ -1,0 +1,357 @@
+"""The checkpoint format, read and written here only.
+
+A gptkit checkpoint is a directory that is also a Hugging Face GPT-2 model directory:
+    config.json         transformers' GPT2Config
+    model.safetensors   GPT2LMHeadModel's tensors (Conv1D weights stored (in, out), lm_head tied to wte)
+    gptkit.json         how it was made (steps, tokens, losses, data, date, version); optional
+Other files (a training run's state) may sit beside them. Every file is written atomically: to a temporary
+file in the same directory, then renamed over the old one.
+
+torch is imported inside the functions that need it, so that `gptkit inspect` can read headers without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gptkit import __version__
+from gptkit.errors import GptkitError
+
+if TYPE_CHECKING:
+    import torch
+
+    from gptkit.model import GPT, GPTConfig
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+METADATA_FILE = "gptkit.json"
+
+# Hugging Face's GPT-2 uses Conv1D layers, whose weights are the transpose of nn.Linear's.
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# Causal-mask buffers some repos (openai-community/gpt2) store alongside the weights.
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+SUPPORTED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+EOT_TOKEN = 50256  # <|endoftext|>, GPT-2's bos and eos
+
+
+# --- atomic writes -------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside `path`; once the block succeeds, rename it over `path` (else delete it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: dict):
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
+    """Write a safetensors file atomically (tensors made contiguous and unshared)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
+
+
+def load_tensors(path: Path, device="cpu") -> dict[str, torch.Tensor]:
+    """Read a safetensors file, with a clear error for anything that is not one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    read_safetensors_header(path)  # clear messages for truncated or foreign files
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise GptkitError(f"cannot read {path}: {e}") from None
+
+
+# --- safetensors header (no torch) ---------------------------------------------------------------------------------
+
+
+def read_safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file, checked against the file's size. Needs no torch."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise GptkitError(f"{path} is not a safetensors file (only {size} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, MAX_HEADER_BYTES):
+                raise GptkitError(f"{path} is not a safetensors file (or its header is truncated)")
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise GptkitError(f"{path} does not exist") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise GptkitError(f"{path} is not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise GptkitError(f"{path} is not a safetensors file (its header is not a JSON object)")
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+            raise GptkitError(f"{path} is not a valid safetensors file (bad entry for tensor '{name}')")
+        end = max(end, info["data_offsets"][1])
+    if 8 + n + end > size:
+        raise GptkitError(f"{path} is truncated: {size} bytes, but its header describes {8 + n + end}")
+    return header
+
+
+# --- locating checkpoints ------------------------------------------------------------------------------------------
+
+
+def resolve(path: str | Path) -> tuple[Path, Path | None]:
+    """(weights file, config file or None) for a checkpoint directory or a bare .safetensors file."""
+    path = Path(path)
+    if path.is_dir():
+        weights = path / WEIGHTS_FILE
+        if not weights.is_file():
+            if (path / "pytorch_model.bin").is_file():
+                raise GptkitError(f"{path} holds pytorch_model.bin, not {WEIGHTS_FILE}: convert it with gptkit download")
+            raise GptkitError(f"{path} is not a checkpoint: it has no {WEIGHTS_FILE}")
+        config = path / CONFIG_FILE
+        return weights, config if config.is_file() else None
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise GptkitError(f"{path} is not a checkpoint: give a checkpoint directory or a .safetensors file")
+        config = path.parent / CONFIG_FILE
+        return path, config if config.is_file() else None
+    raise GptkitError(f"checkpoint {path} does not exist")
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / WEIGHTS_FILE).is_file() and (path / CONFIG_FILE).is_file()
+
+
+def find_latest_checkpoint(root: str | Path = "checkpoints") -> Path | None:
+    """The most recently written checkpoint directory under root (searched two levels deep), if any."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    candidates = [p for p in [root, *root.glob("*"), *root.glob("*/*")] if p.is_dir() and is_checkpoint(p)]
+    return max(candidates, key=lambda p: (p / WEIGHTS_FILE).stat().st_mtime, default=None)
+
+
+# --- config --------------------------------------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise GptkitError(f"{path} does not exist") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GptkitError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise GptkitError(f"{path} is not a JSON object")
+    return data
+
+
+def hf_config(config: GPTConfig, dtype: str = "float32") -> dict:
+    """config.json in the form of transformers' GPT2Config."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": config.layer_norm_epsilon,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": True,
+        "bos_token_id": EOT_TOKEN if config.vocab_size > EOT_TOKEN else None,
+        "eos_token_id": EOT_TOKEN if config.vocab_size > EOT_TOKEN else None,
+        "dtype": dtype,
+    }
+
+
+def config_from_hf(cfg: dict, source: str | Path = "config.json") -> GPTConfig:
+    """GPTConfig from a GPT2Config dict, refusing the variants this model does not implement."""
+    from gptkit.model import GPTConfig
+
+    if cfg.get("model_type") != "gpt2":
+        raise GptkitError(f"{source}: this is a '{cfg.get('model_type', 'unknown')}' model, not GPT-2")
+    unsupported = []
+    if cfg.get("activation_function", "gelu_new") not in SUPPORTED_ACTIVATIONS:
+        unsupported.append(f"activation_function={cfg['activation_function']}")
+    if cfg.get("n_inner") not in (None, 4 * cfg.get("n_embd", 0)):
+        unsupported.append(f"n_inner={cfg['n_inner']}")
+    for flag, default in (("scale_attn_weights", True), ("tie_word_embeddings", True)):
+        if cfg.get(flag, default) is not default:
+            unsupported.append(f"{flag}={cfg[flag]}")
+    for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
+        if cfg.get(flag):
+            unsupported.append(f"{flag}=true")
+    if unsupported:
+        raise GptkitError(f"{source}: GPT-2 variant not supported by gptkit ({', '.join(unsupported)})")
+    try:
+        return GPTConfig(
+            block_size=int(cfg.get("n_positions", cfg.get("n_ctx", 1024))),
+            vocab_size=int(cfg.get("vocab_size", 50257)),
+            n_layer=int(cfg["n_layer"]),
+            n_head=int(cfg["n_head"]),
+            n_embd=int(cfg["n_embd"]),
+            dropout=float(cfg.get("resid_pdrop", 0.0)),
+            layer_norm_epsilon=float(cfg.get("layer_norm_epsilon", 1e-5)),
+        )
+    except KeyError as e:
+        raise GptkitError(f"{source}: missing {e.args[0]}") from None
+    except (TypeError, ValueError) as e:
+        raise GptkitError(f"{source}: {e}") from None
+
+
+def config_from_shapes(header: dict, source: Path) -> GPTConfig:
+    """Infer the config of a bare .safetensors file (GPT-2's head size is always 64)."""
+    from gptkit.model import GPTConfig
+
+    shapes = {strip_prefix(k): v["shape"] for k, v in header.items() if k != "__metadata__"}
+    if "wte.weight" not in shapes or "wpe.weight" not in shapes:
+        raise GptkitError(f"{source} holds no GPT-2 weights (no wte.weight / wpe.weight) and has no config.json")
+    vocab_size, n_embd = shapes["wte.weight"]
+    n_layer = len({k.split(".")[1] for k in shapes if k.startswith("h.")})
+    return GPTConfig(
+        block_size=shapes["wpe.weight"][0], vocab_size=vocab_size, n_layer=n_layer, n_head=max(1, n_embd // 64), n_embd=n_embd
+    )
+
+
+def read_config(path: str | Path) -> GPTConfig:
+    weights, config_file = resolve(path)
+    meta = read_safetensors_header(weights).get("__metadata__", {})
+    if config_file is not None:
+        return config_from_hf(read_json(config_file), config_file)
+    if "gptkit_config" in meta:
+        return config_from_hf(json.loads(meta["gptkit_config"]), weights)
+    return config_from_shapes(read_safetensors_header(weights), weights)
+
+
+# --- tensors: gptkit <-> Hugging Face -------------------------------------------------------------------------------
+
+
+def strip_prefix(name: str) -> str:
+    return name.removeprefix("transformer.")
+
+
+def to_hf_tensors(model: GPT) -> dict[str, torch.Tensor]:
+    """The model's weights under GPT2LMHeadModel's names and orientation (lm_head left out: it is tied)."""
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue
+        out[name] = tensor.t() if name.endswith(TRANSPOSED) else tensor
+    return out
+
+
+def from_hf_tensors(tensors: dict[str, torch.Tensor], config: GPTConfig, source) -> dict[str, torch.Tensor]:
+    """Map a GPT-2 checkpoint's tensors onto gptkit's state-dict names, checking every name and shape."""
+    from gptkit.model import GPT
+
+    import torch
+
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in GPT(config).state_dict().items()}
+    out = {}
+    for name, tensor in tensors.items():
+        short = strip_prefix(name)
+        if short.endswith(IGNORED_SUFFIXES):
+            continue
+        if short == "lm_head.weight":
+            wte = tensors.get("transformer.wte.weight", tensors.get("wte.weight"))
+            if wte is not None and not torch.equal(tensor, wte):
+                raise GptkitError(f"{source}: lm_head.weight is not tied to wte.weight, which gptkit requires")
+            continue
+        key = "transformer." + short
+        if key not in expected:
+            raise GptkitError(f"{source}: unexpected tensor '{name}' for a GPT-2 of this config")
+        out[key] = tensor.t() if short.endswith(TRANSPOSED) else tensor
+        if out[key].shape != expected[key]:
+            raise GptkitError(
+                f"{source}: tensor '{name}' has shape {tuple(tensor.shape)}, expected {tuple(expected[key])} "
+                "for this config"
+            )
+    missing = sorted(k for k in expected if k not in out and k != "lm_head.weight")
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise GptkitError(f"{source}: missing tensors {', '.join(missing[:3])}{more}")
+    out["lm_head.weight"] = out["transformer.wte.weight"]
+    return out
+
+
+# --- whole checkpoints ---------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(model: GPT, out_dir: str | Path, metadata: dict | None = None) -> Path:
+    """Write model (and gptkit.json with metadata) as a checkpoint directory; weights first, config last."""
+    import torch
+
+    out_dir = Path(out_dir)
+    dtype = str(model.lm_head.weight.dtype).removeprefix("torch.")
+    config = hf_config(model.config, dtype)
+    save_tensors(out_dir / WEIGHTS_FILE, to_hf_tensors(model), {"gptkit_config": json.dumps(config)})
+    write_json(out_dir / CONFIG_FILE, config)
+    info = {
+        "gptkit_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch_version": torch.__version__,
+        **(metadata or {}),
+    }
+    write_json(out_dir / METADATA_FILE, info)
+    return out_dir
+
+
+def load_checkpoint(path: str | Path, device="cpu", dtype=None) -> GPT:
+    """A GPT (eval mode) from a checkpoint directory or a bare .safetensors file; dtype defaults to float32."""
+    import torch
+
+    from gptkit.model import GPT
+
+    weights, _ = resolve(path)
+    config = read_config(path)
+    tensors = from_hf_tensors(load_tensors(weights, device), config, weights)
+    dtype = dtype or torch.float32
+    with torch.device("meta"):
+        model = GPT(config)
+    state = {k: v.to(dtype) for k, v in tensors.items()}
+    model.load_state_dict(state, assign=True)
+    model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied parameter
+    return model.eval()
+
+
+def read_metadata(path: str | Path) -> dict:
+    """gptkit.json of a checkpoint directory (or of the directory of a .safetensors file); {} when absent."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    meta = folder / METADATA_FILE
+    return read_json(meta) if meta.is_file() else {}

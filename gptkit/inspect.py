@@ -1,0 +1,123 @@
+"""`gptkit inspect`: what is in a checkpoint, read from the safetensors header and the JSON files (no torch)."""
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+from gptkit.checkpoint import IGNORED_SUFFIXES, read_json, read_metadata, read_safetensors_header, resolve, strip_prefix
+
+LAYER = re.compile(r"(^|\.)h\.(\d+)\.")
+CONFIG_KEYS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "activation_function", "dtype")
+
+
+def numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def group_tensors(tensors: list[dict]) -> list[dict]:
+    """Collapse the per-layer tensors h.0.x ... h.47.x into one row h.[0-47].x each."""
+    rows, by_pattern = [], {}
+    for t in tensors:
+        m = LAYER.search(t["name"])
+        if not m:
+            rows.append({**t, "count": 1})
+            continue
+        pattern = LAYER.sub(r"\1h.*.", t["name"], count=1)
+        key = (pattern, tuple(t["shape"]), t["dtype"])
+        if key not in by_pattern:
+            by_pattern[key] = {"name": pattern, "shape": t["shape"], "dtype": t["dtype"], "layers": []}
+            rows.append(by_pattern[key])
+        by_pattern[key]["layers"].append(int(m.group(2)))
+    for row in rows:
+        if "layers" in row:
+            layers = row.pop("layers")
+            row["count"] = len(layers)
+            span = f"{min(layers)}-{max(layers)}" if len(layers) > 1 else str(layers[0])
+            row["name"] = row["name"].replace("h.*.", f"h.[{span}].", 1)
+    return rows
+
+
+def inspect_checkpoint(path: str | Path) -> dict:
+    """Everything `gptkit inspect` shows, as a JSON-ready dict."""
+    path = Path(path)
+    weights, config_file = resolve(path)
+    header = read_safetensors_header(weights)
+    file_metadata = header.pop("__metadata__", {}) or {}
+    tensors = [
+        {"name": name, "shape": info["shape"], "dtype": info["dtype"]}
+        for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
+    ]
+    config = read_json(config_file) if config_file else json.loads(file_metadata.get("gptkit_config", "{}"))
+
+    params = {strip_prefix(t["name"]): numel(t["shape"]) for t in tensors if not t["name"].endswith(IGNORED_SUFFIXES)}
+    if config.get("tie_word_embeddings", True):
+        params.pop("lm_head.weight", None)  # the same numbers as wte.weight
+    total = sum(params.values())
+    folder = path if path.is_dir() else None
+    files = [p for p in folder.iterdir() if p.is_file()] if folder else [weights]
+    return {
+        "path": str(path),
+        "config": {k: config[k] for k in CONFIG_KEYS if k in config},
+        "parameters": {
+            "total": total,
+            "non_embedding": total - params.get("wte.weight", 0) - params.get("wpe.weight", 0),
+        },
+        "size_on_disk": sum(p.stat().st_size for p in files),
+        "dtypes": dict(Counter(t["dtype"] for t in tensors)),
+        "tensor_count": len(tensors),
+        "tensors": tensors,
+        "metadata": read_metadata(path) if folder else {},
+    }
+
+
+def human_count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def human_bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def render(info: dict, console) -> None:
+    from rich.table import Table
+
+    console.print(f"[bold]{info['path']}[/bold]")
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="dim")
+    summary.add_column()
+    for key, value in info["config"].items():
+        summary.add_row(key, str(value))
+    p = info["parameters"]
+    summary.add_row("parameters", f"{human_count(p['total'])} ({p['total']:,})")
+    summary.add_row("without embeddings", f"{human_count(p['non_embedding'])} ({p['non_embedding']:,})")
+    summary.add_row("size on disk", human_bytes(info["size_on_disk"]))
+    summary.add_row("dtypes", ", ".join(f"{d} ({n} tensors)" for d, n in info["dtypes"].items()))
+    console.print(summary)
+
+    table = Table(title=f"{info['tensor_count']} tensors", title_justify="left")
+    table.add_column("name")
+    table.add_column("shape")
+    table.add_column("dtype")
+    table.add_column("count", justify="right")
+    for row in group_tensors(info["tensors"]):
+        table.add_row(row["name"], "x".join(map(str, row["shape"])) or "scalar", row["dtype"], str(row["count"]))
+    console.print(table)
+
+    if info["metadata"]:
+        meta = Table.grid(padding=(0, 2))
+        meta.add_column(style="dim")
+        meta.add_column()
+        for key, value in info["metadata"].items():
+            meta.add_row(key, value if isinstance(value, str) else json.dumps(value))
+        console.print("[bold]gptkit metadata[/bold]")
+        console.print(meta)

@@ -1,0 +1,74 @@
+"""Where and in what precision to run: device auto-detection (CUDA > MPS > CPU) and the --dtype choice."""
+
+import contextlib
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from gptkit.errors import GptkitError
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple's MPS, then the CPU; otherwise the named device, checked to exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GptkitError(f"unknown device '{name}': use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GptkitError("--device cuda was asked for, but no CUDA GPU is available: use --device auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise GptkitError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise GptkitError("--device mps was asked for, but MPS is not available: use --device auto or cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise GptkitError(f"unsupported device '{name}': use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+@cache
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 beats fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto' is bf16 where the device runs it well (CUDA with bf16, CPUs with bf16 instructions), else fp32."""
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if device.type == "cpu" and cpu_has_fast_bf16():
+            return torch.bfloat16
+        return torch.float32
+    if name not in DTYPES:
+        raise GptkitError(f"unknown dtype '{name}': use auto, float32, bfloat16 or float16")
+    dtype = DTYPES[name]
+    if dtype == torch.float16 and device.type == "cpu":
+        raise GptkitError("float16 is not supported on the CPU: use bfloat16 or float32")
+    return dtype
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed precision for dtype (weights stay fp32); a no-op context for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,50 @@
+"""GPT-2's byte-pair encoding, built offline from the two files OpenAI published, which ship inside the package."""
+
+import hashlib
+from functools import cache
+from pathlib import Path
+
+from gptkit.errors import GptkitError
+
+ASSETS = Path(__file__).parent / "assets"
+EOT_TOKEN = 50256  # <|endoftext|>
+EOT_TEXT = "<|endoftext|>"
+BPE_FILES = {
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+}
+
+
+@cache
+def get_tokenizer():
+    """tiktoken's "gpt2" encoding, token for token, without touching the network."""
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    for name, expected in BPE_FILES.items():
+        path = ASSETS / name
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+            raise GptkitError(f"the GPT-2 BPE file {path} is missing or corrupted: reinstall gptkit")
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(ASSETS / "vocab.bpe"),
+        encoder_json_file=str(ASSETS / "encoder.json"),
+        vocab_bpe_hash=BPE_FILES["vocab.bpe"],
+        encoder_json_hash=BPE_FILES["encoder.json"],
+    )
+    return tiktoken.Encoding(
+        name="gpt2",
+        explicit_n_vocab=50257,
+        pat_str=r50k_pat_str,
+        mergeable_ranks=ranks,
+        special_tokens={EOT_TEXT: EOT_TOKEN},
+    )
+
+
+def encode(text: str) -> list[int]:
+    """Encode text, reading <|endoftext|> in it as the special token (as GPT-2's data was made)."""
+    return get_tokenizer().encode(text, allowed_special={EOT_TEXT})
+
+
+def decode(tokens) -> str:
+    return get_tokenizer().decode(list(tokens))

@@ -1,0 +1,23 @@
+import pytest
+import torch
+
+from gptkit.checkpoint import save_checkpoint
+from gptkit.model import GPT, GPTConfig
+
+
+@pytest.fixture
+def tiny_config() -> GPTConfig:
+    """A GPT-2 shaped model small enough for tests: the real vocabulary, 2 layers, 64 dims, 64 positions."""
+    return GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=50257)
+
+
+@pytest.fixture
+def tiny_model(tiny_config) -> GPT:
+    torch.manual_seed(0)
+    return GPT(tiny_config).eval()
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, tiny_model):
+    """A saved gptkit checkpoint directory of tiny_model."""
+    return save_checkpoint(tiny_model, tmp_path / "tiny", {"note": "test fixture"})
