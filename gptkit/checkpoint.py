@@ -295,7 +295,7 @@ def from_hf_tensors(tensors: dict[str, torch.Tensor], config: GPTConfig, source)
         key = "transformer." + short
         if key not in expected:
             raise GptkitError(f"{source}: unexpected tensor '{name}' for a GPT-2 of this config")
-        out[key] = tensor.t() if short.endswith(TRANSPOSED) else tensor
+        out[key] = tensor.t().contiguous() if short.endswith(TRANSPOSED) else tensor
         if out[key].shape != expected[key]:
             raise GptkitError(
                 f"{source}: tensor '{name}' has shape {tuple(tensor.shape)}, expected {tuple(expected[key])} "

@@ -1,0 +1,145 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from gptkit import checkpoint
+from gptkit.checkpoint import load_checkpoint, read_config, read_metadata, save_checkpoint
+from gptkit.errors import GptkitError
+
+
+def hf_model(path):
+    from transformers import GPT2LMHeadModel
+
+    return GPT2LMHeadModel.from_pretrained(path).eval()
+
+
+def test_gptkit_checkpoint_opens_in_transformers(tiny_model, tiny_checkpoint):
+    idx = torch.randint(0, 50257, (2, 24))
+    ours, _ = tiny_model(idx)
+    theirs = hf_model(tiny_checkpoint)(idx).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_transformers_checkpoint_opens_in_gptkit(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(1)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=48)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    ours = load_checkpoint(tmp_path / "hf")
+    assert ours.config.block_size == 48 and ours.config.n_head == 2
+    idx = torch.randint(0, 50257, (2, 20))
+    assert torch.allclose(ours(idx)[0], hf(idx).logits, atol=1e-5)
+
+
+def test_openai_style_keys_and_buffers(tiny_model, tiny_checkpoint, tmp_path):
+    """The openai-community repos store keys without 'transformer.' and carry attn.bias buffers."""
+    tensors = load_file(tiny_checkpoint / "model.safetensors")
+    renamed = {k.removeprefix("transformer."): v for k, v in tensors.items()}
+    for i in range(tiny_model.config.n_layer):
+        renamed[f"h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64))
+        renamed[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    (tmp_path / "openai").mkdir()
+    save_file(renamed, tmp_path / "openai" / "model.safetensors", metadata={"format": "pt"})
+    (tmp_path / "openai" / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    idx = torch.randint(0, 50257, (1, 10))
+    assert torch.equal(load_checkpoint(tmp_path / "openai")(idx)[0], tiny_model(idx)[0])
+
+
+def test_bare_safetensors_file(tiny_model, tiny_checkpoint, tmp_path):
+    bare = tmp_path / "weights.safetensors"
+    bare.write_bytes((tiny_checkpoint / "model.safetensors").read_bytes())
+    model = load_checkpoint(bare)  # config from the file's metadata
+    assert model.config == tiny_model.config
+    idx = torch.randint(0, 50257, (1, 10))
+    assert torch.equal(model(idx)[0], tiny_model(idx)[0])
+
+
+def test_metadata(tiny_checkpoint):
+    meta = read_metadata(tiny_checkpoint)
+    assert meta["note"] == "test fixture" and "created" in meta and "gptkit_version" in meta
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and config["n_layer"] == 2 and config["tie_word_embeddings"]
+
+
+def test_load_in_bfloat16(tiny_checkpoint):
+    model = load_checkpoint(tiny_checkpoint, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_failed_save_keeps_previous_checkpoint(tiny_model, tiny_checkpoint, monkeypatch):
+    before = {p.name: p.read_bytes() for p in tiny_checkpoint.iterdir()}
+
+    def broken_save_file(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken_save_file)
+    with torch.no_grad():
+        tiny_model.transformer.wte.weight.add_(1.0)
+    with pytest.raises(OSError):
+        save_checkpoint(tiny_model, tiny_checkpoint, {"note": "new"})
+    after = {p.name: p.read_bytes() for p in tiny_checkpoint.iterdir()}
+    assert after == before  # old files intact, no temporary files left
+    load_checkpoint(tiny_checkpoint)
+
+
+def test_missing_tensor(tiny_checkpoint):
+    tensors = load_file(tiny_checkpoint / "model.safetensors")
+    del tensors["transformer.h.1.mlp.c_fc.weight"]
+    save_file(tensors, tiny_checkpoint / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(GptkitError, match=r"missing tensors transformer\.h\.1\.mlp\.c_fc\.weight"):
+        load_checkpoint(tiny_checkpoint)
+
+
+def test_wrong_shape(tiny_checkpoint):
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    config["n_embd"] = 128
+    (tiny_checkpoint / "config.json").write_text(json.dumps(config))
+    with pytest.raises(GptkitError, match="has shape"):
+        load_checkpoint(tiny_checkpoint)
+
+
+def test_truncated_file(tiny_checkpoint):
+    weights = tiny_checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(GptkitError, match="truncated"):
+        load_checkpoint(tiny_checkpoint)
+
+
+def test_not_safetensors(tmp_path):
+    bogus = tmp_path / "model.safetensors"
+    bogus.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 10)
+    with pytest.raises(GptkitError, match="not a safetensors file"):
+        load_checkpoint(bogus)
+
+
+def test_not_gpt2(tiny_checkpoint):
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    config["model_type"] = "llama"
+    (tiny_checkpoint / "config.json").write_text(json.dumps(config))
+    with pytest.raises(GptkitError, match="'llama' model, not GPT-2"):
+        read_config(tiny_checkpoint)
+
+
+def test_missing_and_empty(tmp_path):
+    with pytest.raises(GptkitError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope")
+    with pytest.raises(GptkitError, match="not a checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+def test_find_latest_checkpoint(tiny_model, tmp_path):
+    import os
+
+    assert checkpoint.find_latest_checkpoint(tmp_path / "none") is None
+    older = save_checkpoint(tiny_model, tmp_path / "a")
+    newer = save_checkpoint(tiny_model, tmp_path / "b" / "run")
+    os.utime(older / "model.safetensors", (1, 1))
+    assert checkpoint.find_latest_checkpoint(tmp_path) == newer
