@@ -8,6 +8,11 @@ from pathlib import Path
 from gptkit.checkpoint import IGNORED_SUFFIXES, read_json, read_metadata, read_safetensors_header, resolve, strip_prefix
 
 LAYER = re.compile(r"(^|\.)h\.(\d+)\.")
+# The order of a GPT-2's modules, so the tensor table reads top to bottom like the model.
+PART_RANK = {
+    **{"wte": 0, "wpe": 1, "h": 2, "ln_f": 3, "lm_head": 4},
+    **{"ln_1": 0, "attn": 1, "ln_2": 2, "mlp": 3, "c_attn": 0, "c_fc": 0, "c_proj": 1, "weight": 0, "bias": 1},
+}
 CONFIG_KEYS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "activation_function", "dtype")
 
 
@@ -16,6 +21,10 @@ def numel(shape: list[int]) -> int:
     for d in shape:
         n *= d
     return n
+
+
+def model_order(name: str) -> list:
+    return [int(part) if part.isdigit() else PART_RANK.get(part, 9) for part in strip_prefix(name).split(".")]
 
 
 def group_tensors(tensors: list[dict]) -> list[dict]:
@@ -49,7 +58,7 @@ def inspect_checkpoint(path: str | Path) -> dict:
     file_metadata = header.pop("__metadata__", {}) or {}
     tensors = [
         {"name": name, "shape": info["shape"], "dtype": info["dtype"]}
-        for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
+        for name, info in sorted(header.items(), key=lambda kv: model_order(kv[0]))
     ]
     config = read_json(config_file) if config_file else json.loads(file_metadata.get("gptkit_config", "{}"))
 
