@@ -309,6 +309,21 @@ def from_hf_tensors(tensors: dict[str, torch.Tensor], config: GPTConfig, source)
     return out
 
 
+def convert_bin(bin_path: Path, out_path: Path, config: GPTConfig):
+    """A GPT-2 pytorch_model.bin (loaded with weights_only: no pickled code runs) as a checked model.safetensors."""
+    import torch
+
+    try:
+        tensors = torch.load(bin_path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise GptkitError(f"cannot read {bin_path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(tensors, dict):
+        raise GptkitError(f"{bin_path} does not hold a state dict")
+    from_hf_tensors(tensors, config, bin_path)
+    keep = {k: v for k, v in tensors.items() if not strip_prefix(k).endswith(IGNORED_SUFFIXES + ("lm_head.weight",))}
+    save_tensors(out_path, keep)
+
+
 # --- whole checkpoints ---------------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,301 @@
+"""`gptkit download`: GPT-2 weights from the Hugging Face hub, as a gptkit checkpoint directory.
+
+Only config.json and the weights are fetched (model.safetensors, else pytorch_model.bin, converted), never the other
+formats the repos carry. config.json goes through the hub's cache, which also resolves the revision to a commit and
+works offline. Weights already in that cache are linked from it; otherwise they are fetched with huggingface_hub's
+http_get into a hidden `.incomplete` file in the output directory that a later run resumes (hf_hub_download deletes
+its partial files on failure, so it cannot resume). The checkpoint's model.safetensors appears, by a rename, only
+once it is complete and checked.
+"""
+
+import errno
+import hashlib
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from gptkit import __version__
+from gptkit.checkpoint import (
+    CONFIG_FILE,
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    config_from_hf,
+    convert_bin,
+    from_hf_tensors,
+    is_checkpoint,
+    read_json,
+    read_metadata,
+    read_safetensors_header,
+    write_json,
+)
+from gptkit.errors import GptkitError
+from gptkit.inspect import human_bytes
+
+KNOWN_MODELS = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "distilgpt2": "distilbert/distilgpt2",
+}
+BIN_FILE = "pytorch_model.bin"
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class RichBar:
+    """The part of tqdm's interface huggingface_hub drives, drawn as a rich progress bar with bytes and speed."""
+
+    def __init__(self, *, desc=None, total=None, initial=0, **_):
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        name = (desc or "").rsplit("/", 1)[-1]  # huggingface_hub passes a file's URL as desc
+        self.task = self.progress.add_task(name, total=total, completed=initial)
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def update(self, n=1):
+        self.progress.advance(self.task, n)
+
+
+def repo_for(name: str) -> str:
+    if name in KNOWN_MODELS:
+        return KNOWN_MODELS[name]
+    if "/" not in name:
+        raise GptkitError(f"unknown model '{name}': give one of {', '.join(KNOWN_MODELS)}, or a hub repo id org/name")
+    return name
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "on", "yes", "true")
+
+
+def download(name: str, out: Path | None = None, revision: str | None = None, force: bool = False) -> Path:
+    """Download a GPT-2 from the hub into the checkpoint directory `out` (default checkpoints/<name>)."""
+    repo_id = repo_for(name)
+    out = Path(out) if out else Path("checkpoints") / name.replace("/", "--")
+    wanted = revision or "main"
+    source = read_metadata(out).get("source", {}) if out.is_dir() else {}
+    same = source.get("repo") == repo_id and wanted in (source.get("revision"), source.get("commit"))
+    if same and is_checkpoint(out) and not force:
+        console.print(
+            f"{out} already holds {repo_id} ({wanted}, commit {source['commit'][:12]}): nothing to download "
+            "(--force downloads it again)"
+        )
+        return out
+    if not (same or force) and ((out / CONFIG_FILE).exists() or (out / WEIGHTS_FILE).exists()):
+        raise GptkitError(
+            f"{out} already holds a checkpoint other than {repo_id} ({wanted}): pass --force to replace it, "
+            "or choose another --out"
+        )
+
+    # HF_ENDPOINT and HF_HUB_OFFLINE are read here, not when huggingface_hub was imported.
+    endpoint = os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+    offline = env_flag("HF_HUB_OFFLINE")
+    with hub_errors(repo_id, wanted, endpoint, offline, out):
+        from huggingface_hub import hf_hub_download
+
+        config_file = Path(
+            hf_hub_download(
+                repo_id, CONFIG_FILE, revision=revision, endpoint=endpoint, local_files_only=offline, tqdm_class=RichBar
+            )
+        )
+        commit = config_file.parent.name  # the cache keeps files under snapshots/<commit>/
+        hf_cfg = read_json(config_file)
+        config = config_from_hf(hf_cfg, repo_id)
+        out.mkdir(parents=True, exist_ok=True)
+        weights_name, weights, cached = fetch_weights(repo_id, commit, out, endpoint, offline, force)
+
+    # Check (or convert) the weights before touching what `out` holds.
+    fetched_bin = weights if weights_name == BIN_FILE and not cached else None
+    if weights_name == BIN_FILE:
+        console.print(f"converting {BIN_FILE} to {WEIGHTS_FILE}")
+        converted = out / f".{WEIGHTS_FILE}.converted"
+        convert_bin(weights, converted, config)
+        weights, cached = converted, False
+    else:
+        check_weights(weights, config, f"{repo_id}/{weights_name}")
+
+    # `out` now holds the old weights or the new ones, never a config.json beside weights it does not describe.
+    (out / METADATA_FILE).unlink(missing_ok=True)
+    (out / WEIGHTS_FILE).unlink(missing_ok=True)
+    write_json(out / CONFIG_FILE, hf_cfg)
+    if cached:
+        link_or_copy(weights, out / WEIGHTS_FILE)
+    else:
+        os.replace(weights, out / WEIGHTS_FILE)
+    if fetched_bin:
+        fetched_bin.unlink()
+    write_json(
+        out / METADATA_FILE,
+        {
+            "gptkit_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": {
+                "repo": repo_id,
+                "revision": wanted,
+                "commit": commit,
+                "files": [CONFIG_FILE, weights_name],
+                "endpoint": endpoint,
+            },
+        },
+    )
+    console.print(f"downloaded {repo_id} ({wanted}, commit {commit[:12]}) to {out}")
+    return out
+
+
+def fetch_weights(repo_id, commit, out: Path, endpoint, offline, force) -> tuple[str, Path, bool]:
+    """(file name, local path, whether it is the hub cache's) of the repo's weights, fetched if need be."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError
+
+    if not force:
+        for filename in (WEIGHTS_FILE, BIN_FILE):
+            cached = try_to_load_from_cache(repo_id, filename, revision=commit)
+            if isinstance(cached, str):
+                console.print(f"{filename} found in the hub cache")
+                return filename, Path(cached), True
+    if offline:
+        raise GptkitError(f"HF_HUB_OFFLINE is set and the weights of {repo_id} are not in the hub cache")
+    for filename in (WEIGHTS_FILE, BIN_FILE):
+        url = hf_hub_url(repo_id, filename, revision=commit, endpoint=endpoint)
+        try:
+            meta = get_hf_file_metadata(url, endpoint=endpoint)
+        except EntryNotFoundError:
+            continue
+        part = out / f".{filename}.{meta.etag}.incomplete"
+        for stale in out.glob(f".{filename}.*.incomplete"):  # partial downloads of another version of the file
+            if stale != part:
+                stale.unlink()
+        fetch(url, filename, part, meta.size)
+        if re.fullmatch(r"[0-9a-f]{64}", meta.etag or "") and sha256(part) != meta.etag:
+            part.unlink()
+            raise GptkitError(f"{repo_id}/{filename} arrived corrupted (checksum mismatch): run again to fetch it anew")
+        return filename, part, False
+    raise GptkitError(f"{repo_id} has neither {WEIGHTS_FILE} nor {BIN_FILE}")
+
+
+def fetch(url: str, filename: str, part: Path, size: int | None):
+    """Append the rest of the file at url to part, which holds its first bytes from earlier runs."""
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    done = part.stat().st_size if part.exists() else 0
+    if size is not None and done > size:
+        part.unlink()
+        done = 0
+    if done:
+        console.print(f"resuming {filename} at {human_bytes(done)}")
+    free = shutil.disk_usage(part.parent).free
+    if size is not None and size - done > free:
+        raise GptkitError(
+            f"not enough disk space in {part.parent}: {filename} needs {human_bytes(size - done)} more, "
+            f"{human_bytes(free)} free"
+        )
+    with open(part, "ab") as f:
+        http_get(
+            url,
+            f,
+            resume_size=done,
+            headers=build_hf_headers(),
+            expected_size=size,
+            displayed_filename=filename,
+            tqdm_class=RichBar,
+        )
+
+
+def sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def check_weights(path: Path, config, source: str):
+    """Fail now rather than at first use if a safetensors file does not fit the config (names and shapes)."""
+    import torch
+
+    header = read_safetensors_header(path)
+    # Shapes only, on the meta device; the tied lm_head (if stored) cannot be compared without its data.
+    shapes = {k: v["shape"] for k, v in header.items() if k not in ("__metadata__", "lm_head.weight")}
+    tensors = {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
+    from_hf_tensors(tensors, config, source)
+
+
+def link_or_copy(src: Path, dst: Path):
+    """Put the hub cache's file at dst without doubling disk use where the filesystem allows."""
+    tmp = dst.with_name(f".{dst.name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(os.path.realpath(src), tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+@contextmanager
+def hub_errors(repo_id: str, revision: str, endpoint: str, offline: bool, out: Path):
+    """Turn huggingface_hub's exceptions into one-line messages that say what to do."""
+    import httpx2
+    from huggingface_hub.errors import (
+        FileMetadataError,
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        yield
+    except GatedRepoError:
+        raise GptkitError(
+            f"{repo_id} is gated: accept its conditions at {endpoint}/{repo_id} "
+            "and set HF_TOKEN to a token of that account"
+        ) from None
+    except RepositoryNotFoundError:
+        raise GptkitError(f"{repo_id} not found on {endpoint} (if it is private, set HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise GptkitError(f"{repo_id} has no revision '{revision}'") from None
+    except RemoteEntryNotFoundError:
+        raise GptkitError(f"{repo_id} has no {CONFIG_FILE}: it is not a transformers model") from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        if offline:
+            raise GptkitError(f"HF_HUB_OFFLINE is set and {repo_id} is not in the hub cache") from None
+        raise GptkitError(f"cannot reach {endpoint}: check the network (or HF_ENDPOINT) and run again") from None
+    except httpx2.TransportError as e:
+        raise GptkitError(f"connection to {endpoint} lost ({e}): run again to resume") from None
+    except HfHubHTTPError as e:
+        status = e.response.status_code
+        if status in (401, 403):
+            raise GptkitError(f"not allowed to download {repo_id} (HTTP {status}): set HF_TOKEN") from None
+        raise GptkitError(f"{endpoint} answered HTTP {status} for {repo_id}: run again later to resume") from None
+    except FileMetadataError:
+        raise GptkitError(f"{endpoint} does not answer like a Hugging Face hub: check HF_ENDPOINT") from None
+    except HFValidationError:
+        raise GptkitError(f"'{repo_id}' is not a valid hub repo id (expected org/name)") from None
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise GptkitError(f"no space left on the device of {out}: free some space and run again") from None
+        if e.errno is None:  # http_get's size check, whose message spans several lines
+            raise GptkitError(f"download of {repo_id} failed: {str(e).splitlines()[0]} Run again to resume.") from None
+        raise

@@ -1,0 +1,296 @@
+"""`gptkit download` against a local stand-in for the Hugging Face hub (tests/hub_server.py)."""
+
+import errno
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import namedtuple
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from gptkit import hub
+from gptkit.checkpoint import is_checkpoint, load_checkpoint, read_config, read_metadata
+from gptkit.errors import GptkitError
+from gptkit.inspect import inspect_checkpoint
+from tests.hub_server import HubServer
+
+NEEDED = {"config.json", "model.safetensors"}
+CHUNK = 1 << 16
+DROP_AT = 32 * CHUNK  # a whole number of chunks: what the client has read is all written to disk
+DECOYS = ("tf_model.h5", "flax_model.msgpack", "rust_model.ot", "onnx/decoder_model.onnx", "64-8bits.tflite")
+
+
+@pytest.fixture(scope="module")
+def repo_files(tmp_path_factory):
+    """Files of the served repos: a tiny random GPT-2 laid out like openai-community/gpt2, decoys, a BERT config."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    root = tmp_path_factory.mktemp("hub")
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257)
+    GPT2LMHeadModel(config).save_pretrained(root / "hf")
+    # openai-community/gpt2 stores its tensors without the "transformer." prefix, and the causal-mask buffers too.
+    state = {k.removeprefix("transformer."): v for k, v in load_file(root / "hf" / "model.safetensors").items()}
+    state.pop("lm_head.weight", None)
+    for i in range(config.n_layer):
+        state[f"h.{i}.attn.bias"] = torch.tril(torch.ones(64, 64)).view(1, 1, 64, 64)
+    gpt2 = root / "gpt2"
+    (gpt2 / "onnx").mkdir(parents=True)
+    shutil.copy(root / "hf" / "config.json", gpt2 / "config.json")
+    save_file(state, gpt2 / "model.safetensors", metadata={"format": "pt"})
+    torch.save(state, gpt2 / "pytorch_model.bin")
+    for name in DECOYS:
+        (gpt2 / name).write_bytes(os.urandom(3 << 20))
+    (gpt2 / "vocab.json").write_text("{}")
+    bert = root / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text('{"model_type": "bert", "hidden_size": 768}')
+    return {"gpt2": gpt2, "bert": bert}
+
+
+@pytest.fixture(scope="module")
+def server(repo_files):
+    gpt2, bert = repo_files["gpt2"], repo_files["bert"]
+    everything = {str(p.relative_to(gpt2)): p for p in gpt2.rglob("*") if p.is_file()}
+    s = HubServer()
+    s.add_repo("openai-community/gpt2", everything)
+    s.add_repo("someone/gpt2-bin", {k: v for k, v in everything.items() if k != "model.safetensors"})
+    s.add_repo("google-bert/bert-base-uncased", {"config.json": bert / "config.json", **{d: gpt2 / d for d in DECOYS}})
+    s.add_repo("someone/gated-gpt2", everything, gated=True)
+    yield s
+    s.close()
+
+
+@pytest.fixture(autouse=True)
+def hub_env(server, tmp_path, monkeypatch):
+    """Each test: a fresh hub cache, the server's endpoint, no token, online, an empty request log."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    # http_get reads 10 MB at a time and loses what it holds of a chunk when the connection drops: small chunks make
+    # what reaches the disk before a drop exact.
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", CHUNK)
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    server.reset()
+
+
+def needed_bytes(repo_files) -> int:
+    return sum((repo_files["gpt2"] / f).stat().st_size for f in NEEDED)
+
+
+def test_download_fetches_only_config_and_weights(server, repo_files, tmp_path):
+    out = hub.download("gpt2", tmp_path / "gpt2")
+    assert is_checkpoint(out)
+    fetched = server.fetched()
+    assert set(fetched) == NEEDED  # no decoy, no pytorch_model.bin, no tokenizer files
+    assert sum(fetched.values()) == needed_bytes(repo_files)
+    assert (out / "model.safetensors").read_bytes() == (repo_files["gpt2"] / "model.safetensors").read_bytes()
+    assert not list(out.glob(".*"))  # no partial files left
+    source = read_metadata(out)["source"]
+    assert source["repo"] == "openai-community/gpt2" and source["commit"] == server.repos[source["repo"]].commit
+    assert read_config(out).n_embd == 32
+    assert inspect_checkpoint(out)["config"]["n_layer"] == 2
+
+
+def greedy(model, idx, steps):
+    for _ in range(steps):
+        logits, _ = model(idx, last_only=True)
+        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+def test_parity_with_transformers(repo_files, tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    out = hub.download("gpt2", tmp_path / "gpt2")
+    model = load_checkpoint(out)
+    reference = GPT2LMHeadModel.from_pretrained(repo_files["gpt2"]).eval()  # the served files, read by transformers
+    idx = torch.randint(0, 50257, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, _ = model(idx)
+        torch.testing.assert_close(logits, reference(idx).logits, atol=1e-4, rtol=0)
+        prompt = idx[:1, :8]
+        expected = reference.generate(
+            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24, do_sample=False, pad_token_id=50256
+        )
+        assert torch.equal(greedy(model, prompt, 24), expected)
+
+
+def test_rerun_is_a_noop(server, tmp_path, capsys):
+    out = hub.download("gpt2", tmp_path / "gpt2")
+    server.reset()
+    hub.download("gpt2", out)
+    assert server.log == []  # not even a HEAD request
+    assert "nothing to download" in capsys.readouterr().err
+
+
+def test_resume_after_dropped_connection_within_one_run(server, repo_files, tmp_path):
+    size = (repo_files["gpt2"] / "model.safetensors").stat().st_size
+    server.drop_at["model.safetensors"] = DROP_AT
+    out = hub.download("gpt2", tmp_path / "gpt2")
+    assert is_checkpoint(out)
+    assert server.fetched()["model.safetensors"] == size
+    ranged = [r for r in server.log if r.method == "GET" and r.path == "model.safetensors" and r.range]
+    assert [r.range for r in ranged] == [f"bytes={DROP_AT}-"]
+
+
+def test_resume_in_the_next_run_after_the_hub_went_away(server, repo_files, tmp_path):
+    size = (repo_files["gpt2"] / "model.safetensors").stat().st_size
+    server.drop_at["model.safetensors"] = DROP_AT
+    server.fail_after_drop = 503
+    out = tmp_path / "gpt2"
+    with pytest.raises(GptkitError, match="HTTP 503"):
+        hub.download("gpt2", out)
+    assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()
+    assert [p.stat().st_size for p in out.glob(".model.safetensors.*.incomplete")] == [DROP_AT]
+
+    server.reset()
+    hub.download("gpt2", out)
+    assert is_checkpoint(out)
+    assert server.fetched() == {"model.safetensors": size - DROP_AT}  # config.json came from the hub cache
+    assert (out / "model.safetensors").read_bytes() == (repo_files["gpt2"] / "model.safetensors").read_bytes()
+
+
+def test_resume_after_ctrl_c(server, repo_files, tmp_path, monkeypatch):
+    size = (repo_files["gpt2"] / "model.safetensors").stat().st_size
+    update = hub.RichBar.update
+
+    def interrupt(self, n=1):
+        update(self, n)
+        if self.progress.tasks[0].completed > size // 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(hub.RichBar, "update", interrupt)
+    out = tmp_path / "gpt2"
+    with pytest.raises(KeyboardInterrupt):
+        hub.download("gpt2", out)
+    assert not is_checkpoint(out)
+    (part,) = out.glob(".model.safetensors.*.incomplete")
+    kept = part.stat().st_size
+    assert size // 3 < kept < size
+
+    monkeypatch.undo()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    server.reset()
+    hub.download("gpt2", out)
+    assert server.fetched()["model.safetensors"] == size - kept
+    assert load_file(out / "model.safetensors").keys() == load_file(repo_files["gpt2"] / "model.safetensors").keys()
+
+
+def test_repo_without_safetensors(server, repo_files, tmp_path):
+    out = hub.download("someone/gpt2-bin", tmp_path / "out")
+    assert set(server.fetched()) == {"config.json", "pytorch_model.bin"}
+    assert not (out / "pytorch_model.bin").exists() and not list(out.glob(".*"))
+    expected = torch.load(repo_files["gpt2"] / "pytorch_model.bin", weights_only=True)
+    got = load_file(out / "model.safetensors")
+    assert got.keys() == {k for k in expected if ".attn.bias" not in k}
+    assert all(torch.equal(got[k], expected[k]) for k in got)
+    assert load_checkpoint(out).config.n_layer == 2
+    assert read_metadata(out)["source"]["files"] == ["config.json", "pytorch_model.bin"]
+
+
+def test_default_out_and_revision(server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    commit = server.repos["someone/gpt2-bin"].commit
+    out = hub.download("someone/gpt2-bin", revision=commit)
+    assert out == Path("checkpoints/someone--gpt2-bin") and is_checkpoint(out)
+    with pytest.raises(GptkitError, match="has no revision 'v9'"):
+        hub.download("gpt2", tmp_path / "x", revision="v9")
+
+
+def test_offline_uses_the_hub_cache(server, tmp_path, monkeypatch):
+    from huggingface_hub import hf_hub_download
+
+    # as transformers' from_pretrained would have left them
+    hf_hub_download("openai-community/gpt2", "config.json", endpoint=server.url)
+    blob = hf_hub_download("openai-community/gpt2", "model.safetensors", endpoint=server.url)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    server.reset()
+    out = hub.download("gpt2", tmp_path / "gpt2")
+    assert server.log == [] and is_checkpoint(out)
+    assert os.path.samefile(out / "model.safetensors", os.path.realpath(blob))  # linked, not copied
+    with pytest.raises(GptkitError, match="HF_HUB_OFFLINE is set and someone/gpt2-bin is not in the hub cache"):
+        hub.download("someone/gpt2-bin", tmp_path / "bin")
+
+
+def test_refuses_to_overwrite_another_checkpoint(tiny_checkpoint):
+    with pytest.raises(GptkitError, match="--force"):
+        hub.download("gpt2", tiny_checkpoint)
+    hub.download("gpt2", tiny_checkpoint, force=True)
+    assert read_config(tiny_checkpoint).n_embd == 32
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("gpt3", "unknown model 'gpt3': give one of gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2"),
+        ("google-bert/bert-base-uncased", "google-bert/bert-base-uncased: this is a 'bert' model, not GPT-2"),
+        ("someone/gated-gpt2", "someone/gated-gpt2 is gated: accept its conditions"),
+        ("someone/missing", "someone/missing not found on http://127.0.0.1"),
+    ],
+)
+def test_errors(server, tmp_path, name, message):
+    with pytest.raises(GptkitError, match=message.replace(".", r"\.")):
+        hub.download(name, tmp_path / "out")
+    assert all(r.path == "config.json" for r in server.log)  # never went past config.json
+    assert not is_checkpoint(tmp_path / "out")
+
+
+def test_server_down(tmp_path, monkeypatch):
+    import huggingface_hub.utils._http
+
+    waits = []  # huggingface_hub backs off for 23 s in all before it gives up: skip the waiting
+    monkeypatch.setattr(huggingface_hub.utils._http, "time", SimpleNamespace(**{**vars(time), "sleep": waits.append}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: nothing listens there
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(GptkitError, match="cannot reach http://127.0.0.1:.*check the network"):
+        hub.download("gpt2", tmp_path / "gpt2")
+    assert len(waits) == 5
+
+
+def test_not_enough_disk_space(tmp_path, monkeypatch):
+    monkeypatch.setattr(hub.shutil, "disk_usage", lambda path: namedtuple("usage", "total used free")(10**6, 0, 1000))
+    with pytest.raises(GptkitError, match="not enough disk space .* needs .* more, 1.0 kB free"):
+        hub.download("gpt2", tmp_path / "gpt2")
+
+
+def test_disk_full_while_downloading(tmp_path, monkeypatch):
+    import huggingface_hub.file_download
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(huggingface_hub.file_download, "http_get", full)
+    with pytest.raises(GptkitError, match="no space left on the device of .*: free some space and run again"):
+        hub.download("gpt2", tmp_path / "gpt2")
+
+
+def test_cli(server, tmp_path):
+    env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf-home")}
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
+        env.pop(name, None)
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "gptkit", "download", *args], env=env, capture_output=True, text=True)
+
+    done = run("gpt2", "--out", tmp_path / "gpt2")
+    assert done.returncode == 0, done.stderr
+    start = time.perf_counter()
+    again = run("gpt2", "--out", tmp_path / "gpt2")
+    assert again.returncode == 0 and "nothing to download" in again.stderr
+    assert time.perf_counter() - start < 10
+    same = run("openai-community/gpt2", "-o", tmp_path / "gpt2")
+    assert same.returncode == 0 and "nothing to download" in same.stderr  # the same repo, under its full id
+    bad = run("gpt3")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: unknown model 'gpt3'") and bad.stderr.count("\n") == 1
