@@ -1,0 +1,423 @@
+"""`gptkit eval`: held-out loss, perplexity and bits per byte of a text, and HellaSwag accuracy.
+
+Language modelling. The tokens are cut into windows of block_size inputs, each input predicting the token after
+it. With the default stride (= block_size) the windows follow one another and every token but the first is scored
+once, with the context since its window's start. With a smaller stride the windows overlap and only the targets new
+to each window are scored, so each target sees at least block_size - stride tokens of context: the sliding window
+of Hugging Face's perplexity guide, applied to the (input, target) pairs. Either way each token after the first is
+scored exactly once (the first is never a target). Bits per byte = total nats / ln 2 / UTF-8 bytes of the scored
+tokens, where <|endoftext|> (a separator the data loader adds between documents, not text) counts 0 bytes: for a
+whole file that is the file's bytes less those of its first token. It compares models with different tokenizers.
+
+HellaSwag (Zellers et al., 2019) is sentence completion: a context and four endings, one right. Each ending is
+scored by the model's loss on the ending's tokens given the context, the four rows in one forward pass (as
+build-nanogpt does): `acc` picks the ending of least total loss, `acc_norm` of least mean loss per token. The
+validation set (10,042 examples) is hellaswag_val.jsonl from the authors' repository:
+    https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl
+A context too long for the model is cropped from the left (the ending is always kept whole); `cropped` counts them.
+"""
+
+import hashlib
+import json
+import math
+import sys
+import time
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from gptkit import __version__
+from gptkit.checkpoint import load_checkpoint, read_config, read_metadata, resolve
+from gptkit.data import TokenizeProgress, data_hash, load_tokens, read_utf8, split_tokens, text_files
+from gptkit.errors import GptkitError
+from gptkit.model import GPT
+from gptkit.runtime import autocast, pick_device, pick_dtype
+from gptkit.tokenizer import EOT_TOKEN, get_tokenizer
+
+HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+EVALS_FILE = "evals.jsonl"
+
+
+# --- language modelling ----------------------------------------------------------------------------------------------
+
+
+@cache
+def token_byte_lengths() -> np.ndarray:
+    """UTF-8 bytes of each GPT-2 token; 0 for <|endoftext|>."""
+    enc = get_tokenizer()
+    lengths = np.array([len(enc.decode_single_token_bytes(t)) for t in range(enc.n_vocab)], dtype=np.int64)
+    lengths[EOT_TOKEN] = 0
+    return lengths
+
+
+def lm_windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, n_scored) of each window: inputs tokens[begin:end], targets tokens[begin + 1:end + 1], of which
+    the last n_scored are scored (those no earlier window scored)."""
+    windows, scored_until = [], 0
+    for begin in range(0, n_tokens - 1, stride):
+        end = min(begin + block_size, n_tokens - 1)
+        windows.append((begin, end, end - scored_until))
+        scored_until = end
+        if end == n_tokens - 1:
+            break
+    return windows
+
+
+def check_window(block_size: int, stride: int, context: int):
+    if not 1 <= block_size <= context:
+        raise GptkitError(f"--block-size must be between 1 and the model's context of {context}, got {block_size}")
+    if not 1 <= stride <= block_size:
+        raise GptkitError(f"--stride must be between 1 and the block size ({block_size}), got {stride}")
+
+
+@torch.no_grad()
+def evaluate_lm(
+    model: GPT,
+    tokens,
+    block_size: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 4,
+    max_tokens: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress=None,
+) -> dict:
+    """Mean next-token loss (nats), perplexity and bits per byte of tokens under model.
+
+    block_size defaults to the model's context, stride to block_size; max_tokens caps the scored tokens.
+    progress(scored, total) is called after each batch.
+    """
+    block_size = model.config.block_size if block_size is None else block_size
+    stride = block_size if stride is None else stride
+    check_window(block_size, stride, model.config.block_size)
+    tokens = np.asarray(tokens)
+    if max_tokens is not None:
+        tokens = tokens[: max_tokens + 1]
+    if len(tokens) < 2:
+        raise GptkitError(f"the text is {len(tokens)} token(s) long: it needs at least 2 to score one")
+    device = model.lm_head.weight.device
+    windows = lm_windows(len(tokens), block_size, stride)
+    # Full windows go in batches; only the last window can be shorter, and it goes alone.
+    full = [w for w in windows if w[1] - w[0] == block_size]
+    batches = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
+    if len(full) < len(windows):
+        batches.append(windows[len(full) :])
+
+    total_nats, scored, n_targets = 0.0, 0, len(tokens) - 1
+    start = time.perf_counter()
+    for batch in batches:
+        inputs = torch.from_numpy(np.stack([tokens[begin:end] for begin, end, _ in batch]).astype(np.int64))
+        targets = torch.from_numpy(np.stack([tokens[begin + 1 : end + 1] for begin, end, _ in batch]).astype(np.int64))
+        inputs, targets = inputs.to(device), targets.to(device)
+        with autocast(device, dtype):
+            logits, _ = model(inputs)
+        for row, (_, _, n_scored) in enumerate(batch):
+            losses = F.cross_entropy(logits[row, -n_scored:].float(), targets[row, -n_scored:], reduction="none")
+            total_nats += losses.double().sum().item()
+            scored += n_scored
+        if progress:
+            progress(scored, n_targets)
+    seconds = time.perf_counter() - start
+
+    n_bytes = int(token_byte_lengths()[tokens[1:]].sum())
+    loss = total_nats / scored
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "bits_per_byte": total_nats / math.log(2) / n_bytes if n_bytes else None,
+        "tokens": scored,
+        "bytes": n_bytes,
+        "windows": len(windows),
+        "seconds": seconds,
+        "tokens_per_second": scored / seconds,
+    }
+
+
+def read_tokens(path: Path, quiet: bool = False) -> tuple[np.ndarray, str]:
+    """load_tokens with a progress bar while a large text is tokenized for the first time."""
+    progress = TokenizeProgress(enabled=not quiet)
+    try:
+        return load_tokens(path, progress)
+    finally:
+        progress.close()
+
+
+def validation_split(ckpt: Path, quiet: bool = False) -> tuple[np.ndarray, dict]:
+    """The validation tokens `gptkit train` held out, rebuilt from the data recorded in the checkpoint's metadata."""
+    data = read_metadata(ckpt).get("data")
+    if not isinstance(data, dict) or "path" not in data:
+        raise GptkitError(
+            f"{ckpt} records no training data (it was not made by gptkit train), so there is no validation split: "
+            "give a TEXT file or folder to evaluate on"
+        )
+    path, val_fraction = Path(data["path"]), data.get("val_fraction")
+    if data.get("split", "tail") != "tail" or val_fraction is None:
+        raise GptkitError(f"{ckpt}: the validation split it records is not one gptkit knows: give a TEXT to evaluate on")
+    if not path.exists():
+        raise GptkitError(
+            f"the training data {path} recorded in {ckpt} no longer exists: give a TEXT file or folder to evaluate on"
+        )
+    sha256 = data_hash(text_files(path))
+    if data.get("sha256") and sha256 != data["sha256"]:
+        raise GptkitError(
+            f"the training data {path} has changed since {ckpt} was trained (sha256 {sha256[:12]}..., recorded "
+            f"{data['sha256'][:12]}...), so its validation split cannot be rebuilt: give a TEXT file or folder"
+        )
+    tokens, _ = read_tokens(path, quiet)
+    _, val = split_tokens(tokens, float(val_fraction))
+    if len(val) < 2:
+        raise GptkitError(
+            f"{ckpt} was trained with no validation split (val_fraction {val_fraction}): give a TEXT to evaluate on"
+        )
+    return val, {"validation_split_of": str(path), "sha256": sha256, "val_fraction": val_fraction}
+
+
+# --- HellaSwag -------------------------------------------------------------------------------------------------------
+
+
+def read_hellaswag(path: Path) -> list[dict]:
+    """The examples of a HellaSwag jsonl file, each checked: ctx (text), endings (4 texts), label (0-3)."""
+    path = Path(path)
+    if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise GptkitError(f"{path} {problem}: get hellaswag_val.jsonl from {HELLASWAG_URL}")
+    examples = []
+    # split on "\n" only: JSON strings may hold other line separators (U+2028) that str.splitlines() would cut at
+    for line_number, line in enumerate(read_utf8(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {line_number}"
+        try:
+            example = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GptkitError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(example, dict):
+            raise GptkitError(f"{where}: expected a JSON object with ctx, endings and label")
+        missing = [key for key in ("ctx", "endings", "label") if key not in example]
+        if missing:
+            hint = " (HellaSwag's test set has no labels: use hellaswag_val.jsonl)" if missing == ["label"] else ""
+            raise GptkitError(f"{where}: missing {', '.join(missing)}{hint}")
+        ctx, endings, label = example["ctx"], example["endings"], example["label"]
+        if not isinstance(ctx, str) or not ctx:
+            raise GptkitError(f"{where}: 'ctx' must be a non-empty string")
+        if not isinstance(endings, list) or len(endings) != 4 or not all(isinstance(e, str) for e in endings):
+            got = f"{len(endings)} items" if isinstance(endings, list) else type(endings).__name__
+            raise GptkitError(f"{where}: 'endings' must be a list of 4 strings, got {got}")
+        if isinstance(label, str) and label.isdigit():  # the Hugging Face copy stores labels as strings
+            label = int(label)
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < 4:
+            raise GptkitError(f"{where}: 'label' must be 0, 1, 2 or 3, got {example['label']!r}")
+        examples.append({"ctx": ctx, "endings": endings, "label": label, "line": line_number})
+    if not examples:
+        raise GptkitError(f"{path} holds no examples")
+    return examples
+
+
+def hellaswag_rows(example: dict, block_size: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(tokens, mask, cropped): the context followed by each ending, 4 rows right-padded to the longest, and a mask
+    of the ending tokens (build-nanogpt's render_example); rows too long lose context tokens from the left."""
+    enc = get_tokenizer()
+    context = enc.encode_ordinary(example["ctx"])
+    rows, masks, cropped = [], [], False
+    for ending in example["endings"]:
+        ending_tokens = enc.encode_ordinary(" " + ending)
+        if len(ending_tokens) >= block_size:
+            raise GptkitError(
+                f"HellaSwag line {example.get('line', '?')}: an ending of {len(ending_tokens)} tokens does not fit the "
+                f"model's context of {block_size} after at least one context token"
+            )
+        row, mask = context + ending_tokens, [0] * len(context) + [1] * len(ending_tokens)
+        if len(row) > block_size:
+            row, mask, cropped = row[-block_size:], mask[-block_size:], True
+        rows.append(row)
+        masks.append(mask)
+    length = max(len(row) for row in rows)
+    tokens = torch.tensor([row + [0] * (length - len(row)) for row in rows])
+    mask = torch.tensor([m + [0] * (length - len(m)) for m in masks])
+    return tokens, mask, cropped
+
+
+@torch.no_grad()
+def score_endings(model: GPT, tokens: torch.Tensor, mask: torch.Tensor, dtype=torch.float32):
+    """(total loss, mean loss) over the masked tokens of each row, in one forward pass."""
+    device = model.lm_head.weight.device
+    tokens, mask = tokens.to(device), mask.to(device)
+    with autocast(device, dtype):
+        logits, _ = model(tokens)
+    losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tokens[:, 1:], reduction="none")
+    target_mask = mask[:, 1:]  # a token is scored as the target of the position before it
+    total = (losses * target_mask).sum(dim=1)
+    return total, total / target_mask.sum(dim=1)
+
+
+def evaluate_hellaswag(model: GPT, examples: list[dict] | Path, dtype=torch.float32, progress=None) -> dict:
+    """acc (least total loss), acc_norm (least mean loss) and the count n of HellaSwag examples (or a jsonl file)."""
+    if not isinstance(examples, list):
+        examples = read_hellaswag(examples)
+    correct = correct_norm = cropped = 0
+    start = time.perf_counter()
+    for i, example in enumerate(examples, 1):
+        tokens, mask, was_cropped = hellaswag_rows(example, model.config.block_size)
+        total, mean = score_endings(model, tokens, mask, dtype)
+        correct += int(total.argmin().item() == example["label"])
+        correct_norm += int(mean.argmin().item() == example["label"])
+        cropped += was_cropped
+        if progress:
+            progress(i, len(examples))
+    seconds = time.perf_counter() - start
+    n = len(examples)
+    return {
+        "acc": correct / n,
+        "acc_norm": correct_norm / n,
+        "n": n,
+        "correct": correct,
+        "correct_norm": correct_norm,
+        "cropped": cropped,
+        "seconds": seconds,
+        "examples_per_second": n / seconds,
+    }
+
+
+# --- the command -----------------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def progress_bar(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=True,
+    )
+
+
+def track(bar, description: str, unit: str):
+    """A progress(done, total) callback that advances a task of bar and shows the throughput."""
+    task = bar.add_task(description, total=None, rate="")
+    start = time.perf_counter()
+
+    def progress(done: int, total: int):
+        rate = done / max(time.perf_counter() - start, 1e-9)
+        bar.update(task, completed=done, total=total, rate=f"{rate:,.0f} {unit}/s")
+
+    return progress
+
+
+def append_record(folder: Path, record: dict):
+    """Add one line to the checkpoint folder's evals.jsonl; a read-only folder only earns a warning."""
+    try:
+        with open(folder / EVALS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        print(f"warning: could not append the results to {folder / EVALS_FILE}: {e.strerror or e}", file=sys.stderr)
+
+
+def render(record: dict):
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"eval of {record['checkpoint']}", title_justify="left")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    if "lm" in record:
+        lm = record["lm"]
+        source = lm["evaluated"]
+        what = source.get("text") or f"validation split of {source['validation_split_of']}"
+        table.add_row("text", what)
+        table.add_row("tokens scored", f"{lm['tokens']:,}")
+        table.add_row("bytes", f"{lm['bytes']:,}")
+        table.add_row("loss (nats/token)", f"{lm['loss']:.4f}")
+        table.add_row("perplexity", f"{lm['perplexity']:.3f}")
+        bpb = lm["bits_per_byte"]
+        table.add_row("bits per byte", "-" if bpb is None else f"{bpb:.4f}")
+        table.add_row("throughput", f"{lm['tokens_per_second']:,.0f} tokens/s")
+    if "hellaswag" in record:
+        hs = record["hellaswag"]
+        table.add_row("HellaSwag", hs["file"])
+        table.add_row("examples", f"{hs['n']:,}" + (f" ({hs['cropped']} cropped)" if hs["cropped"] else ""))
+        table.add_row("acc", f"{hs['acc']:.4f} ({hs['correct']}/{hs['n']})")
+        table.add_row("acc_norm", f"{hs['acc_norm']:.4f} ({hs['correct_norm']}/{hs['n']})")
+    s = record["settings"]
+    table.add_row("settings", f"block size {s['block_size']}, stride {s['stride']}, {s['dtype']} on {s['device']}")
+    Console().print(table)
+
+
+def run_eval(
+    ckpt: Path,
+    text: Path | None = None,
+    block_size: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 4,
+    max_tokens: int | None = None,
+    hellaswag: Path | None = None,
+    json_output: bool = False,
+    dtype_name: str = "auto",
+    device_name: str = "auto",
+):
+    """`gptkit eval`: check everything the user gave before loading the model, evaluate, print, record."""
+    if batch_size < 1:
+        raise GptkitError(f"--batch-size must be at least 1, got {batch_size}")
+    if max_tokens is not None and max_tokens < 1:
+        raise GptkitError(f"--max-tokens must be at least 1, got {max_tokens}")
+    ckpt = Path(ckpt)
+    resolve(ckpt)
+    context = read_config(ckpt).block_size
+    block_size = context if block_size is None else block_size
+    stride = block_size if stride is None else stride
+    check_window(block_size, stride, context)
+    device = pick_device(device_name)
+    dtype = pick_dtype(dtype_name, device)
+
+    tokens = source = examples = None
+    if text is not None:
+        tokens, sha256 = read_tokens(text, quiet=json_output)
+        source = {"text": str(Path(text).resolve()), "sha256": sha256}
+    elif hellaswag is None:
+        tokens, source = validation_split(ckpt, quiet=json_output)
+    if hellaswag is not None:
+        examples = read_hellaswag(hellaswag)
+
+    model = load_checkpoint(ckpt, device)  # float32 weights; bf16/fp16 runs under autocast
+    record = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "gptkit_version": __version__,
+        "checkpoint": str(ckpt.resolve()),
+        "settings": {
+            "block_size": block_size,
+            "stride": stride,
+            "batch_size": batch_size,
+            "max_tokens": max_tokens,
+            "dtype": str(dtype).removeprefix("torch."),
+            "device": str(device),
+        },
+    }
+    with progress_bar(enabled=not json_output) as bar:
+        if tokens is not None:
+            progress = track(bar, "loss", "tokens")
+            results = evaluate_lm(model, tokens, block_size, stride, batch_size, max_tokens, dtype, progress)
+            record["lm"] = {"evaluated": source, **results}
+        if examples is not None:
+            progress = track(bar, "HellaSwag", "examples")
+            results = evaluate_hellaswag(model, examples, dtype, progress)
+            hs_file = {"file": str(Path(hellaswag).resolve()), "sha256": file_sha256(hellaswag)}
+            record["hellaswag"] = {**hs_file, **results}
+
+    if json_output:
+        sys.stdout.write(json.dumps(record, indent=2) + "\n")
+    else:
+        render(record)
+    append_record(ckpt if ckpt.is_dir() else ckpt.parent, record)
+    return record
