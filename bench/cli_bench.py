@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import summary
+from bench.common import summary
 
 
 def wall_times(argv: list[str], repeats: int) -> list[float]:

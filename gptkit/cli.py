@@ -52,36 +52,135 @@ def command(fn):
 
 
 @command
-def download(name: Annotated[str, typer.Argument(help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, or org/name")]):
-    """Download GPT-2 weights from the Hugging Face hub into checkpoints/."""
-    raise GptkitError("download is not implemented yet")
+def download(
+    name: Annotated[str, typer.Argument(help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, or org/name")],
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Checkpoint directory (default: checkpoints/<name>).")
+    ] = None,
+    revision: Annotated[Optional[str], typer.Option(help="Branch, tag or commit of the repo (default: main).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Download again, replacing what --out holds.")] = False,
+):
+    """Download GPT-2 weights from the Hugging Face hub (HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE apply)."""
+    from gptkit.hub import download as download_model
+
+    download_model(name, out, revision, force)
 
 
 # --- train -----------------------------------------------------------------------------------------------------------
 
 
 @command
-def train(data: Annotated[Path, typer.Argument(help="A UTF-8 text file or a folder of .txt files.")]):
-    """Train a model from scratch or from a checkpoint."""
-    raise GptkitError("train is not implemented yet")
+def train(
+    data: Annotated[Path, typer.Argument(help="A UTF-8 text file or a folder of .txt files.")],
+    model: Annotated[Optional[str], typer.Option(help="Preset (gpt2, gpt2-medium, ..., mini, micro, nano) to train from scratch, or a checkpoint directory to fine-tune. \\[default: gpt2]")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps. \\[default: 1000]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per micro-step, per process. \\[default: 4 on CPU, 16 on GPU]")] = None,
+    block_size: Annotated[Optional[int], typer.Option(help="Tokens per sequence (crops a checkpoint's context). \\[default: 256 on CPU, the model's context on GPU]")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="Micro-steps per optimizer step. \\[default: 1]")] = None,
+    tokens_per_step: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step over all processes; sets --grad-accum.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate. \\[default: 6e-4 from scratch, 3e-5 fine-tuning]")] = None,
+    min_lr: Annotated[Optional[float], typer.Option(help="Learning rate at the end of the cosine decay. \\[default: lr / 10]")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help="Steps of linear warmup. \\[default: steps / 20]")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay of the weight matrices. \\[default: 0.1]")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Validation loss every N steps (0: at the end only). \\[default: 250]")] = None,
+    eval_tokens: Annotated[Optional[int], typer.Option(help="Validation tokens per evaluation. \\[default: 20 batches]")] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps (0: at the end only). \\[default: 500]")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Tail of the data held out for validation. \\[default: 0.1]")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder. \\[default: checkpoints/<data name>-<model name>]")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="auto, float32 or bfloat16 (autocast). \\[default: auto: bf16 where fast]")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps. \\[default: auto]")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed of the weights and the data order. \\[default: 1337]")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an --out that holds a run.")] = False,
+):
+    """Train a model from scratch or from a checkpoint (under torchrun: on several processes with DDP)."""
+    import os
+
+    from gptkit.train import EXIT_INTERRUPTED, Interrupted, TrainConfig
+    from gptkit.train import train as run_training
+
+    config = TrainConfig(
+        data=str(data), model=model, out=str(out) if out else None, steps=steps, batch_size=batch_size,
+        block_size=block_size, grad_accum=grad_accum, tokens_per_step=tokens_per_step, lr=lr, min_lr=min_lr,
+        warmup_steps=warmup_steps, weight_decay=weight_decay, eval_every=eval_every, eval_tokens=eval_tokens,
+        save_every=save_every, val_fraction=val_fraction, dtype=dtype, device=device, compile=compile, seed=seed,
+        resume=resume, overwrite=overwrite,
+    )
+    try:
+        run_training(config)
+    except Interrupted as e:
+        if os.environ.get("RANK", "0") == "0":
+            from rich.console import Console
+
+            Console(stderr=True).print(str(e), style="yellow", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 # --- sample ----------------------------------------------------------------------------------------------------------
 
 
 @command
-def sample(prompt: Annotated[str, typer.Argument(help="The text to continue ('-' reads standard input).")] = ""):
-    """Generate text from a checkpoint."""
-    raise GptkitError("sample is not implemented yet")
+def sample(
+    prompt: Annotated[str, typer.Argument(help="The text to continue; '-' reads standard input.")] = "",
+    ckpt: Annotated[
+        Optional[Path], typer.Option(help="Checkpoint directory. Default: the newest one under checkpoints/.")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per sample, at most.")] = 200,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature; 0 is greedy.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens; 0 turns it off.")] = 50,
+    top_p: Annotated[
+        Optional[float], typer.Option(help="Nucleus sampling: the most likely tokens holding this probability.")
+    ] = None,
+    num_samples: Annotated[int, typer.Option(help="Samples to generate (as one batch), printed one after another.")] = 1,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed, for reproducible samples.")] = None,
+    stop: Annotated[Optional[str], typer.Option(help="Stop a sample at this text (as well as at <|endoftext|>).")] = None,
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+):
+    """Generate text from a checkpoint, streaming it as it comes."""
+    from gptkit.sample import sample as run_sample
+
+    run_sample(prompt, ckpt, max_new_tokens, temperature, top_k, top_p, num_samples, seed, stop, dtype, device)
 
 
 # --- eval ------------------------------------------------------------------------------------------------------------
 
 
 @command
-def eval(ckpt: Annotated[Path, typer.Argument(help="A checkpoint directory or .safetensors file.")]):
-    """Loss, perplexity and accuracy of a checkpoint."""
-    raise GptkitError("eval is not implemented yet")
+def eval(
+    ckpt: Annotated[Path, typer.Argument(help="A checkpoint directory or .safetensors file.")],
+    text: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="A UTF-8 text file or a folder of .txt files. Default: the validation split recorded by gptkit "
+            "train (none with --hellaswag)."
+        ),
+    ] = None,
+    block_size: Annotated[
+        Optional[int], typer.Option("--block-size", help="Tokens per window. Default: the model's context.")
+    ] = None,
+    stride: Annotated[
+        Optional[int],
+        typer.Option(help="Window step; overlapping windows score only their new tokens. Default: the block size."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 4,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Score at most this many tokens.")] = None,
+    hellaswag: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="A HellaSwag jsonl file (ctx, endings, label): hellaswag_val.jsonl, from the data folder of "
+            "github.com/rowanz/hellaswag."
+        ),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON only.")] = False,
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+):
+    """Loss, perplexity and bits per byte of a text, and HellaSwag accuracy; appended to the checkpoint's evals.jsonl."""
+    from gptkit.eval import run_eval
+
+    run_eval(ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, json_output, dtype, device)
 
 
 # --- inspect ---------------------------------------------------------------------------------------------------------

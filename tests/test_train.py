@@ -1,0 +1,191 @@
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+from gptkit import train as train_module
+from gptkit.checkpoint import load_checkpoint, load_tensors, read_metadata
+from gptkit.cli import app
+from gptkit.data import BatchLoader
+from gptkit.train import STATE_TENSORS, Interrupted, TrainConfig, learning_rate, train
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def text(tmp_path):
+    """The first 40 KB of Shakespeare: about 11k tokens."""
+    path = tmp_path / "shakespeare.txt"
+    path.write_text(open("data/input.txt", encoding="utf-8").read()[:40_000])
+    return path
+
+
+def run(text, model, out, **options) -> dict:
+    settings = dict(steps=4, batch_size=4, block_size=32, lr=1e-3, dtype="float32", device="cpu", eval_every=0,
+                    eval_tokens=256, save_every=0)
+    cfg = TrainConfig(data=str(text), model=model and str(model), out=str(out), **settings | options)
+    return train(cfg, console=Console(file=io.StringIO()))
+
+
+def losses(out) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(out) -> dict[str, torch.Tensor]:
+    return load_checkpoint(out).state_dict()
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+    cfg = TrainConfig(data="", steps=110, warmup_steps=10, lr=1e-3, min_lr=1e-4)
+    lrs = [learning_rate(step, cfg) for step in range(110)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[4] == pytest.approx(5e-4) and lrs[9] == pytest.approx(1e-3)
+    assert lrs[10] == pytest.approx(1e-3)
+    assert lrs[60] == pytest.approx(5.5e-4)  # halfway through the cosine: the mean of lr and min_lr
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(1e-4, rel=1e-2) and learning_rate(110, cfg) == 1e-4
+    assert learning_rate(0, TrainConfig(data="", steps=5, warmup_steps=0, lr=1e-3, min_lr=0.0)) == 1e-3
+
+
+def test_accumulation_matches_one_big_batch(text, tiny_checkpoint, tmp_path):
+    run(text, tiny_checkpoint, tmp_path / "big", steps=2, batch_size=8)
+    run(text, tiny_checkpoint, tmp_path / "accum", steps=2, batch_size=2, grad_accum=4)
+    assert losses(tmp_path / "big") == pytest.approx(losses(tmp_path / "accum"), rel=1e-5)
+    big, accum = weights(tmp_path / "big"), weights(tmp_path / "accum")
+    for name in big:  # Adam moves each weight by about lr per step: a real difference would be ~1e-3
+        torch.testing.assert_close(big[name], accum[name], atol=5e-5, rtol=0)
+    metadata = read_metadata(tmp_path / "accum")
+    assert metadata["step"] == 2 and metadata["tokens_seen"] == 2 * 8 * 32
+    assert metadata["settings"]["grad_accum"] == 4 and metadata["data"]["split"] == "tail"
+    assert metadata["val_loss"] is not None and metadata["data"]["path"] == str(text.resolve())
+
+
+def test_interrupt_saves_and_resume_is_exact(text, tiny_checkpoint, tmp_path, monkeypatch):
+    run(text, tiny_checkpoint, tmp_path / "straight", steps=16, eval_every=5, save_every=5)
+
+    next_batch, calls = BatchLoader.next_batch, []
+
+    def ctrl_c_at_step_8(self):  # as if Ctrl-C were pressed during the 8th step
+        calls.append(1)
+        if len(calls) == 8:
+            os.kill(os.getpid(), signal.SIGINT)
+        return next_batch(self)
+
+    monkeypatch.setattr(BatchLoader, "next_batch", ctrl_c_at_step_8)
+    with pytest.raises(Interrupted, match="--resume"):
+        run(text, tiny_checkpoint, tmp_path / "split", steps=16, eval_every=5, save_every=5)
+    assert read_metadata(tmp_path / "split")["step"] == 8
+    monkeypatch.setattr(BatchLoader, "next_batch", next_batch)
+    run(text, None, tmp_path / "split", steps=16, eval_every=5, save_every=5, resume=True)
+
+    assert losses(tmp_path / "split") == losses(tmp_path / "straight")
+    straight, split = weights(tmp_path / "straight"), weights(tmp_path / "split")
+    assert all(torch.equal(straight[name], split[name]) for name in straight)
+    straight_state = load_tensors(tmp_path / "straight" / STATE_TENSORS)
+    split_state = load_tensors(tmp_path / "split" / STATE_TENSORS)
+    assert straight_state.keys() == split_state.keys()
+    assert all(torch.equal(straight_state[k], split_state[k]) for k in straight_state)
+    assert read_metadata(tmp_path / "split")["val_loss"] == read_metadata(tmp_path / "straight")["val_loss"]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(text, tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "gptkit", "train", str(text), "--model", str(tiny_checkpoint), "--out", str(out),
+               "--steps", "100000", "--batch-size", "2", "--block-size", "16", "--dtype", "float32"]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
+        assert child.poll() is None and time.time() < deadline, child.communicate()
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    stdout, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr + stdout
+    step = read_metadata(out)["step"]
+    assert step >= 1 and len(losses(out)) == step and (out / "training_state.json").is_file()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_two_processes_match_one_with_the_same_global_batch(text, tiny_checkpoint, tmp_path):
+    options = ["--steps", "3", "--block-size", "32", "--lr", "1e-3", "--dtype", "float32", "--device", "cpu"]
+    two = tmp_path / "two"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gptkit",
+               "train", str(text), "--model", str(tiny_checkpoint), "--out", str(two), "--batch-size", "2", *options]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             env=os.environ | {"OMP_NUM_THREADS": "1"})
+    try:
+        _, stderr = child.communicate(timeout=180)
+    finally:
+        if child.poll() is None:  # timed out: stop torchrun and its workers
+            os.killpg(child.pid, signal.SIGKILL)
+    assert child.returncode == 0, stderr[-3000:]
+    run(text, tiny_checkpoint, tmp_path / "one", steps=3, batch_size=4)
+    assert losses(two) == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+    assert read_metadata(two)["settings"]["world_size"] == 2
+    one_weights, two_weights = weights(tmp_path / "one"), weights(two)
+    for name in one_weights:
+        torch.testing.assert_close(one_weights[name], two_weights[name], atol=1e-5, rtol=1e-4)
+
+
+def cli(*args) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["train", *map(str, args)])
+    return result.exit_code, result.output
+
+
+def assert_fails(args, message, out):
+    code, output = cli(*args, "--out", out, "--dtype", "float32", "--device", "cpu")
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert code != 0 and len(errors) == 1 and message in errors[0] and "Traceback" not in output, output
+    assert not out.exists()
+
+
+def test_bad_inputs(text, tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    assert_fails([tmp_path / "missing.txt"], "does not exist", out)
+    (tmp_path / "empty.txt").write_text("")
+    assert_fails([tmp_path / "empty.txt"], "empty", out)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    assert_fails([tmp_path / "latin1.txt"], "not UTF-8", out)
+    (tmp_path / "short.txt").write_text("To be, or not to be, that is the question.")
+    assert_fails([tmp_path / "short.txt", "--model", "nano"], "too short", out)
+    assert_fails([text, "--model", "gpt5"], "unknown model", out)
+    assert_fails([text, "--model", tiny_checkpoint, "--block-size", "128"], "longer than the model's context", out)
+    assert_fails([text, "--model", "nano", "--grad-accum", "2", "--tokens-per-step", "100"], "disagree", out)
+    assert_fails([text, "--model", "nano", "--resume"], "no run to resume", out)
+    out.mkdir()
+    (out / "notes.txt").write_text("not a run")
+    code, output = cli(text, "--model", "nano", "--resume", "--out", out)
+    assert code != 0 and "no training state" in output and os.listdir(out) == ["notes.txt"]
+    out.joinpath("notes.txt").unlink()
+    out.rmdir()
+
+
+def test_batch_too_big_for_memory(tiny_checkpoint, tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_text(open("data/input.txt", encoding="utf-8").read())  # 300k tokens: enough for 4000 x 64
+    # the logits alone would take 4000 x 64 x 50257 x 4 bytes = 51 GB
+    assert_fails([big, "--model", tiny_checkpoint, "--batch-size", "4000", "--block-size", "64"], "out of memory",
+                 tmp_path / "run")
+
+
+def test_resume_refuses_changed_settings_and_finished_runs(text, tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    run(text, tiny_checkpoint, out, steps=2)
+    code, output = cli(text, "--resume", "--out", out, "--lr", "0.1", "--steps", "3")
+    assert code != 0 and "--lr 0.1 differs" in output
+    code, output = cli(text, "--resume", "--out", out)
+    assert code != 0 and "larger --steps" in output
+    code, output = cli(text, "--model", tiny_checkpoint, "--out", out)
+    assert code != 0 and "--overwrite" in output
+    assert read_metadata(out)["step"] == 2
