@@ -186,7 +186,7 @@ class GPT(nn.Module):
     def setup_kv_cache(self, batch_size: int, max_seq_len: int | None = None, dtype=None, device=None):
         """Allocate a key/value cache in every attention layer, for forward(..., pos=...)."""
         max_seq_len = min(max_seq_len or self.config.block_size, self.config.block_size)
-        weight = self.lm_head.weight
+        weight = self.transformer.wte.weight
         head_dim = self.config.n_embd // self.config.n_head
         for block in self.transformer.h:
             block.attn.kv_cache = KVCache(

@@ -1,0 +1,208 @@
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from gptkit.checkpoint import save_checkpoint
+from gptkit.cli import app
+from gptkit.model import GPT, GPTConfig
+from gptkit.sample import TextStream, generate, prepare_for_decoding, sample_next
+from gptkit.tokenizer import EOT_TOKEN, encode, get_tokenizer
+
+runner = CliRunner()
+
+
+def prompt_batch(batch_size: int = 2, length: int = 8) -> torch.Tensor:
+    return torch.randint(0, 50257, (batch_size, length), generator=torch.Generator().manual_seed(1))
+
+
+def generated(model, idx, n, **kwargs) -> torch.Tensor:
+    return torch.stack(list(generate(model, idx, n, **kwargs)), dim=1)
+
+
+# --- generate --------------------------------------------------------------------------------------------------------
+
+
+def test_greedy_matches_transformers(tiny_model, tiny_checkpoint):
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(tiny_checkpoint).eval()
+    idx = prompt_batch()
+    expected = hf.generate(
+        idx,
+        attention_mask=torch.ones_like(idx),
+        do_sample=False,
+        max_new_tokens=24,
+        min_new_tokens=24,  # no early stop at <|endoftext|>
+        pad_token_id=EOT_TOKEN,
+    )[:, idx.size(1) :]
+    assert torch.equal(generated(tiny_model, idx, 24, temperature=0), expected)
+
+
+def test_cached_logits_equal_uncached(tiny_model):
+    idx = prompt_batch(length=20)
+    with torch.inference_mode():
+        full, _ = tiny_model(idx)
+        tiny_model.setup_kv_cache(2)
+        chunks = [tiny_model(idx[:, :8], pos=0)[0], tiny_model(idx[:, 8:13], pos=8)[0]]  # prefill, then a chunk
+        chunks += [tiny_model(idx[:, t : t + 1], pos=t)[0] for t in range(13, 20)]  # then one token at a time
+        tiny_model.clear_kv_cache()
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-4, rtol=0)
+
+
+def test_decoding_layout_gives_the_same_logits(tiny_model, tiny_config):
+    idx = prompt_batch()
+    with torch.inference_mode():
+        expected, _ = tiny_model(idx)
+        prepared = GPT(tiny_config).eval()
+        prepared.load_state_dict(tiny_model.state_dict())
+        prepare_for_decoding(prepared)
+        assert all(not isinstance(m, torch.nn.Linear) for m in prepared.modules())
+        torch.testing.assert_close(prepared(idx)[0], expected, atol=1e-4, rtol=0)
+
+
+def test_sliding_window_continues_past_the_context(tiny_model):
+    block_size = tiny_model.config.block_size
+    idx = prompt_batch(batch_size=1, length=40)
+    out = generated(tiny_model, idx, 100, temperature=0)
+    assert out.shape == (1, 100)
+    # Reference without a cache: once the context overflows, keep its last half, as generate() does.
+    tokens, start = idx[0].tolist(), 0
+    with torch.inference_mode():
+        for _ in range(100):
+            if len(tokens) - start > block_size:
+                start = len(tokens) - block_size // 2
+            logits, _ = tiny_model(torch.tensor([tokens[start:]]))
+            tokens.append(logits[0, -1].argmax().item())
+    assert out[0].tolist() == tokens[40:]
+
+
+def test_same_seed_same_tokens(tiny_model):
+    idx = prompt_batch()
+    runs = [generated(tiny_model, idx, 20, generator=torch.Generator().manual_seed(seed)) for seed in (7, 7, 8)]
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy(tiny_model):
+    idx = prompt_batch()
+    greedy = generated(tiny_model, idx, 12, temperature=0)
+    assert torch.equal(generated(tiny_model, idx, 12, top_k=1, generator=torch.Generator().manual_seed(0)), greedy)
+    tiny_top_p = generated(tiny_model, idx, 12, top_k=None, top_p=1e-6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(tiny_top_p, greedy)
+
+
+def test_stops_when_every_row_has_a_stop_token(tiny_model):
+    idx = prompt_batch()
+    first = generated(tiny_model, idx, 1, temperature=0)[:, 0]
+    assert len(list(generate(tiny_model, idx, 10, temperature=0, stop_tokens=tuple(first.tolist())))) == 1
+
+
+def test_top_k_and_top_p_keep_only_their_candidates():
+    logits = torch.log(torch.tensor([[0.05, 0.5, 0.15, 0.3]])).repeat(2000, 1)
+    gen = torch.Generator().manual_seed(0)
+    assert set(sample_next(logits, 1.0, 2, None, gen).tolist()) == {1, 3}
+    assert set(sample_next(logits, 1.0, None, 0.7, gen).tolist()) == {1, 3}  # 0.5 + 0.3 reaches 0.7
+    assert set(sample_next(logits, 1.0, None, 0.8, gen).tolist()) == {1, 3}
+    assert set(sample_next(logits, 1.0, None, 0.81, gen).tolist()) == {1, 2, 3}
+    assert set(sample_next(logits, 1.0, 3, 0.9, gen).tolist()) == {1, 2, 3}  # top-p over the top-k's renormalized
+    assert set(sample_next(logits, 0.0, None, None, gen).tolist()) == {1}
+
+
+# --- streaming text --------------------------------------------------------------------------------------------------
+
+
+def stream_text(text: str, stop: str | None = None) -> tuple[list[str], TextStream]:
+    stream = TextStream(stop)
+    pieces = [stream.add(token) for token in encode(text)]
+    return [*pieces, stream.finish()], stream
+
+
+def test_stream_holds_back_characters_split_across_tokens():
+    text = "héllo 🙂 日本語 wörld"
+    assert any(b"\x80" <= get_tokenizer().decode_single_token_bytes(t)[:1] < b"\xc0" for t in encode(text))
+    pieces, _ = stream_text(text)
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in piece for piece in pieces)
+
+
+def test_stream_ends_at_the_stop_text_and_never_prints_part_of_it():
+    pieces, stream = stream_text("one two\n\nthree", stop="\n\n")
+    assert "".join(pieces) == "one two"
+    assert stream.done
+    pieces, _ = stream_text("one two\nthree", stop="\n\n")
+    assert "".join(pieces) == "one two\nthree"
+
+
+# --- the command -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, tiny_model):
+    """A working directory with checkpoints/tiny in it."""
+    save_checkpoint(tiny_model, tmp_path / "checkpoints" / "tiny")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run(*args, input=None):
+    return runner.invoke(app, ["sample", *args], input=input)
+
+
+def test_cli_streams_from_the_newest_checkpoint(workdir):
+    result = run("Hello", "--top-k", "50", "--max-new-tokens", "8", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Hello") and len(result.stdout) > len("Hello\n")
+    assert "8 tokens in" in result.stderr and "tokens/s" in result.stderr
+    assert run("Hello", "--top-k", "50", "--max-new-tokens", "8", "--seed", "3").stdout == result.stdout
+
+
+def test_cli_options(workdir):
+    args = ["--ckpt", str(workdir / "checkpoints" / "tiny"), "--dtype", "float32", "--device", "cpu"]
+    result = run("", *args, "--max-new-tokens", "6", "--num-samples", "3", "--temperature", "0.8", "--top-p", "0.9")
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stdout.splitlines() if "sample" in line] == [
+        f"─── sample {i}/3 ───" for i in (1, 2, 3)
+    ]
+    greedy = run("A", *args, "--temperature", "0", "--max-new-tokens", "20")
+    stop = greedy.stdout[2:5]
+    stopped = run("A", *args, "--temperature", "0", "--max-new-tokens", "20", "--stop", stop)
+    assert stopped.exit_code == 0 and stopped.stdout == greedy.stdout[: greedy.stdout.index(stop)] + "\n"
+
+
+def test_cli_reads_the_prompt_from_stdin(workdir):
+    result = run("-", "--max-new-tokens", "3", "--dtype", "float32", input="Once upon a time")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Once upon a time")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["--temperature", "-1"], "--temperature must be 0"),
+        (["--top-k", "-2"], "--top-k must be 0"),
+        (["--num-samples", "0"], "--num-samples must be at least 1"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+        (["--ckpt", "nowhere"], "checkpoint nowhere does not exist"),
+    ],
+)
+def test_cli_bad_options(workdir, args, message):
+    result = run("Hi", *args)
+    assert result.exit_code == 1
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_cli_prompt_longer_than_the_context(workdir):
+    result = run(" ".join(["word"] * 100))
+    assert result.exit_code == 1
+    assert "prompt is 100 tokens long, more than the model's context of 64" in result.stderr
+
+
+def test_cli_without_any_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run("Hello")
+    assert result.exit_code == 1
+    assert "no checkpoint under checkpoints/" in result.stderr and "gptkit download gpt2" in result.stderr
+    assert "Traceback" not in result.output
