@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import matmul_peak_gflops, summary  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "input.txt"
-MODEL = "gpt2"
+MODELS = ("gpt2", "mini")  # GPT-2 124M, and the small preset for quick CPU runs
 BATCH, SEQ = 4, 256
 
 
@@ -78,19 +78,22 @@ def run_child(impl: str, dtype: str, checkpoint: Path, steps: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def bench_train(quick: bool = False) -> list[dict]:
+def bench_train(quick: bool = False, models=None) -> list[dict]:
+    models = models or (MODELS[1:] if quick else MODELS)
+    peaks = {"float32": matmul_peak_gflops(torch.float32), "bfloat16": matmul_peak_gflops(torch.bfloat16)}
+    batches(1)  # tokenize (and cache) outside the timed children
+    return [row for model in models for row in bench_model(model, quick, peaks)]
+
+
+def bench_model(name: str, quick: bool, peaks: dict) -> list[dict]:
     from gptkit.checkpoint import save_checkpoint
     from gptkit.model import GPT, PRESETS
     from gptkit.train import flops_per_token
 
     steps, rounds = (3, 1) if quick else (8, 2)
-    config = PRESETS[MODEL]
-    config.block_size = SEQ if quick else config.block_size
     torch.manual_seed(0)
-    model = GPT(PRESETS[MODEL])
+    model = GPT(PRESETS[name])
     flops = flops_per_token(model, SEQ)
-    peaks = {"float32": matmul_peak_gflops(torch.float32), "bfloat16": matmul_peak_gflops(torch.bfloat16)}
-    batches(1)  # tokenize (and cache) outside the timed children
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = save_checkpoint(model, Path(tmp) / "init")
@@ -107,7 +110,7 @@ def bench_train(quick: bool = False) -> list[dict]:
         rows.append(
             {
                 "impl": impl,
-                "model": MODEL,
+                "model": name,
                 "dtype": dtype,
                 "batch": f"{BATCH} x {SEQ}",
                 "tokens/s median": round(tokens_per_s["median"]),

@@ -1,0 +1,129 @@
+"""All of gptkit's benchmarks in one run, against Hugging Face transformers' GPT2LMHeadModel on the same weights,
+data, shapes and dtypes (the two alternating, so machine noise hits both), printed as one markdown report.
+
+    uv run python -m bench.run            # the full run (under 30 minutes on 2 cores)
+    uv run python -m bench.run --quick    # a smoke check (about two minutes)
+
+Ratios (gptkit / transformers) are the figures that matter; the targets are in the train and sample issues.
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import cli_bench, eval_bench, sample_bench, train_bench  # noqa: E402
+from bench.common import copy_bandwidth_gbs, matmul_peak_gflops  # noqa: E402
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_section() -> str:
+    rows = [
+        ["matmul peak, fp32 (2048 x 2048)", f"{matmul_peak_gflops(torch.float32):.0f} GFLOP/s"],
+        ["matmul peak, bf16 (2048 x 2048)", f"{matmul_peak_gflops(torch.bfloat16):.0f} GFLOP/s"],
+        ["copy bandwidth (512 MiB, read + write)", f"{copy_bandwidth_gbs():.1f} GB/s"],
+    ]
+    return "### Machine\n\n" + table(["figure", "measured"], rows)
+
+
+def train_section(quick: bool) -> str:
+    rows = train_bench.bench_train(quick)
+    body = []
+    for r in rows:
+        peer = next(p for p in rows if p["impl"] == "transformers" and p["model"] == r["model"] and p["dtype"] == r["dtype"])
+        peer_fp32 = next(
+            p for p in rows if p["impl"] == "transformers" and p["model"] == r["model"] and p["dtype"] == "float32"
+        )
+        body.append(
+            [
+                r["impl"],
+                r["model"],
+                r["dtype"],
+                r["batch"],
+                f"{r['tokens/s median']:,} [{r['tokens/s min']:,}, {r['tokens/s max']:,}]",
+                f"{r['MFU %']}%",
+                f"{r['peak RSS MB']:,}",
+                f"{r['tokens/s median'] / peer['tokens/s median']:.2f}x",
+                f"{r['tokens/s median'] / peer_fp32['tokens/s median']:.2f}x",
+            ]
+        )
+    header = ["impl", "model", "dtype", "batch x seq", "tokens/s median [min, max]", "MFU", "peak RSS MB",
+              "vs transformers, same dtype", "vs transformers fp32"]  # fmt: skip
+    return "### Training step (AdamW, fresh process per run)\n\n" + table(header, body)
+
+
+def sample_section(quick: bool) -> str:
+    rows = sample_bench.bench_sample(quick)
+    new_tokens = 50 if quick else 200
+    return f"### Sampling ({new_tokens} new tokens, top-k 50, KV cache)\n\n" + sample_bench.markdown(rows)
+
+
+def eval_section(quick: bool) -> str:
+    rows = eval_bench.bench_eval(quick)
+    body = []
+    for r in rows:
+        peer = next(p for p in rows if p["impl"] == "transformers" and p["dtype"] == r["dtype"])
+        body.append(
+            [
+                r["impl"],
+                r["dtype"],
+                f"{r['tokens_per_s']:,.0f}",
+                f"{r['best_tokens_per_s']:,.0f}",
+                f"{r['tokens_per_s'] / peer['tokens_per_s']:.2f}x",
+            ]
+        )
+    header = ["impl", "dtype", "tokens/s median", "tokens/s best", "vs transformers"]
+    return "### Eval (GPT-2 124M, windows of 1024 tokens)\n\n" + table(header, body)
+
+
+def cli_section(quick: bool) -> str:
+    body = [[r["command"], f"{r['median']:.2f} s", f"{r['min']:.2f} s", f"{r['max']:.2f} s"] for r in cli_bench.bench_cli(quick)]
+    return "### Command latency (whole process)\n\n" + table(["command", "median", "min", "max"], body)
+
+
+def main():
+    parser = argparse.ArgumentParser(description="gptkit against transformers, in one run.")
+    parser.add_argument("--quick", action="store_true", help="fewer steps and tokens: a smoke check")
+    parser.add_argument("--out", type=Path, help="also write the report to this file")
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    header = (
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {cpu_name()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+        f"`uv run python -m bench.run{' --quick' if args.quick else ''}`."
+    )
+    sections = [header]
+    for section in (machine_section, train_section, sample_section, eval_section, cli_section):
+        print(f"[{time.perf_counter() - start:6.0f} s] {section.__name__.removesuffix('_section')}", file=sys.stderr)
+        sections.append(section(args.quick) if section is not machine_section else section())
+    sections.append(f"Whole run: {(time.perf_counter() - start) / 60:.1f} minutes.")
+    report = "\n\n".join(sections) + "\n"
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+
+
+if __name__ == "__main__":
+    main()
