@@ -17,7 +17,6 @@ validation set (10,042 examples) is hellaswag_val.jsonl from the authors' reposi
 A context too long for the model is cropped from the left (the ending is always kept whole); `cropped` counts them.
 """
 
-import hashlib
 import json
 import math
 import sys
@@ -284,10 +283,6 @@ def evaluate_hellaswag(model: GPT, examples: list[dict] | Path, dtype=torch.floa
 # --- the command -----------------------------------------------------------------------------------------------------
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def progress_bar(enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -412,7 +407,7 @@ def run_eval(
         if examples is not None:
             progress = track(bar, "HellaSwag", "examples")
             results = evaluate_hellaswag(model, examples, dtype, progress)
-            hs_file = {"file": str(Path(hellaswag).resolve()), "sha256": file_sha256(hellaswag)}
+            hs_file = {"file": str(Path(hellaswag).resolve()), "sha256": data_hash([Path(hellaswag)])}
             record["hellaswag"] = {**hs_file, **results}
 
     if json_output:

@@ -9,7 +9,6 @@ once it is complete and checked.
 """
 
 import errno
-import hashlib
 import os
 import re
 import shutil
@@ -34,6 +33,7 @@ from gptkit.checkpoint import (
     read_safetensors_header,
     write_json,
 )
+from gptkit.data import data_hash
 from gptkit.errors import GptkitError
 from gptkit.inspect import human_bytes
 
@@ -186,7 +186,7 @@ def fetch_weights(repo_id, commit, out: Path, endpoint, offline, force) -> tuple
             if stale != part:
                 stale.unlink()
         fetch(url, filename, part, meta.size)
-        if re.fullmatch(r"[0-9a-f]{64}", meta.etag or "") and sha256(part) != meta.etag:
+        if re.fullmatch(r"[0-9a-f]{64}", meta.etag or "") and data_hash([part]) != meta.etag:
             part.unlink()
             raise GptkitError(f"{repo_id}/{filename} arrived corrupted (checksum mismatch): run again to fetch it anew")
         return filename, part, False
@@ -220,11 +220,6 @@ def fetch(url: str, filename: str, part: Path, size: int | None):
             displayed_filename=filename,
             tqdm_class=RichBar,
         )
-
-
-def sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def check_weights(path: Path, config, source: str):

@@ -301,7 +301,7 @@ def save_run(out: Path, model: GPT, optimizer, metadata: dict, state: dict, proc
     procs.barrier()
 
 
-def load_run_state(out: Path, data_sha256: str | None = None) -> dict:
+def load_run_state(out: Path) -> dict:
     """The training state JSON of a run folder, checked to be complete and consistent."""
     if not out.is_dir():
         raise GptkitError(f"{out} does not exist: there is no run to resume (start one without --resume)")
