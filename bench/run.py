@@ -51,7 +51,9 @@ def train_section(quick: bool) -> str:
     rows = train_bench.bench_train(quick)
     body = []
     for r in rows:
-        peer = next(p for p in rows if p["impl"] == "transformers" and p["model"] == r["model"] and p["dtype"] == r["dtype"])
+        peer = next(
+            p for p in rows if p["impl"] == "transformers" and p["model"] == r["model"] and p["dtype"] == r["dtype"]
+        )
         peer_fp32 = next(
             p for p in rows if p["impl"] == "transformers" and p["model"] == r["model"] and p["dtype"] == "float32"
         )
@@ -98,7 +100,10 @@ def eval_section(quick: bool) -> str:
 
 
 def cli_section(quick: bool) -> str:
-    body = [[r["command"], f"{r['median']:.2f} s", f"{r['min']:.2f} s", f"{r['max']:.2f} s"] for r in cli_bench.bench_cli(quick)]
+    body = [
+        [r["command"], f"{r['median']:.2f} s", f"{r['min']:.2f} s", f"{r['max']:.2f} s"]
+        for r in cli_bench.bench_cli(quick)
+    ]
     return "### Command latency (whole process)\n\n" + table(["command", "median", "min", "max"], body)
 
 

@@ -98,7 +98,12 @@ def bench_model(name: str, quick: bool, peaks: dict) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = save_checkpoint(model, Path(tmp) / "init")
         del model
-        runs = [("gptkit", "float32"), ("transformers", "float32"), ("gptkit", "bfloat16"), ("transformers", "bfloat16")]
+        runs = [
+            ("gptkit", "float32"),
+            ("transformers", "float32"),
+            ("gptkit", "bfloat16"),
+            ("transformers", "bfloat16"),
+        ]
         results = {run: {"times": [], "peak_rss_mb": []} for run in runs}
         for _ in range(rounds):
             for impl, dtype in runs:

@@ -132,7 +132,9 @@ def resolve(path: str | Path) -> tuple[Path, Path | None]:
         weights = path / WEIGHTS_FILE
         if not weights.is_file():
             if (path / "pytorch_model.bin").is_file():
-                raise GptkitError(f"{path} holds pytorch_model.bin, not {WEIGHTS_FILE}: convert it with gptkit download")
+                raise GptkitError(
+                    f"{path} holds pytorch_model.bin, not {WEIGHTS_FILE}: convert it with gptkit download"
+                )
             raise GptkitError(f"{path} is not a checkpoint: it has no {WEIGHTS_FILE}")
         config = path / CONFIG_FILE
         return weights, config if config.is_file() else None
@@ -243,7 +245,11 @@ def config_from_shapes(header: dict, source: Path) -> GPTConfig:
     vocab_size, n_embd = shapes["wte.weight"]
     n_layer = len({k.split(".")[1] for k in shapes if k.startswith("h.")})
     return GPTConfig(
-        block_size=shapes["wpe.weight"][0], vocab_size=vocab_size, n_layer=n_layer, n_head=max(1, n_embd // 64), n_embd=n_embd
+        block_size=shapes["wpe.weight"][0],
+        vocab_size=vocab_size,
+        n_layer=n_layer,
+        n_head=max(1, n_embd // 64),
+        n_embd=n_embd,
     )
 
 

@@ -72,26 +72,64 @@ def download(
 @command
 def train(
     data: Annotated[Path, typer.Argument(help="A UTF-8 text file or a folder of .txt files.")],
-    model: Annotated[Optional[str], typer.Option(help="Preset (gpt2, gpt2-medium, ..., mini, micro, nano) to train from scratch, or a checkpoint directory to fine-tune. \\[default: gpt2]")] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Preset (gpt2, gpt2-medium, ..., mini, micro, nano) to train from scratch, or a checkpoint directory to fine-tune. \\[default: gpt2]"
+        ),
+    ] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimizer steps. \\[default: 1000]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per micro-step, per process. \\[default: 4 on CPU, 16 on GPU]")] = None,
-    block_size: Annotated[Optional[int], typer.Option(help="Tokens per sequence (crops a checkpoint's context). \\[default: 256 on CPU, the model's context on GPU]")] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option(help="Sequences per micro-step, per process. \\[default: 4 on CPU, 16 on GPU]")
+    ] = None,
+    block_size: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Tokens per sequence (crops a checkpoint's context). \\[default: the model's context, at most 256 on CPU]"
+        ),
+    ] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help="Micro-steps per optimizer step. \\[default: 1]")] = None,
-    tokens_per_step: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step over all processes; sets --grad-accum.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate. \\[default: 6e-4 from scratch, 3e-5 fine-tuning]")] = None,
-    min_lr: Annotated[Optional[float], typer.Option(help="Learning rate at the end of the cosine decay. \\[default: lr / 10]")] = None,
+    tokens_per_step: Annotated[
+        Optional[int], typer.Option(help="Tokens per optimizer step over all processes; sets --grad-accum.")
+    ] = None,
+    lr: Annotated[
+        Optional[float], typer.Option(help="Peak learning rate. \\[default: 6e-4 from scratch, 3e-5 fine-tuning]")
+    ] = None,
+    min_lr: Annotated[
+        Optional[float], typer.Option(help="Learning rate at the end of the cosine decay. \\[default: lr / 10]")
+    ] = None,
     warmup_steps: Annotated[Optional[int], typer.Option(help="Steps of linear warmup. \\[default: steps / 20]")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay of the weight matrices. \\[default: 0.1]")] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help="Validation loss every N steps (0: at the end only). \\[default: 250]")] = None,
-    eval_tokens: Annotated[Optional[int], typer.Option(help="Validation tokens per evaluation. \\[default: 20 batches]")] = None,
-    save_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps (0: at the end only). \\[default: 500]")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Tail of the data held out for validation. \\[default: 0.1]")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder. \\[default: checkpoints/<data name>-<model name>]")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="auto, float32 or bfloat16 (autocast). \\[default: auto: bf16 where fast]")] = None,
+    weight_decay: Annotated[
+        Optional[float], typer.Option(help="AdamW weight decay of the weight matrices. \\[default: 0.1]")
+    ] = None,
+    eval_every: Annotated[
+        Optional[int], typer.Option(help="Validation loss every N steps (0: at the end only). \\[default: 250]")
+    ] = None,
+    eval_tokens: Annotated[
+        Optional[int], typer.Option(help="Validation tokens per evaluation. \\[default: 20 batches]")
+    ] = None,
+    save_every: Annotated[
+        Optional[int], typer.Option(help="Checkpoint every N steps (0: at the end only). \\[default: 500]")
+    ] = None,
+    val_fraction: Annotated[
+        Optional[float], typer.Option(help="Tail of the data held out for validation. \\[default: 0.1]")
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Run folder. \\[default: checkpoints/<data name>-<model name>]")
+    ] = None,
+    dtype: Annotated[
+        Optional[str], typer.Option(help="auto, float32 or bfloat16 (autocast). \\[default: auto: bf16 where fast]")
+    ] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps. \\[default: auto]")] = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.", show_default=False)] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed of the weights and the data order. \\[default: 1337]")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")] = False,
+    compile: Annotated[
+        Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.", show_default=False)
+    ] = None,
+    seed: Annotated[
+        Optional[int], typer.Option(help="Random seed of the weights and the data order. \\[default: 1337]")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an --out that holds a run.")] = False,
 ):
     """Train a model from scratch or from a checkpoint (under torchrun: on several processes with DDP)."""
@@ -101,11 +139,28 @@ def train(
     from gptkit.train import train as run_training
 
     config = TrainConfig(
-        data=str(data), model=model, out=str(out) if out else None, steps=steps, batch_size=batch_size,
-        block_size=block_size, grad_accum=grad_accum, tokens_per_step=tokens_per_step, lr=lr, min_lr=min_lr,
-        warmup_steps=warmup_steps, weight_decay=weight_decay, eval_every=eval_every, eval_tokens=eval_tokens,
-        save_every=save_every, val_fraction=val_fraction, dtype=dtype, device=device, compile=compile, seed=seed,
-        resume=resume, overwrite=overwrite,
+        data=str(data),
+        model=model,
+        out=str(out) if out else None,
+        steps=steps,
+        batch_size=batch_size,
+        block_size=block_size,
+        grad_accum=grad_accum,
+        tokens_per_step=tokens_per_step,
+        lr=lr,
+        min_lr=min_lr,
+        warmup_steps=warmup_steps,
+        weight_decay=weight_decay,
+        eval_every=eval_every,
+        eval_tokens=eval_tokens,
+        save_every=save_every,
+        val_fraction=val_fraction,
+        dtype=dtype,
+        device=device,
+        compile=compile,
+        seed=seed,
+        resume=resume,
+        overwrite=overwrite,
     )
     try:
         run_training(config)
@@ -132,9 +187,13 @@ def sample(
     top_p: Annotated[
         Optional[float], typer.Option(help="Nucleus sampling: the most likely tokens holding this probability.")
     ] = None,
-    num_samples: Annotated[int, typer.Option(help="Samples to generate (as one batch), printed one after another.")] = 1,
+    num_samples: Annotated[
+        int, typer.Option(help="Samples to generate (as one batch), printed one after another.")
+    ] = 1,
     seed: Annotated[Optional[int], typer.Option(help="Random seed, for reproducible samples.")] = None,
-    stop: Annotated[Optional[str], typer.Option(help="Stop a sample at this text (as well as at <|endoftext|>).")] = None,
+    stop: Annotated[
+        Optional[str], typer.Option(help="Stop a sample at this text (as well as at <|endoftext|>).")
+    ] = None,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
 ):

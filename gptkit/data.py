@@ -1,7 +1,7 @@
 """Training text: read a file or a folder of .txt files, tokenize it once, cache the tokens, split train / val.
 
-The token cache is a flat uint16 file named by the sha256 of the text, under $GPTKIT_CACHE_DIR (default
-~/.cache/gptkit/tokens), so a second run on the same data starts at once, wherever the data lives.
+The token cache is a flat uint16 file named by the sha256 of the text, in $GPTKIT_CACHE_DIR/tokens
+(default ~/.cache/gptkit/tokens), so a second run on the same data starts at once, wherever the data lives.
 """
 
 import hashlib
@@ -135,7 +135,11 @@ class TokenizeProgress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(
-                TextColumn("tokenizing"), BarColumn(), MofNCompleteColumn(), TextColumn("MB"), TimeRemainingColumn(),
+                TextColumn("tokenizing"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("MB"),
+                TimeRemainingColumn(),
                 transient=True,
             )
             self.bar.start()
@@ -158,7 +162,9 @@ class BatchLoader:
     is all the state there is: saving and restoring it resumes the stream exactly.
     """
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, block_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, tokens: np.ndarray, batch_size: int, block_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
         self.tokens = tokens
         self.batch_size = batch_size
         self.block_size = block_size
@@ -207,7 +213,9 @@ class BatchLoader:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
-def eval_batches(tokens: np.ndarray, n_tokens: int, batch_size: int, block_size: int, rank: int = 0, world_size: int = 1):
+def eval_batches(
+    tokens: np.ndarray, n_tokens: int, batch_size: int, block_size: int, rank: int = 0, world_size: int = 1
+):
     """(x, y) batches of this process's share of the first n_tokens of tokens, cut in sequential windows of
     block_size (shorter when there are fewer tokens); process r takes windows r, r + world_size, ..."""
     import torch

@@ -154,7 +154,9 @@ def validation_split(ckpt: Path, quiet: bool = False) -> tuple[np.ndarray, dict]
         )
     path, val_fraction = Path(data["path"]), data.get("val_fraction")
     if data.get("split", "tail") != "tail" or val_fraction is None:
-        raise GptkitError(f"{ckpt}: the validation split it records is not one gptkit knows: give a TEXT to evaluate on")
+        raise GptkitError(
+            f"{ckpt}: the validation split it records is not one gptkit knows: give a TEXT to evaluate on"
+        )
     if not path.exists():
         raise GptkitError(
             f"the training data {path} recorded in {ckpt} no longer exists: give a TEXT file or folder to evaluate on"

@@ -5,7 +5,15 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from gptkit.checkpoint import IGNORED_SUFFIXES, read_json, read_metadata, read_safetensors_header, resolve, strip_prefix
+from gptkit.checkpoint import (
+    IGNORED_SUFFIXES,
+    METADATA_FILE,
+    read_json,
+    read_metadata,
+    read_safetensors_header,
+    resolve,
+    strip_prefix,
+)
 
 LAYER = re.compile(r"(^|\.)h\.(\d+)\.")
 # The order of a GPT-2's modules, so the tensor table reads top to bottom like the model.
@@ -67,7 +75,7 @@ def inspect_checkpoint(path: str | Path) -> dict:
         params.pop("lm_head.weight", None)  # the same numbers as wte.weight
     total = sum(params.values())
     folder = path if path.is_dir() else None
-    files = [p for p in folder.iterdir() if p.is_file()] if folder else [weights]
+    files = [p for p in (weights, config_file, folder and folder / METADATA_FILE) if p and p.is_file()]
     return {
         "path": str(path),
         "config": {k: config[k] for k in CONFIG_KEYS if k in config},

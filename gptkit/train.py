@@ -121,7 +121,9 @@ def start_processes(device_name: str) -> Processes:
 
 
 def run_name(data: str, model: str) -> str:
-    return f"{Path(data).resolve().stem or 'data'}-{Path(model).name if Path(model).exists() else model}"
+    """<data>-<preset> from scratch, <data>-<checkpoint>-finetuned from a checkpoint (never the same folder)."""
+    stem = Path(data).resolve().stem or "data"
+    return f"{stem}-{Path(model).name}-finetuned" if model not in PRESETS else f"{stem}-{model}"
 
 
 def default_out(cfg: TrainConfig) -> Path:
@@ -198,7 +200,12 @@ def merge_for_resume(cfg: TrainConfig, saved: dict, saved_model: str) -> TrainCo
         given, before = getattr(cfg, f.name), saved[f.name]
         if given is None or (f.name == "dtype" and given == "auto"):
             merged[f.name] = before
-        elif f.name in CHANGEABLE_ON_RESUME or given == before or isinstance(given, float) and math.isclose(given, before):
+        elif (
+            f.name in CHANGEABLE_ON_RESUME
+            or given == before
+            or isinstance(given, float)
+            and math.isclose(given, before)
+        ):
             merged[f.name] = given
         else:
             option = "--" + f.name.replace("_", "-")
@@ -240,7 +247,9 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused, foreach=None if fused else True)
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused, foreach=None if fused else True
+    )
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -489,7 +498,9 @@ def run(cfg: TrainConfig, procs: Processes, console) -> dict:
     finally:
         progress.close()
     if state is not None and state["data"]["sha256"] != digest:
-        raise GptkitError(f"{cfg.data} is not the data this run was trained on (its content changed): resume with that data")
+        raise GptkitError(
+            f"{cfg.data} is not the data this run was trained on (its content changed): resume with that data"
+        )
 
     cfg = resolve(cfg, procs.device, context, model_name not in PRESETS, procs.world_size)
     train_tokens, val_tokens = split_tokens(tokens, cfg.val_fraction)
@@ -540,7 +551,9 @@ def run(cfg: TrainConfig, procs: Processes, console) -> dict:
 
     metrics_path = out / METRICS_FILE
     if procs.main and state is not None and metrics_path.exists():  # drop lines past the saved step
-        kept = [line for line in metrics_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+        kept = [
+            line for line in metrics_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step
+        ]
         with atomic_path(metrics_path) as tmp:
             tmp.write_text("".join(line + "\n" for line in kept))
     metrics_file = None

@@ -48,8 +48,19 @@ def test_train_bf16_on_cuda(tiny_checkpoint, tmp_path, monkeypatch, compile):
     monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path / "cache"))
     text = tmp_path / "text.txt"
     text.write_text(open("data/input.txt", encoding="utf-8").read()[:40_000])
-    cfg = TrainConfig(data=str(text), model=str(tiny_checkpoint), out=str(tmp_path / "run"), steps=6, batch_size=4,
-                      block_size=32, dtype="auto", device="cuda", compile=compile, eval_every=0, eval_tokens=256)
+    cfg = TrainConfig(
+        data=str(text),
+        model=str(tiny_checkpoint),
+        out=str(tmp_path / "run"),
+        steps=6,
+        batch_size=4,
+        block_size=32,
+        dtype="auto",
+        device="cuda",
+        compile=compile,
+        eval_every=0,
+        eval_tokens=256,
+    )
     summary = train(cfg, console=Console(file=io.StringIO()))
     assert np.isfinite(summary["train_loss"]) and np.isfinite(summary["val_loss"])
     load_checkpoint(tmp_path / "run")  # written from GPU, readable on the CPU

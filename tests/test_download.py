@@ -282,7 +282,9 @@ def test_cli(server, tmp_path):
         env.pop(name, None)
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "gptkit", "download", *args], env=env, capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "gptkit", "download", *args], env=env, capture_output=True, text=True
+        )
 
     done = run("gpt2", "--out", tmp_path / "gpt2")
     assert done.returncode == 0, done.stderr

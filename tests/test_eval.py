@@ -53,7 +53,7 @@ def test_loss_equals_transformers(tiny_model, tiny_checkpoint, stride):
     for begin, end, n_scored in lm_windows(len(tokens), 32, stride):
         window = torch.from_numpy(tokens[begin : end + 1].astype(np.int64))[None]
         labels = window.clone()
-        labels[:, : -n_scored] = -100
+        labels[:, :-n_scored] = -100
         with torch.no_grad():
             total += hf(window, labels=labels).loss.item() * n_scored
         scored += n_scored
@@ -124,7 +124,13 @@ def test_folder_input(tiny_checkpoint, tmp_path):
 
 def with_training_data(checkpoint, data_path, sha256, val_fraction=0.25):
     meta = read_metadata(checkpoint)
-    meta["data"] = {"path": str(data_path), "sha256": sha256, "tokens": 0, "val_fraction": val_fraction, "split": "tail"}
+    meta["data"] = {
+        "path": str(data_path),
+        "sha256": sha256,
+        "tokens": 0,
+        "val_fraction": val_fraction,
+        "split": "tail",
+    }
     write_json(checkpoint / "gptkit.json", meta)
 
 

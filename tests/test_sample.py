@@ -4,7 +4,7 @@ from typer.testing import CliRunner
 
 from gptkit.checkpoint import save_checkpoint
 from gptkit.cli import app
-from gptkit.model import GPT, GPTConfig
+from gptkit.model import GPT
 from gptkit.sample import TextStream, generate, prepare_for_decoding, sample_next
 from gptkit.tokenizer import EOT_TOKEN, encode, get_tokenizer
 

@@ -1,6 +1,5 @@
 import io
 import json
-import math
 import os
 import signal
 import subprocess
@@ -12,7 +11,6 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from gptkit import train as train_module
 from gptkit.checkpoint import load_checkpoint, load_tensors, read_metadata
 from gptkit.cli import app
 from gptkit.data import BatchLoader
@@ -33,8 +31,17 @@ def text(tmp_path):
 
 
 def run(text, model, out, **options) -> dict:
-    settings = dict(steps=4, batch_size=4, block_size=32, lr=1e-3, dtype="float32", device="cpu", eval_every=0,
-                    eval_tokens=256, save_every=0)
+    settings = dict(
+        steps=4,
+        batch_size=4,
+        block_size=32,
+        lr=1e-3,
+        dtype="float32",
+        device="cpu",
+        eval_every=0,
+        eval_tokens=256,
+        save_every=0,
+    )
     cfg = TrainConfig(data=str(text), model=model and str(model), out=str(out), **settings | options)
     return train(cfg, console=Console(file=io.StringIO()))
 
@@ -101,8 +108,25 @@ def test_interrupt_saves_and_resume_is_exact(text, tiny_checkpoint, tmp_path, mo
 
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(text, tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "gptkit", "train", str(text), "--model", str(tiny_checkpoint), "--out", str(out),
-               "--steps", "100000", "--batch-size", "2", "--block-size", "16", "--dtype", "float32"]
+    command = [
+        sys.executable,
+        "-m",
+        "gptkit",
+        "train",
+        str(text),
+        "--model",
+        str(tiny_checkpoint),
+        "--out",
+        str(out),
+        "--steps",
+        "100000",
+        "--batch-size",
+        "2",
+        "--block-size",
+        "16",
+        "--dtype",
+        "float32",
+    ]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
@@ -120,10 +144,32 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(text, tiny_checkpoint,
 def test_two_processes_match_one_with_the_same_global_batch(text, tiny_checkpoint, tmp_path):
     options = ["--steps", "3", "--block-size", "32", "--lr", "1e-3", "--dtype", "float32", "--device", "cpu"]
     two = tmp_path / "two"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gptkit",
-               "train", str(text), "--model", str(tiny_checkpoint), "--out", str(two), "--batch-size", "2", *options]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                             env=os.environ | {"OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "gptkit",
+        "train",
+        str(text),
+        "--model",
+        str(tiny_checkpoint),
+        "--out",
+        str(two),
+        "--batch-size",
+        "2",
+        *options,
+    ]
+    child = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
     try:
         _, stderr = child.communicate(timeout=180)
     finally:
@@ -175,8 +221,11 @@ def test_batch_too_big_for_memory(tiny_checkpoint, tmp_path):
     big = tmp_path / "big.txt"
     big.write_text(open("data/input.txt", encoding="utf-8").read())  # 300k tokens: enough for 4000 x 64
     # the logits alone would take 4000 x 64 x 50257 x 4 bytes = 51 GB
-    assert_fails([big, "--model", tiny_checkpoint, "--batch-size", "4000", "--block-size", "64"], "out of memory",
-                 tmp_path / "run")
+    assert_fails(
+        [big, "--model", tiny_checkpoint, "--batch-size", "4000", "--block-size", "64"],
+        "out of memory",
+        tmp_path / "run",
+    )
 
 
 def test_resume_refuses_changed_settings_and_finished_runs(text, tiny_checkpoint, tmp_path):
