@@ -238,3 +238,10 @@ def test_resume_refuses_changed_settings_and_finished_runs(text, tiny_checkpoint
     code, output = cli(text, "--model", tiny_checkpoint, "--out", out)
     assert code != 0 and "--overwrite" in output
     assert read_metadata(out)["step"] == 2
+
+
+def test_default_run_folders_do_not_collide(tiny_checkpoint):
+    from gptkit.train import run_name
+
+    assert run_name("data/input.txt", "gpt2") == "input-gpt2"
+    assert run_name("data/input.txt", str(tiny_checkpoint)) == f"input-{tiny_checkpoint.name}-finetuned"
