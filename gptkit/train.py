@@ -443,7 +443,7 @@ def evaluate(model: GPT, val_tokens, cfg: TrainConfig, procs: Processes, dtype, 
             break
         x, y = x.to(procs.device), y.to(procs.device)
         with autocast(procs.device, dtype):
-            _, loss = model(x, y)
+            loss = model(x, y)[1]
         total += torch.stack([loss.double() * y.numel(), torch.tensor(y.numel(), device=procs.device)])
     model.train()
     if procs.distributed:
@@ -596,7 +596,7 @@ def run(cfg: TrainConfig, procs: Processes, console) -> dict:
                         sync = contextlib.nullcontext() if last or not procs.distributed else step_model.no_sync()
                         with sync:
                             with autocast(procs.device, dtype):
-                                _, loss = step_model(x, y)
+                                loss = step_model(x, y)[1]  # the logits are not kept alive through backward
                             loss = loss / cfg.grad_accum
                             loss.backward()
                         stats[0] += loss.detach()
