@@ -115,7 +115,10 @@ def train(
         Optional[float], typer.Option(help="Tail of the data held out for validation. \\[default: 0.1]")
     ] = None,
     out: Annotated[
-        Optional[Path], typer.Option(help="Run folder. \\[default: checkpoints/<data name>-<model name>]")
+        Optional[Path],
+        typer.Option(
+            help="Run folder. \\[default: checkpoints/<data name>-<preset>, or <data name>-<checkpoint>-finetuned]"
+        ),
     ] = None,
     dtype: Annotated[
         Optional[str], typer.Option(help="auto, float32 or bfloat16 (autocast). \\[default: auto: bf16 where fast]")

@@ -106,18 +106,15 @@ def test_interrupt_saves_and_resume_is_exact(text, tiny_checkpoint, tmp_path, mo
     assert read_metadata(tmp_path / "split")["val_loss"] == read_metadata(tmp_path / "straight")["val_loss"]
 
 
+def train_command(text, model, out, launcher=()) -> list[str]:
+    """`python -m [launcher ...] gptkit train TEXT --model MODEL --out OUT`, for a child process."""
+    return [sys.executable, "-m", *launcher, "gptkit", "train", str(text), "--model", str(model), "--out", str(out)]
+
+
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(text, tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
     command = [
-        sys.executable,
-        "-m",
-        "gptkit",
-        "train",
-        str(text),
-        "--model",
-        str(tiny_checkpoint),
-        "--out",
-        str(out),
+        *train_command(text, tiny_checkpoint, out),
         "--steps",
         "100000",
         "--batch-size",
@@ -145,19 +142,9 @@ def test_two_processes_match_one_with_the_same_global_batch(text, tiny_checkpoin
     options = ["--steps", "3", "--block-size", "32", "--lr", "1e-3", "--dtype", "float32", "--device", "cpu"]
     two = tmp_path / "two"
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "gptkit",
-        "train",
-        str(text),
-        "--model",
-        str(tiny_checkpoint),
-        "--out",
-        str(two),
+        *train_command(
+            text, tiny_checkpoint, two, launcher=["torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+        ),
         "--batch-size",
         "2",
         *options,
