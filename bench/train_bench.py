@@ -20,6 +20,9 @@ from bench.common import matmul_peak_gflops, summary  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "input.txt"
 MODELS = ("gpt2", "mini")  # GPT-2 124M, and the small preset for quick CPU runs
+GPTKIT, TRANSFORMERS = "gptkit", "transformers"
+# transformers with gptkit's allocator setting (runtime.keep_freed_memory): shows how much of the lead is that setting
+TRANSFORMERS_TUNED = "transformers+malloc"
 BATCH, SEQ = 4, 256
 
 
@@ -33,11 +36,13 @@ def batches(n: int):
 
 def child(impl: str, dtype_name: str, checkpoint: str, steps: int):
     """Train `steps` steps (after two warm-up steps) and print the step times and peak RSS as JSON."""
-    from gptkit.runtime import autocast
+    from gptkit.runtime import autocast, keep_freed_memory
     from gptkit.train import TrainConfig, make_optimizer
 
     device, dtype = torch.device("cpu"), getattr(torch, dtype_name)
-    if impl == "gptkit":
+    if impl in (GPTKIT, TRANSFORMERS_TUNED):  # the allocator setting `gptkit train` makes
+        keep_freed_memory()
+    if impl == GPTKIT:
         from gptkit.checkpoint import load_checkpoint
 
         model = load_checkpoint(checkpoint).train()
@@ -98,12 +103,7 @@ def bench_model(name: str, quick: bool, peaks: dict) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = save_checkpoint(model, Path(tmp) / "init")
         del model
-        runs = [
-            ("gptkit", "float32"),
-            ("transformers", "float32"),
-            ("gptkit", "bfloat16"),
-            ("transformers", "bfloat16"),
-        ]
+        runs = [(impl, dtype) for dtype in ("float32", "bfloat16") for impl in (GPTKIT, TRANSFORMERS, TRANSFORMERS_TUNED)]
         results = {run: {"times": [], "peak_rss_mb": []} for run in runs}
         for _ in range(rounds):
             for impl, dtype in runs:
@@ -126,7 +126,7 @@ def bench_model(name: str, quick: bool, peaks: dict) -> list[dict]:
                 "matmul peak GFLOP/s": round(peaks[dtype]),
             }
         )
-    baseline = next(r["tokens/s median"] for r in rows if r["impl"] == "transformers" and r["dtype"] == "float32")
+    baseline = next(r["tokens/s median"] for r in rows if r["impl"] == TRANSFORMERS and r["dtype"] == "float32")
     for row in rows:
         row["vs transformers fp32"] = f"{row['tokens/s median'] / baseline:.2f}x"
     return rows

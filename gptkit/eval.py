@@ -34,7 +34,7 @@ from gptkit.checkpoint import load_checkpoint, read_config, read_metadata, resol
 from gptkit.data import TokenizeProgress, data_hash, load_tokens, read_utf8, split_tokens, text_files
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
-from gptkit.runtime import autocast, pick_device, pick_dtype
+from gptkit.runtime import autocast, keep_freed_memory, pick_device, pick_dtype
 from gptkit.tokenizer import EOT_TOKEN, get_tokenizer
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -387,6 +387,7 @@ def run_eval(
     if hellaswag is not None:
         examples = read_hellaswag(hellaswag)
 
+    keep_freed_memory()
     model = load_checkpoint(ckpt, device)  # float32 weights; bf16/fp16 runs under autocast
     record = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

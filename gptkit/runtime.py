@@ -1,6 +1,8 @@
 """Where and in what precision to run: device auto-detection (CUDA > MPS > CPU) and the --dtype choice."""
 
 import contextlib
+import ctypes
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -72,3 +74,21 @@ def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def keep_freed_memory():
+    """Make glibc keep freed large blocks for reuse instead of handing them back to the OS.
+
+    By default every block over 32 MB (logits, embedding gradients) is unmapped when freed, so each training step
+    faults in and zeroes those pages again: on a 2-core CPU that cost about 20% of a GPT-2 124M step. Peak memory
+    is unchanged (the blocks are reused); what changes is that it is not given back until the process ends.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, ...): nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    for option in (m_mmap_threshold, m_trim_threshold):
+        libc.mallopt(option, ctypes.c_int(2**30))

@@ -35,7 +35,7 @@ from gptkit.checkpoint import (
 from gptkit.data import BatchLoader, TokenizeProgress, eval_batches, load_tokens, split_tokens
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, PRESETS
-from gptkit.runtime import autocast, pick_device, pick_dtype
+from gptkit.runtime import autocast, keep_freed_memory, pick_device, pick_dtype
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
@@ -507,6 +507,7 @@ def run(cfg: TrainConfig, procs: Processes, console) -> dict:
     loader = BatchLoader(train_tokens, cfg.batch_size, cfg.block_size, cfg.seed, procs.rank, procs.world_size)
 
     torch.manual_seed(cfg.seed)
+    keep_freed_memory()
     if procs.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gptkit.model import GPT, PRESETS, GPTConfig
 
@@ -11,8 +12,9 @@ def test_shapes_and_loss(tiny_model, tiny_config):
     logits, loss = tiny_model(idx)
     assert logits.shape == (3, 17, tiny_config.vocab_size) and loss is None
     targets = torch.randint(0, tiny_config.vocab_size, (3, 17))
-    logits, loss = tiny_model(idx, targets)
-    assert loss.shape == () and loss.item() == pytest.approx(math.log(tiny_config.vocab_size), rel=0.05)
+    no_logits, loss = tiny_model(idx, targets)
+    assert no_logits is None and loss.shape == ()
+    assert loss.item() == pytest.approx(math.log(tiny_config.vocab_size), rel=0.05)
     logits_last, _ = tiny_model(idx, last_only=True)
     assert logits_last.shape == (3, 1, tiny_config.vocab_size)
     assert torch.allclose(logits_last[:, 0], logits[:, -1], atol=1e-6)
@@ -22,9 +24,47 @@ def test_ignored_targets(tiny_model):
     idx = torch.randint(0, 1000, (2, 8))
     targets = idx.clone()
     targets[:, :4] = -1
-    logits, loss = tiny_model(idx, targets)
+    logits, _ = tiny_model(idx)
+    _, loss = tiny_model(idx, targets)
     direct = torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, logits.size(-1)), idx[:, 4:].reshape(-1))
     assert torch.allclose(loss, direct, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_loss_and_gradients_equal_cross_entropy(dtype, monkeypatch):
+    """The sliced loss (LinearCrossEntropy) against F.cross_entropy on the full logits, with ignored targets and a
+    vocabulary that does not divide into the slices."""
+    monkeypatch.setattr("gptkit.model.LOSS_CHUNK_SIZE", 300)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=1000))
+    idx, targets = torch.randint(0, 1000, (3, 32)), torch.randint(0, 1000, (3, 32))
+    targets[0, :7] = -1
+    targets[1, 3] = 999  # the last, short slice
+
+    def loss_and_grads(sliced: bool):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            if sliced:
+                loss = model(idx, targets)[1]
+            else:
+                logits = model(idx)[0]
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    reference_loss, reference_grads = loss_and_grads(sliced=False)
+    loss, grads = loss_and_grads(sliced=True)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    assert torch.allclose(loss, reference_loss, rtol=tolerance)
+    for name, grad in grads.items():
+        scale = reference_grads[name].abs().max()
+        assert (grad - reference_grads[name]).abs().max() <= tolerance * scale, name
+
+
+def test_loss_with_every_target_ignored_is_nan_like_cross_entropy(tiny_model):
+    idx = torch.randint(0, 1000, (2, 8))
+    loss = tiny_model(idx, torch.full((2, 8), -1))[1]
+    assert torch.isnan(loss)
 
 
 def test_weight_tying(tiny_model):
