@@ -69,45 +69,55 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     F.cross_entropy(lm_head(x).float(), ...) holds the logits up to four times over (the matmul's output, its fp32
     copy, the log-probabilities, their gradient) and multiplies by the (50257, C) weight in one go, which runs the
-    CPU's matmul well below its peak. Here the logits are one buffer in x's dtype, filled a slice of the vocabulary
-    at a time; backward turns each slice into softmax - onehot in place of a scratch buffer and multiplies it out.
+    CPU's matmul well below its peak. Here the logits are kept once, in x's dtype, as slices of the vocabulary;
+    backward turns each slice into softmax - onehot in a scratch buffer and multiplies it out.
     """
 
     @staticmethod
     def forward(ctx, x, weight, targets, chunk_size: int):
-        logits = torch.empty(x.size(0), weight.size(0), dtype=x.dtype, device=x.device)
-        chunk_lse = []
-        for start in range(0, weight.size(0), chunk_size):
-            chunk = logits[:, start : start + chunk_size]
-            torch.mm(x, weight[start : start + chunk_size].to(x.dtype).t(), out=chunk)
-            chunk_lse.append(torch.logsumexp(chunk.float(), dim=1))
-        lse = torch.stack(chunk_lse, dim=1).logsumexp(dim=1)
+        starts = range(0, weight.size(0), chunk_size)
+        chunks = [x @ weight[start : start + chunk_size].to(x.dtype).t() for start in starts]
+        lse = torch.stack([torch.logsumexp(chunk.float(), dim=1) for chunk in chunks], dim=1).logsumexp(dim=1)
         valid = targets != -1
-        target_logits = logits.gather(1, targets.clamp(min=0)[:, None]).squeeze(1).float()
+        rows, valid_targets = valid.nonzero().squeeze(1), targets[valid]
+        target_logits = torch.zeros_like(lse)
+        for start, chunk in zip(starts, chunks):
+            here = (valid_targets >= start) & (valid_targets < start + chunk.size(1))
+            target_logits[rows[here]] = chunk[rows[here], valid_targets[here] - start].float()
         loss = torch.where(valid, lse - target_logits, 0.0).sum() / valid.sum()
-        ctx.save_for_backward(x, weight, targets, logits, lse)
+        ctx.save_for_backward(x, weight, targets, lse, *chunks)
         ctx.chunk_size = chunk_size
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        x, weight, targets, logits, lse = ctx.saved_tensors
+        x, weight, targets, lse, *chunks = ctx.saved_tensors
         valid = targets != -1
         row_scale = torch.where(valid, grad_loss / valid.sum(), 0.0)[:, None]
         rows, valid_targets = valid.nonzero().squeeze(1), targets[valid]
         grad_x = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         grad_weight = torch.empty_like(weight)
-        scratch = torch.empty(logits.size(0) * ctx.chunk_size, dtype=torch.float32, device=x.device)
-        for start in range(0, weight.size(0), ctx.chunk_size):
-            end = min(start + ctx.chunk_size, weight.size(0))
-            grad_logits = scratch[: logits.size(0) * (end - start)].view(logits.size(0), end - start)
-            torch.sub(logits[:, start:end], lse[:, None], out=grad_logits).exp_().mul_(row_scale)
+        scratch = torch.empty(chunks[0].numel(), dtype=torch.float32, device=x.device)
+        for start, chunk in zip(range(0, weight.size(0), ctx.chunk_size), chunks):
+            end = start + chunk.size(1)
+            grad_logits = torch.sub(chunk, lse[:, None], out=scratch[: chunk.numel()].view(chunk.shape))
+            grad_logits.exp_().mul_(row_scale)
             here = (valid_targets >= start) & (valid_targets < end)
             grad_logits[rows[here], valid_targets[here] - start] -= row_scale[rows[here], 0]
             grad_logits = grad_logits.to(x.dtype)
             grad_x += grad_logits @ weight[start:end].to(x.dtype)
             grad_weight[start:end] = grad_logits.t() @ x
         return grad_x.to(x.dtype), grad_weight, None, None
+
+
+def causal_attention_by_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
+    """Causal attention as two matmuls around a softmax. For training in bf16 on the CPU: the fused CPU kernel of
+    scaled_dot_product_attention is the faster forward there, but its backward is about three times slower."""
+    T = q.size(-2)
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    weights = F.dropout(F.softmax(scores, dim=-1), dropout)
+    return weights.to(v.dtype) @ v
 
 
 class CausalSelfAttention(nn.Module):
@@ -135,7 +145,10 @@ class CausalSelfAttention(nn.Module):
                 mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
                 is_causal = False
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
+        if pos is None and q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled():
+            y = causal_attention_by_matmul(q, k, v, dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
