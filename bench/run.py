@@ -72,7 +72,13 @@ def train_section(quick: bool) -> str:
         )
     header = ["impl", "model", "dtype", "batch x seq", "tokens/s median [min, max]", "MFU", "peak RSS MB",
               "vs transformers, same dtype", "vs transformers fp32"]  # fmt: skip
-    return "### Training step (AdamW, fresh process per run)\n\n" + table(header, body)
+    peaks = {r["dtype"]: r["matmul peak GFLOP/s"] for r in rows}
+    note = (
+        f"MFU: against the best of the matmul peaks measured before and after these runs ({peaks['float32']} GFLOP/s "
+        f"fp32, {peaks['bfloat16']} bf16). transformers+malloc: transformers with the allocator setting that "
+        "`gptkit train` makes (`runtime.keep_freed_memory`)."
+    )
+    return "### Training step (AdamW, fresh process per run)\n\n" + table(header, body) + "\n\n" + note
 
 
 def sample_section(quick: bool) -> str:
