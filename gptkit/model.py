@@ -78,12 +78,11 @@ class LinearCrossEntropy(torch.autograd.Function):
         starts = range(0, weight.size(0), chunk_size)
         chunks = [x @ weight[start : start + chunk_size].to(x.dtype).t() for start in starts]
         lse = torch.stack([torch.logsumexp(chunk.float(), dim=1) for chunk in chunks], dim=1).logsumexp(dim=1)
-        valid = targets != -1
-        rows, valid_targets = valid.nonzero().squeeze(1), targets[valid]
         target_logits = torch.zeros_like(lse)
         for start, chunk in zip(starts, chunks):
-            here = (valid_targets >= start) & (valid_targets < start + chunk.size(1))
-            target_logits[rows[here]] = chunk[rows[here], valid_targets[here] - start].float()
+            column, here = LinearCrossEntropy.target_column(targets, start, chunk.size(1))
+            target_logits += torch.where(here, chunk.gather(1, column).squeeze(1).float(), 0.0)
+        valid = targets != -1
         loss = torch.where(valid, lse - target_logits, 0.0).sum() / valid.sum()
         ctx.save_for_backward(x, weight, targets, lse, *chunks)
         ctx.chunk_size = chunk_size
@@ -94,20 +93,25 @@ class LinearCrossEntropy(torch.autograd.Function):
         x, weight, targets, lse, *chunks = ctx.saved_tensors
         valid = targets != -1
         row_scale = torch.where(valid, grad_loss / valid.sum(), 0.0)[:, None]
-        rows, valid_targets = valid.nonzero().squeeze(1), targets[valid]
         grad_x = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         grad_weight = torch.empty_like(weight)
         scratch = torch.empty(chunks[0].numel(), dtype=torch.float32, device=x.device)
         for start, chunk in zip(range(0, weight.size(0), ctx.chunk_size), chunks):
-            end = start + chunk.size(1)
             grad_logits = torch.sub(chunk, lse[:, None], out=scratch[: chunk.numel()].view(chunk.shape))
             grad_logits.exp_().mul_(row_scale)
-            here = (valid_targets >= start) & (valid_targets < end)
-            grad_logits[rows[here], valid_targets[here] - start] -= row_scale[rows[here], 0]
+            column, here = LinearCrossEntropy.target_column(targets, start, chunk.size(1))
+            grad_logits.scatter_add_(1, column, torch.where(here[:, None], -row_scale, 0.0))
             grad_logits = grad_logits.to(x.dtype)
-            grad_x += grad_logits @ weight[start:end].to(x.dtype)
-            grad_weight[start:end] = grad_logits.t() @ x
+            grad_x += grad_logits @ weight[start : start + chunk.size(1)].to(x.dtype)
+            grad_weight[start : start + chunk.size(1)] = grad_logits.t() @ x
         return grad_x.to(x.dtype), grad_weight, None, None
+
+    @staticmethod
+    def target_column(targets, start: int, width: int):
+        """Each row's target as a column of the slice starting at start (clamped into it), and whether it is there.
+        Gather and scatter with a mask rather than indexing by nonzero(), which would wait for a GPU."""
+        column = targets - start
+        return column.clamp(0, width - 1)[:, None], (column >= 0) & (column < width)
 
 
 def causal_attention_by_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
