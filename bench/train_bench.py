@@ -111,7 +111,9 @@ def bench_model(name: str, quick: bool) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = save_checkpoint(model, Path(tmp) / "init")
         del model
-        runs = [(impl, dtype) for dtype in ("float32", "bfloat16") for impl in (GPTKIT, TRANSFORMERS, TRANSFORMERS_TUNED)]
+        runs = [
+            (impl, dtype) for dtype in ("float32", "bfloat16") for impl in (GPTKIT, TRANSFORMERS, TRANSFORMERS_TUNED)
+        ]
         results = {run: {"times": [], "peak_rss_mb": []} for run in runs}
         for _ in range(rounds):
             for impl, dtype in runs:

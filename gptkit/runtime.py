@@ -79,9 +79,11 @@ def autocast(device: torch.device, dtype: torch.dtype):
 def keep_freed_memory():
     """Make glibc keep freed large blocks for reuse instead of handing them back to the OS.
 
-    By default every block over 32 MB (logits, embedding gradients) is unmapped when freed, so each training step
-    faults in and zeroes those pages again: on a 2-core CPU that cost about 20% of a GPT-2 124M step. Peak memory
-    is unchanged (the blocks are reused); what changes is that it is not given back until the process ends.
+    By default every freed block over 32 MB (logits, embedding gradients) is unmapped, so each training step faults
+    in and zeroes those pages again: on a 2-core CPU that cost about 20% of a GPT-2 124M step. The price: freed
+    blocks wait in the heap for reuse (torch's aligned requests do not always fit them), which raised the peak of a
+    GPT-2 124M run at 4 x 256 by 1-3% and of the mini preset by 9%, and nothing goes back to the OS before
+    the process ends. Resident memory stays flat from step to step.
     """
     if not sys.platform.startswith("linux"):
         return

@@ -429,6 +429,44 @@ class Interrupted(Exception):
 # --- training --------------------------------------------------------------------------------------------------------
 
 
+def step_memory_floor(model: GPT, batch_size: int, block_size: int, dtype: torch.dtype) -> int:
+    """A lower bound on the bytes a training step adds to the loaded model: gradients and AdamW's two moments (fp32),
+    the logits, and the activations each block keeps for backward (at least a dozen (tokens, n_embd) tensors)."""
+    tokens, itemsize = batch_size * block_size, torch.finfo(dtype).bits // 8
+    c = model.config
+    return 12 * model.num_params() + tokens * itemsize * (c.vocab_size + 12 * c.n_layer * c.n_embd)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says can be used without swapping (Linux); None where that is not known."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def out_of_memory_error(cfg: TrainConfig, detail: str = "") -> GptkitError:
+    return GptkitError(
+        f"out of memory at a batch of {cfg.batch_size} x {cfg.block_size} tokens{detail}: use a smaller "
+        "--batch-size (with a larger --grad-accum for the same tokens per step) or --block-size"
+    )
+
+
+def check_step_fits(model: GPT, cfg: TrainConfig, dtype: torch.dtype, procs: Processes):
+    """Refuse up front a batch that cannot fit in the CPU's memory. A CPU allocation that does not fit is not an
+    exception that could be caught: the kernel grants it, and kills the process when the pages are touched."""
+    if procs.device.type != "cpu" or (available := available_memory()) is None:
+        return
+    needed = step_memory_floor(model, cfg.batch_size, cfg.block_size, dtype) * procs.world_size
+    if needed > available:
+        raise out_of_memory_error(
+            cfg, f" (a step needs over {needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB free)"
+        )
+
+
 def is_out_of_memory(e: BaseException) -> bool:
     text = str(e)
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
@@ -517,6 +555,7 @@ def run(cfg: TrainConfig, procs: Processes, console) -> dict:
     else:
         model, model_label = load_checkpoint(out, dtype=torch.float32), state["model"]
     model.to(procs.device).train()
+    check_step_fits(model, cfg, dtype, procs)
     optimizer = make_optimizer(model, cfg, procs.device)
     start_step, tokens_seen, wall_before = 0, 0, 0.0
     if state is not None:
@@ -613,10 +652,7 @@ def run(cfg: TrainConfig, procs: Processes, console) -> dict:
                 except (RuntimeError, torch.OutOfMemoryError) as e:
                     if not is_out_of_memory(e):
                         raise
-                    raise GptkitError(
-                        f"out of memory at a batch of {cfg.batch_size} x {cfg.block_size} tokens: use a smaller "
-                        "--batch-size (with a larger --grad-accum for the same tokens per step) or --block-size"
-                    ) from None
+                    raise out_of_memory_error(cfg) from None
                 dt = time.perf_counter() - t0
                 step += 1
                 tokens_seen += cfg.tokens_per_step

@@ -215,6 +215,19 @@ def test_batch_too_big_for_memory(tiny_checkpoint, tmp_path):
     )
 
 
+def test_memory_floor_stays_below_what_a_step_really_takes():
+    """The up-front check must not refuse a batch that fits: GPT-2 124M at 4 x 256 in bf16 peaked at 3.6 GB of
+    resident memory (the README's run), 0.5 GB of it the weights the floor leaves out."""
+    from gptkit.model import GPT, PRESETS
+    from gptkit.train import step_memory_floor
+
+    with torch.device("meta"):
+        model = GPT(PRESETS["gpt2"])
+    floor = step_memory_floor(model, 4, 256, torch.bfloat16)
+    assert 1.5e9 < floor < 2.5e9
+    assert step_memory_floor(model, 8, 256, torch.bfloat16) > floor
+
+
 def test_resume_refuses_changed_settings_and_finished_runs(text, tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
     run(text, tiny_checkpoint, out, steps=2)
