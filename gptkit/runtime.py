@@ -1,4 +1,5 @@
-"""Where and in what precision to run: device auto-detection (CUDA > MPS > CPU) and the --dtype choice."""
+"""Where and in what precision to run: device auto-detection (CUDA > MPS > CPU), the --dtype choice, and the
+machine facts and settings behind them (bf16 instructions, free memory, the allocator)."""
 
 import contextlib
 import ctypes
@@ -51,6 +52,17 @@ def cpu_has_fast_bf16() -> bool:
     except OSError:
         return False
     return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says can be used without swapping (Linux); None where that is not known."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -35,7 +35,7 @@ from gptkit.checkpoint import (
 from gptkit.data import BatchLoader, TokenizeProgress, eval_batches, load_tokens, split_tokens
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, PRESETS
-from gptkit.runtime import autocast, keep_freed_memory, pick_device, pick_dtype
+from gptkit.runtime import autocast, available_memory, keep_freed_memory, pick_device, pick_dtype
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
@@ -435,17 +435,6 @@ def step_memory_floor(model: GPT, batch_size: int, block_size: int, dtype: torch
     tokens, itemsize = batch_size * block_size, torch.finfo(dtype).bits // 8
     c = model.config
     return 12 * model.num_params() + tokens * itemsize * (c.vocab_size + 12 * c.n_layer * c.n_embd)
-
-
-def available_memory() -> int | None:
-    """Bytes of memory the kernel says can be used without swapping (Linux); None where that is not known."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def out_of_memory_error(cfg: TrainConfig, detail: str = "") -> GptkitError:
