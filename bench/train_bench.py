@@ -36,8 +36,9 @@ def batches(n: int):
 
 def child(impl: str, dtype_name: str, checkpoint: str, steps: int):
     """Train `steps` steps (after two warm-up steps) and print the step times and peak RSS as JSON."""
+    from gptkit.optim import make_optimizer
     from gptkit.runtime import autocast, keep_freed_memory
-    from gptkit.train import TrainConfig, make_optimizer
+    from gptkit.train import TrainConfig
 
     device, dtype = torch.device("cpu"), getattr(torch, dtype_name)
     if impl in (GPTKIT, TRANSFORMERS_TUNED):  # the allocator setting `gptkit train` makes

@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 from gptkit.checkpoint import load_checkpoint, load_tensors, read_metadata
 from gptkit.cli import app
 from gptkit.data import BatchLoader
-from gptkit.train import STATE_TENSORS, Interrupted, TrainConfig, learning_rate, train
+from gptkit.optim import learning_rate
+from gptkit.runfolder import STATE_TENSORS
+from gptkit.train import Interrupted, TrainConfig, train
 
 
 @pytest.fixture(autouse=True)
@@ -241,7 +243,7 @@ def test_resume_refuses_changed_settings_and_finished_runs(text, tiny_checkpoint
 
 
 def test_default_run_folders_do_not_collide(tiny_checkpoint):
-    from gptkit.train import run_name
+    from gptkit.train_config import run_name
 
     assert run_name("data/input.txt", "gpt2") == "input-gpt2"
     assert run_name("data/input.txt", str(tiny_checkpoint)) == f"input-{tiny_checkpoint.name}-finetuned"

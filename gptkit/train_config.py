@@ -1,0 +1,141 @@
+"""What `gptkit train` was asked for (TrainConfig), every default filled in and checked (resolve), and the rules for
+resuming a run with other options (merge_for_resume)."""
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+
+from gptkit.errors import GptkitError
+from gptkit.model import PRESETS
+from gptkit.runtime import pick_dtype
+
+
+@dataclass
+class TrainConfig:
+    """What `gptkit train` was asked for. None means "the default" (see resolve), which for a resumed run is
+    the value the run was started with."""
+
+    data: str
+    model: str | None = None  # preset name or checkpoint directory; default gpt2
+    out: str | None = None  # default checkpoints/<data name>-<model name>
+    steps: int | None = None  # optimizer steps; default 1000
+    batch_size: int | None = None  # sequences per micro-step per process; default 4 on CPU, 16 on GPU
+    block_size: int | None = None  # tokens per sequence; default min(256, context) on CPU, the context on GPU
+    grad_accum: int | None = None  # micro-steps per optimizer step; default 1, or from tokens_per_step
+    tokens_per_step: int | None = None  # global tokens per optimizer step (sets grad_accum)
+    lr: float | None = None  # peak learning rate; default 6e-4 from scratch, 3e-5 fine-tuning
+    min_lr: float | None = None  # end of the cosine decay; default lr / 10
+    warmup_steps: int | None = None  # default steps / 20
+    weight_decay: float | None = None  # default 0.1
+    eval_every: int | None = None  # default 250; 0 evaluates at the end only
+    eval_tokens: int | None = None  # validation tokens per evaluation; default 20 global micro-batches
+    save_every: int | None = None  # default 500; 0 saves at the end only
+    val_fraction: float | None = None  # default 0.1
+    dtype: str | None = None  # auto, float32, bfloat16; default auto
+    device: str | None = None  # auto, cpu, cuda, cuda:N, mps; default auto
+    compile: bool | None = None
+    seed: int | None = None  # default 1337
+    resume: bool = False
+    overwrite: bool = False
+
+
+# Options that may differ when resuming (they do not change the trajectory, or extend it: --steps).
+CHANGEABLE_ON_RESUME = {"steps", "eval_every", "eval_tokens", "save_every", "device", "compile", "out"}
+# Options that describe the invocation, not the run.
+NOT_SETTINGS = {"data", "model", "out", "resume", "overwrite"}
+
+
+def run_name(data: str, model: str) -> str:
+    """<data>-<preset> from scratch, <data>-<checkpoint>-finetuned from a checkpoint (never the same folder)."""
+    stem = Path(data).resolve().stem or "data"
+    return f"{stem}-{Path(model).name}-finetuned" if model not in PRESETS else f"{stem}-{model}"
+
+
+def default_out(cfg: TrainConfig) -> Path:
+    return Path("checkpoints") / run_name(cfg.data, cfg.model or "gpt2")
+
+
+def resolve(cfg: TrainConfig, device: torch.device, context: int, fine_tuning: bool, world_size: int) -> TrainConfig:
+    """cfg with every default filled in and checked."""
+    on_cpu = device.type == "cpu"
+    c = replace(cfg)
+    c.model = c.model or "gpt2"
+    c.steps = 1000 if c.steps is None else c.steps
+    c.batch_size = c.batch_size or (4 if on_cpu else 16)
+    c.block_size = c.block_size or (min(256, context) if on_cpu else context)
+    if c.block_size > context:
+        raise GptkitError(f"--block-size {c.block_size} is longer than the model's context of {context} tokens")
+    micro_tokens = c.batch_size * c.block_size * world_size
+    if c.tokens_per_step is not None:
+        if c.grad_accum is not None and c.grad_accum * micro_tokens != c.tokens_per_step:
+            raise GptkitError("--grad-accum and --tokens-per-step disagree: give one of them")
+        if c.tokens_per_step < micro_tokens or c.tokens_per_step % micro_tokens:
+            raise GptkitError(
+                f"--tokens-per-step {c.tokens_per_step} must be a multiple of batch x block x processes = {micro_tokens}"
+            )
+        c.grad_accum = c.tokens_per_step // micro_tokens
+    c.grad_accum = c.grad_accum or 1
+    c.tokens_per_step = c.grad_accum * micro_tokens
+    c.lr = c.lr if c.lr is not None else (3e-5 if fine_tuning else 6e-4)
+    c.min_lr = c.min_lr if c.min_lr is not None else c.lr / 10
+    c.warmup_steps = c.warmup_steps if c.warmup_steps is not None else c.steps // 20
+    c.weight_decay = 0.1 if c.weight_decay is None else c.weight_decay
+    c.eval_every = 250 if c.eval_every is None else c.eval_every
+    c.eval_tokens = c.eval_tokens if c.eval_tokens is not None else 20 * micro_tokens
+    c.save_every = 500 if c.save_every is None else c.save_every
+    c.val_fraction = 0.1 if c.val_fraction is None else c.val_fraction
+    c.dtype = str(pick_dtype(c.dtype or "auto", device)).removeprefix("torch.")
+    if c.dtype == "float16":
+        raise GptkitError("training in float16 needs loss scaling, which gptkit does not do: use bfloat16 or float32")
+    c.compile = bool(c.compile)
+    c.seed = 1337 if c.seed is None else c.seed
+    c.device = str(device)
+    checks = [
+        (c.steps >= 1, "--steps must be at least 1"),
+        (c.batch_size >= 1, "--batch-size must be at least 1"),
+        (c.block_size >= 1, "--block-size must be at least 1"),
+        (c.grad_accum >= 1, "--grad-accum must be at least 1"),
+        (c.lr > 0, "--lr must be positive"),
+        (0 <= c.min_lr <= c.lr, "--min-lr must be between 0 and --lr"),
+        (0 <= c.warmup_steps <= c.steps, "--warmup-steps must be between 0 and --steps"),
+        (c.weight_decay >= 0, "--weight-decay must not be negative"),
+        (c.eval_every >= 0 and c.save_every >= 0, "--eval-every and --save-every must not be negative"),
+        (c.eval_tokens >= 0, "--eval-tokens must not be negative"),
+        (0 <= c.val_fraction < 1, "--val-fraction must be in [0, 1)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise GptkitError(message)
+    return c
+
+
+def settings_of(cfg: TrainConfig) -> dict:
+    return {k: v for k, v in asdict(cfg).items() if k not in NOT_SETTINGS}
+
+
+def merge_for_resume(cfg: TrainConfig, saved: dict, saved_model: str) -> TrainConfig:
+    """The saved run's settings, with the options that may change on resume taken from cfg; any other option
+    given with a different value is an error (it would not be the same run)."""
+    if cfg.model is not None and cfg.model != saved_model and str(Path(cfg.model).resolve()) != saved_model:
+        raise GptkitError(f"--model {cfg.model} differs from the run being resumed ({saved_model}): leave it out")
+    merged = {"data": cfg.data, "model": saved_model, "out": cfg.out, "resume": True}
+    for f in fields(TrainConfig):
+        if f.name not in saved:
+            continue
+        given, before = getattr(cfg, f.name), saved[f.name]
+        if given is None or (f.name == "dtype" and given == "auto"):
+            merged[f.name] = before
+        elif (
+            f.name in CHANGEABLE_ON_RESUME
+            or given == before
+            or isinstance(given, float)
+            and math.isclose(given, before)
+        ):
+            merged[f.name] = given
+        else:
+            option = "--" + f.name.replace("_", "-")
+            raise GptkitError(f"{option} {given} differs from the run being resumed ({before}): leave it out")
+    merged["device"] = cfg.device  # the device is this machine's choice, not the run's
+    return TrainConfig(**merged)
