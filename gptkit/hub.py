@@ -6,15 +6,25 @@ works offline. Weights already in that cache are linked from it; otherwise they 
 http_get into a hidden `.incomplete` file in the output directory that a later run resumes (hf_hub_download deletes
 its partial files on failure, so it cannot resume). The checkpoint's model.safetensors appears, by a rename, only
 once it is complete and checked.
+
+Network failures: a hub that cannot be reached at all (its name does not resolve, the connection is refused, no
+route) is found by one request before anything else and reported at once, instead of huggingface_hub's 23 s of
+retries; the hub cache is then used if it holds the files. Transient failures (timeouts, resets, 5xx, 429) are
+retried, by huggingface_hub and by fetch(), shown as one status line that updates in place instead of the library's
+log lines.
 """
 
 import errno
+import logging
 import os
 import re
 import shutil
+import socket
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -33,7 +43,6 @@ from gptkit.checkpoint import (
     read_safetensors_header,
     write_json,
 )
-from gptkit.data import data_hash
 from gptkit.errors import GptkitError
 from gptkit.inspect import human_bytes
 
@@ -46,8 +55,32 @@ KNOWN_MODELS = {
 }
 BIN_FILE = "pytorch_model.bin"
 DEFAULT_ENDPOINT = "https://huggingface.co"
+RETRY_WAITS = (1, 2, 4, 8, 8)  # seconds before each retry of a transient failure (huggingface_hub's own schedule)
+RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class RetryStatus:
+    """One transient line saying what is being retried; it updates in place and disappears when done."""
+
+    def __init__(self):
+        self.status = None
+
+    def show(self, text: str):
+        if self.status is None:
+            self.status = console.status(text)
+            self.status.start()
+        else:
+            self.status.update(text)
+
+    def close(self):
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+retry_line = RetryStatus()
 
 
 class RichBar:
@@ -66,6 +99,7 @@ class RichBar:
         self.task = self.progress.add_task(name, total=total, completed=initial)
 
     def __enter__(self):
+        retry_line.close()  # bytes are flowing again: whatever was being retried worked
         self.progress.start()
         return self
 
@@ -74,6 +108,75 @@ class RichBar:
 
     def update(self, n=1):
         self.progress.advance(self.task, n)
+
+
+class HubLogAsStatus(logging.Handler):
+    """huggingface_hub's warnings (a failure, then "Retrying in 4s [Retry 3/5]."), shown on the status line."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.problem = ""
+
+    def emit(self, record: logging.LogRecord):
+        message = record.getMessage().splitlines()[0]
+        if message.startswith(("Retrying", "Rate limited")) and self.problem:
+            message = f"{self.problem}: {message[0].lower()}{message[1:]}"
+        else:
+            self.problem = message
+        retry_line.show(message)
+
+
+@contextmanager
+def hub_log_as_status():
+    """Route huggingface_hub's log lines to the retry line while the block runs."""
+    import huggingface_hub  # noqa: F401  (configures its logger, whose handlers are swapped here)
+
+    hub_logger = logging.getLogger("huggingface_hub")
+    handlers, propagate = hub_logger.handlers, hub_logger.propagate
+    hub_logger.handlers, hub_logger.propagate = [HubLogAsStatus()], False
+    try:
+        yield
+    finally:
+        hub_logger.handlers, hub_logger.propagate = handlers, propagate
+        retry_line.close()
+
+
+def unreachable_reason(error: BaseException) -> str | None:
+    """Why a connection failed for good (waiting will not fix it), or None for a failure worth retrying."""
+    while error is not None:
+        if isinstance(error, socket.gaierror):
+            return "its host name does not resolve"
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(error, OSError) and error.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return "no route to it"
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def check_reachable(endpoint: str) -> str | None:
+    """One request to the endpoint: None if it answers (anything) or fails in a way worth retrying later, else the
+    reason it cannot be reached."""
+    import httpx2
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(endpoint, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except httpx2.ConnectError as e:
+        return unreachable_reason(e)
+    except httpx2.TransportError:  # timeouts and the like: the downloads' retries deal with them
+        pass
+    return None
+
+
+def partial_bytes(out: Path) -> int:
+    """Bytes of the partial downloads (.incomplete files) that a next run would resume from."""
+    return sum(p.stat().st_size for p in out.glob(".*.incomplete")) if out.is_dir() else 0
+
+
+def try_again(out: Path) -> str:
+    kept = partial_bytes(out)
+    return f"run again to resume ({human_bytes(kept)} kept)" if kept else "run again later"
 
 
 def repo_for(name: str) -> str:
@@ -110,8 +213,12 @@ def download(name: str, out: Path | None = None, revision: str | None = None, fo
     # HF_ENDPOINT and HF_HUB_OFFLINE are read here, not when huggingface_hub was imported.
     endpoint = os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
     offline = env_flag("HF_HUB_OFFLINE")
-    with hub_errors(repo_id, wanted, endpoint, offline, out):
+    with hub_log_as_status(), hub_errors(repo_id, wanted, endpoint, offline, out) as failure:
         from huggingface_hub import hf_hub_download
+
+        if not offline:
+            failure.unreachable = check_reachable(endpoint)
+            offline = failure.unreachable is not None  # if so, what the hub cache holds may still do
 
         config_file = Path(
             hf_hub_download(
@@ -123,6 +230,8 @@ def download(name: str, out: Path | None = None, revision: str | None = None, fo
         config = config_from_hf(hf_cfg, repo_id)
         out.mkdir(parents=True, exist_ok=True)
         weights_name, weights, cached = fetch_weights(repo_id, commit, out, endpoint, offline, force)
+    if failure.unreachable:
+        console.print(f"could not reach {endpoint} ({failure.unreachable}): used the hub cache")
 
     # Check (or convert) the weights before touching what `out` holds.
     fetched_bin = weights if weights_name == BIN_FILE and not cached else None
@@ -165,7 +274,9 @@ def download(name: str, out: Path | None = None, revision: str | None = None, fo
 def fetch_weights(repo_id, commit, out: Path, endpoint, offline, force) -> tuple[str, Path, bool]:
     """(file name, local path, whether it is the hub cache's) of the repo's weights, fetched if need be."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    from gptkit.data import data_hash  # imports numpy: not for the failures that come before
 
     if not force:
         for filename in (WEIGHTS_FILE, BIN_FILE):
@@ -174,11 +285,11 @@ def fetch_weights(repo_id, commit, out: Path, endpoint, offline, force) -> tuple
                 console.print(f"{filename} found in the hub cache")
                 return filename, Path(cached), True
     if offline:
-        raise GptkitError(f"HF_HUB_OFFLINE is set and the weights of {repo_id} are not in the hub cache")
+        raise LocalEntryNotFoundError(f"the weights of {repo_id} are not in the hub cache")
     for filename in (WEIGHTS_FILE, BIN_FILE):
         url = hf_hub_url(repo_id, filename, revision=commit, endpoint=endpoint)
         try:
-            meta = get_hf_file_metadata(url, endpoint=endpoint)
+            meta = get_hf_file_metadata(url, endpoint=endpoint, retry_on_errors=True)
         except EntryNotFoundError:
             continue
         part = out / f".{filename}.{meta.etag}.incomplete"
@@ -194,7 +305,10 @@ def fetch_weights(repo_id, commit, out: Path, endpoint, offline, force) -> tuple
 
 
 def fetch(url: str, filename: str, part: Path, size: int | None):
-    """Append the rest of the file at url to part, which holds its first bytes from earlier runs."""
+    """Append the rest of the file at url to part, which holds its first bytes from earlier runs.
+
+    http_get itself resumes after failed connections, timeouts and bodies cut short; the failures it passes on that
+    may go away (an HTTP 5xx or 429, a connection reset) are retried here, from what reached the disk."""
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
@@ -210,16 +324,37 @@ def fetch(url: str, filename: str, part: Path, size: int | None):
             f"not enough disk space in {part.parent}: {filename} needs {human_bytes(size - done)} more, "
             f"{human_bytes(free)} free"
         )
-    with open(part, "ab") as f:
-        http_get(
-            url,
-            f,
-            resume_size=done,
-            headers=build_hf_headers(),
-            expected_size=size,
-            displayed_filename=filename,
-            tqdm_class=RichBar,
-        )
+    for attempt, wait in enumerate((*RETRY_WAITS, None), 1):
+        try:
+            with open(part, "ab") as f:
+                http_get(
+                    url,
+                    f,
+                    resume_size=part.stat().st_size,
+                    headers=build_hf_headers(),
+                    expected_size=size,
+                    displayed_filename=filename,
+                    tqdm_class=RichBar,
+                )
+            return
+        except Exception as e:
+            problem = transient_problem(e)
+            if wait is None or problem is None:
+                raise
+            retry_line.show(f"{filename}: {problem}: retrying in {wait}s [Retry {attempt}/{len(RETRY_WAITS)}]")
+            time.sleep(wait)
+
+
+def transient_problem(error: Exception) -> str | None:
+    """What went wrong, if it is a failure of the kind that goes away (a 5xx or 429 answer, a reset connection)."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(error, HfHubHTTPError) and error.response.status_code in RETRY_STATUSES:
+        return f"HTTP {error.response.status_code}"
+    if isinstance(error, (httpx2.ReadError, httpx2.WriteError)) and unreachable_reason(error) is None:
+        return str(error) or type(error).__name__
+    return None
 
 
 def check_weights(path: Path, config, source: str):
@@ -246,7 +381,8 @@ def link_or_copy(src: Path, dst: Path):
 
 @contextmanager
 def hub_errors(repo_id: str, revision: str, endpoint: str, offline: bool, out: Path):
-    """Turn huggingface_hub's exceptions into one-line messages that say what to do."""
+    """Turn huggingface_hub's exceptions into one-line messages that say what to do. The block may set the yielded
+    object's `unreachable` to why the hub cannot be reached (and go on from the hub cache)."""
     import httpx2
     from huggingface_hub.errors import (
         FileMetadataError,
@@ -260,8 +396,23 @@ def hub_errors(repo_id: str, revision: str, endpoint: str, offline: bool, out: P
         RevisionNotFoundError,
     )
 
+    def network_failure(e: BaseException | None) -> str | None:
+        if isinstance(e, httpx2.TransportError):
+            if reason := unreachable_reason(e):
+                return f"cannot reach {endpoint} ({reason}): check the network and HF_ENDPOINT"
+            return f"connection to {endpoint} failed ({e or type(e).__name__}): {try_again(out)}"
+        if isinstance(e, HfHubHTTPError):
+            status = e.response.status_code
+            if status in (401, 403):
+                return f"not allowed to download {repo_id} (HTTP {status}): set HF_TOKEN"
+            return f"{endpoint} answered HTTP {status} for {repo_id}: {try_again(out)}"
+        if isinstance(e, FileMetadataError):
+            return f"{endpoint} does not answer like a Hugging Face hub: check HF_ENDPOINT"
+        return None
+
+    failure = SimpleNamespace(unreachable=None)
     try:
-        yield
+        yield failure
     except GatedRepoError:
         raise GptkitError(
             f"{repo_id} is gated: accept its conditions at {endpoint}/{repo_id} "
@@ -273,24 +424,23 @@ def hub_errors(repo_id: str, revision: str, endpoint: str, offline: bool, out: P
         raise GptkitError(f"{repo_id} has no revision '{revision}'") from None
     except RemoteEntryNotFoundError:
         raise GptkitError(f"{repo_id} has no {CONFIG_FILE}: it is not a transformers model") from None
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
+        if failure.unreachable:
+            raise GptkitError(
+                f"cannot reach {endpoint} ({failure.unreachable}), and {repo_id} ({revision}) is not in the hub cache "
+                "to work offline from (as HF_HUB_OFFLINE=1 does): check the network and HF_ENDPOINT"
+            ) from None
         if offline:
             raise GptkitError(f"HF_HUB_OFFLINE is set and {repo_id} is not in the hub cache") from None
-        raise GptkitError(f"cannot reach {endpoint}: check the network (or HF_ENDPOINT) and run again") from None
-    except httpx2.TransportError as e:
-        raise GptkitError(f"connection to {endpoint} lost ({e}): run again to resume") from None
-    except HfHubHTTPError as e:
-        status = e.response.status_code
-        if status in (401, 403):
-            raise GptkitError(f"not allowed to download {repo_id} (HTTP {status}): set HF_TOKEN") from None
-        raise GptkitError(f"{endpoint} answered HTTP {status} for {repo_id}: run again later to resume") from None
-    except FileMetadataError:
-        raise GptkitError(f"{endpoint} does not answer like a Hugging Face hub: check HF_ENDPOINT") from None
+        # huggingface_hub raises this when it fell back to its cache for want of an answer: say what the answer was
+        raise GptkitError(network_failure(e.__cause__) or f"cannot reach {endpoint}: {try_again(out)}") from None
+    except (httpx2.TransportError, HfHubHTTPError, FileMetadataError) as e:
+        raise GptkitError(network_failure(e)) from None
     except HFValidationError:
         raise GptkitError(f"'{repo_id}' is not a valid hub repo id (expected org/name)") from None
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise GptkitError(f"no space left on the device of {out}: free some space and run again") from None
         if e.errno is None:  # http_get's size check, whose message spans several lines
-            raise GptkitError(f"download of {repo_id} failed: {str(e).splitlines()[0]} Run again to resume.") from None
+            raise GptkitError(f"download of {repo_id} failed: {str(e).splitlines()[0]} {try_again(out)}") from None
         raise

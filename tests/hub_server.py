@@ -39,6 +39,7 @@ class HubServer:
         self.drop_at: dict[str, int] = {}  # file path -> bytes to send before cutting the connection (once)
         self.fail_after_drop: int | None = None  # HTTP status every request gets once a connection was cut
         self.failing: int | None = None
+        self.fail_once: dict[tuple[str, str], int] = {}  # (method, file path) -> HTTP status of its next answer
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.httpd.hub = self
@@ -58,6 +59,7 @@ class HubServer:
     def reset(self):
         self.log.clear()
         self.drop_at.clear()
+        self.fail_once.clear()
         self.fail_after_drop = self.failing = None
 
     def fetched(self) -> dict[str, int]:
@@ -97,6 +99,8 @@ class Handler(BaseHTTPRequestHandler):
         if not m:
             return self.reply(404, {})
         repo_id, revision, path = m["repo"], unquote(m["revision"]), unquote(m["path"])
+        if status := hub.fail_once.pop((self.command, path), None):
+            return self.reply(status, {}, repo_id, path)
         repo = hub.repos.get(repo_id)
         if repo is None:
             return self.reply(404, {"X-Error-Code": "RepoNotFound"}, repo_id, path)

@@ -143,12 +143,12 @@ def test_resume_after_dropped_connection_within_one_run(server, repo_files, tmp_
     assert [r.range for r in ranged] == [f"bytes={DROP_AT}-"]
 
 
-def test_resume_in_the_next_run_after_the_hub_went_away(server, repo_files, tmp_path):
+def test_resume_in_the_next_run_after_the_hub_went_away(server, repo_files, tmp_path, no_waiting):
     size = (repo_files["gpt2"] / "model.safetensors").stat().st_size
     server.drop_at["model.safetensors"] = DROP_AT
     server.fail_after_drop = 503
     out = tmp_path / "gpt2"
-    with pytest.raises(GptkitError, match="HTTP 503"):
+    with pytest.raises(GptkitError, match=r"HTTP 503 for openai-community/gpt2: run again to resume \(2.1 MB kept\)"):
         hub.download("gpt2", out)
     assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()
     assert [p.stat().st_size for p in out.glob(".model.safetensors.*.incomplete")] == [DROP_AT]
@@ -241,22 +241,92 @@ def test_refuses_to_overwrite_another_checkpoint(tiny_checkpoint):
 def test_errors(server, tmp_path, name, message):
     with pytest.raises(GptkitError, match=message.replace(".", r"\.")):
         hub.download(name, tmp_path / "out")
-    assert all(r.path == "config.json" for r in server.log)  # never went past config.json
+    assert all(r.path in ("/", "config.json") for r in server.log)  # never went past config.json ("/": the probe)
     assert not is_checkpoint(tmp_path / "out")
 
 
-def test_server_down(tmp_path, monkeypatch):
-    import huggingface_hub.utils._http
-
-    waits = []  # huggingface_hub backs off for 23 s in all before it gives up: skip the waiting
-    monkeypatch.setattr(huggingface_hub.utils._http, "time", SimpleNamespace(**{**vars(time), "sleep": waits.append}))
+def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again below: nothing listens there
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    with pytest.raises(GptkitError, match="cannot reach http://127.0.0.1:.*check the network"):
+        return s.getsockname()[1]  # closed again on return: nothing listens there
+
+
+@pytest.fixture
+def no_waiting(monkeypatch):
+    """The seconds every retry waited, huggingface_hub's and gptkit's, which are not waited in tests."""
+    import huggingface_hub.file_download
+    import huggingface_hub.utils._http
+
+    waits = []
+    fake_time = SimpleNamespace(**{**vars(time), "sleep": waits.append})
+    for module in (huggingface_hub.utils._http, huggingface_hub.file_download, hub):
+        monkeypatch.setattr(module, "time", fake_time)
+    return waits
+
+
+UNREACHABLE = {
+    "unresolvable host": (lambda: "http://hub.invalid", "its host name does not resolve"),  # .invalid never resolves
+    "closed port": (lambda: f"http://127.0.0.1:{closed_port()}", "connection refused"),
+}
+
+
+@pytest.mark.parametrize("case", UNREACHABLE)
+def test_unreachable_hub_fails_at_once(case, tmp_path, monkeypatch, no_waiting, capfd):
+    endpoint, reason = UNREACHABLE[case][0](), UNREACHABLE[case][1]
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    start = time.perf_counter()
+    with pytest.raises(GptkitError) as failure:
         hub.download("gpt2", tmp_path / "gpt2")
-    assert len(waits) == 5
+    assert time.perf_counter() - start < 3
+    assert no_waiting == []  # not one retry
+    message = str(failure.value)
+    assert message.startswith(f"cannot reach {endpoint} ({reason}), and openai-community/gpt2 (main) is not in")
+    assert "HF_HUB_OFFLINE" in message and "HF_ENDPOINT" in message and "resume" not in message
+    assert capfd.readouterr().err == ""  # no log lines of huggingface_hub's
+
+
+def test_unreachable_hub_with_the_files_in_the_hub_cache(server, tmp_path, monkeypatch, no_waiting, capsys):
+    from huggingface_hub import hf_hub_download
+
+    for filename in NEEDED:  # as transformers' from_pretrained would have left them
+        hf_hub_download("openai-community/gpt2", filename, endpoint=server.url)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    out = hub.download("gpt2", tmp_path / "gpt2")
+    assert is_checkpoint(out) and no_waiting == []
+    assert "connection refused): used the hub cache" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("unreachable", UNREACHABLE)
+def test_cli_unreachable_hub_prints_one_line(unreachable, tmp_path):
+    env = {**os.environ, "HF_ENDPOINT": UNREACHABLE[unreachable][0](), "HF_HOME": str(tmp_path / "hf-home")}
+    env.pop("HF_HUB_OFFLINE", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "gptkit", "download", "gpt2-medium", "-o", tmp_path / "out"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("error: cannot reach ") and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_transient_failures_are_retried(server, repo_files, tmp_path, no_waiting, capfd):
+    server.fail_once[("HEAD", "config.json")] = 503
+    server.fail_once[("HEAD", "model.safetensors")] = 502
+    server.fail_once[("GET", "model.safetensors")] = 503
+    out = hub.download("gpt2", tmp_path / "gpt2")
+    assert (out / "model.safetensors").read_bytes() == (repo_files["gpt2"] / "model.safetensors").read_bytes()
+    assert [r.status for r in server.log if r.status >= 500] == [503, 502, 503]
+    assert no_waiting == [1, 1]  # the weights' HEAD and GET each waited once; config.json is tried twice at once
+    err = capfd.readouterr().err
+    assert "Retry" not in err and "thrown while requesting" not in err  # no log lines of huggingface_hub's
+
+
+def test_hub_that_keeps_failing(server, tmp_path, no_waiting):
+    server.failing = 503
+    with pytest.raises(GptkitError, match=r"answered HTTP 503 for openai-community/gpt2: run again later$"):
+        hub.download("gpt2", tmp_path / "gpt2")
+    assert len(no_waiting) == 5  # huggingface_hub's five retries of the first request
 
 
 def test_not_enough_disk_space(tmp_path, monkeypatch):
