@@ -107,10 +107,11 @@ def eval_section(quick: bool) -> str:
 
 def cli_section(quick: bool) -> str:
     body = [
-        [r["command"], f"{r['median']:.2f} s", f"{r['min']:.2f} s", f"{r['max']:.2f} s"]
+        [r["command"], f"{r['median']:.2f} s", f"{r['min']:.2f} s", f"{r['max']:.2f} s", f"{r['vs --help']:.2f}x"]
         for r in cli_bench.bench_cli(quick)
     ]
-    return "### Command latency (whole process)\n\n" + table(["command", "median", "min", "max"], body)
+    header = ["command", "median", "min", "max", "vs gptkit --help"]
+    return "### Command latency (whole process)\n\n" + table(header, body)
 
 
 def main():

@@ -1,5 +1,5 @@
-"""The command line: option parsing only. Each command imports its module (and so torch) when it runs,
-which keeps `gptkit --help` fast."""
+"""The command line: option parsing only. Each command checks its options (gptkit.options, train_config.check:
+no torch) and only then imports its module (and so torch), which keeps `gptkit --help` and a bad option fast."""
 
 import errno
 import functools
@@ -19,6 +19,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+# The help panels that group the options, in the order one thinks about a run. A new option goes in one of them.
+MODEL = "Model"
+DATA = "Data"
+OPTIMIZATION = "Optimization"
+SCHEDULE = "Schedule"
+EVALUATION_AND_SAVING = "Evaluation and saving"
+HARDWARE = "Hardware"
+LOGGING = "Logging"  # train's; shown once an option uses it
+SAMPLING = "Sampling"
+SCORING = "Scoring"
+OUTPUT = "Output"
 
 
 def fail(message: str, code: int = 1):
@@ -75,71 +88,129 @@ def train(
     model: Annotated[
         Optional[str],
         typer.Option(
-            help="Preset (gpt2, gpt2-medium, ..., mini, micro, nano) to train from scratch, or a checkpoint directory to fine-tune. \\[default: gpt2]"
+            help="Preset (gpt2, gpt2-medium, ..., mini, micro, nano) to train from scratch, or a checkpoint directory "
+            "to fine-tune. \\[default: gpt2]",
+            rich_help_panel=MODEL,
         ),
-    ] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps. \\[default: 1000]")] = None,
-    batch_size: Annotated[
-        Optional[int], typer.Option(help="Sequences per micro-step, per process. \\[default: 4 on CPU, 16 on GPU]")
     ] = None,
     block_size: Annotated[
         Optional[int],
         typer.Option(
-            help="Tokens per sequence (crops a checkpoint's context). \\[default: the model's context, at most 256 on CPU]"
+            help="Tokens per sequence: the context (crops a checkpoint's). "
+            "\\[default: the model's context, at most 256 on CPU]",
+            rich_help_panel=MODEL,
         ),
     ] = None,
-    grad_accum: Annotated[Optional[int], typer.Option(help="Micro-steps per optimizer step. \\[default: 1]")] = None,
+    val_fraction: Annotated[
+        Optional[float],
+        typer.Option(help="Tail of the data held out for validation. \\[default: 0.1]", rich_help_panel=DATA),
+    ] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Sequences per micro-step, per process. \\[default: 4 on CPU, 16 on GPU]",
+            rich_help_panel=OPTIMIZATION,
+        ),
+    ] = None,
+    grad_accum: Annotated[
+        Optional[int], typer.Option(help="Micro-steps per optimizer step. \\[default: 1]", rich_help_panel=OPTIMIZATION)
+    ] = None,
     tokens_per_step: Annotated[
-        Optional[int], typer.Option(help="Tokens per optimizer step over all processes; sets --grad-accum.")
+        Optional[int],
+        typer.Option(
+            help="Tokens per optimizer step over all processes; sets --grad-accum.", rich_help_panel=OPTIMIZATION
+        ),
     ] = None,
     lr: Annotated[
-        Optional[float], typer.Option(help="Peak learning rate. \\[default: 6e-4 from scratch, 3e-5 fine-tuning]")
+        Optional[float],
+        typer.Option(
+            help="Peak learning rate. \\[default: 6e-4 from scratch, 3e-5 fine-tuning]", rich_help_panel=OPTIMIZATION
+        ),
+    ] = None,
+    weight_decay: Annotated[
+        Optional[float],
+        typer.Option(help="AdamW weight decay of the weight matrices. \\[default: 0.1]", rich_help_panel=OPTIMIZATION),
+    ] = None,
+    seed: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Random seed of the weights and the data order. \\[default: 1337]", rich_help_panel=OPTIMIZATION
+        ),
+    ] = None,
+    steps: Annotated[
+        Optional[int], typer.Option(help="Optimizer steps. \\[default: 1000]", rich_help_panel=SCHEDULE)
+    ] = None,
+    warmup_steps: Annotated[
+        Optional[int], typer.Option(help="Steps of linear warmup. \\[default: steps / 20]", rich_help_panel=SCHEDULE)
     ] = None,
     min_lr: Annotated[
-        Optional[float], typer.Option(help="Learning rate at the end of the cosine decay. \\[default: lr / 10]")
-    ] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(help="Steps of linear warmup. \\[default: steps / 20]")] = None,
-    weight_decay: Annotated[
-        Optional[float], typer.Option(help="AdamW weight decay of the weight matrices. \\[default: 0.1]")
+        Optional[float],
+        typer.Option(
+            help="Learning rate at the end of the cosine decay. \\[default: lr / 10]", rich_help_panel=SCHEDULE
+        ),
     ] = None,
     eval_every: Annotated[
-        Optional[int], typer.Option(help="Validation loss every N steps (0: at the end only). \\[default: 250]")
+        Optional[int],
+        typer.Option(
+            help="Validation loss every N steps (0: at the end only). \\[default: 250]",
+            rich_help_panel=EVALUATION_AND_SAVING,
+        ),
     ] = None,
     eval_tokens: Annotated[
-        Optional[int], typer.Option(help="Validation tokens per evaluation. \\[default: 20 batches]")
+        Optional[int],
+        typer.Option(
+            help="Validation tokens per evaluation. \\[default: 20 batches]", rich_help_panel=EVALUATION_AND_SAVING
+        ),
     ] = None,
     save_every: Annotated[
-        Optional[int], typer.Option(help="Checkpoint every N steps (0: at the end only). \\[default: 500]")
-    ] = None,
-    val_fraction: Annotated[
-        Optional[float], typer.Option(help="Tail of the data held out for validation. \\[default: 0.1]")
+        Optional[int],
+        typer.Option(
+            help="Checkpoint every N steps (0: at the end only). \\[default: 500]",
+            rich_help_panel=EVALUATION_AND_SAVING,
+        ),
     ] = None,
     out: Annotated[
         Optional[Path],
         typer.Option(
-            help="Run folder. \\[default: checkpoints/<data name>-<preset>, or <data name>-<checkpoint>-finetuned]"
+            help="Run folder. \\[default: checkpoints/<data name>-<preset>, or <data name>-<checkpoint>-finetuned]",
+            rich_help_panel=EVALUATION_AND_SAVING,
         ),
     ] = None,
-    dtype: Annotated[
-        Optional[str], typer.Option(help="auto, float32 or bfloat16 (autocast). \\[default: auto: bf16 where fast]")
-    ] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps. \\[default: auto]")] = None,
-    compile: Annotated[
-        Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.", show_default=False)
-    ] = None,
-    seed: Annotated[
-        Optional[int], typer.Option(help="Random seed of the weights and the data order. \\[default: 1337]")
-    ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in --out exactly where it stopped.",
+            rich_help_panel=EVALUATION_AND_SAVING,
+        ),
     ] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an --out that holds a run.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Start over in an --out that holds a run.", rich_help_panel=EVALUATION_AND_SAVING
+        ),
+    ] = False,
+    device: Annotated[
+        Optional[str],
+        typer.Option(help="auto, cpu, cuda, cuda:N or mps. \\[default: auto]", rich_help_panel=HARDWARE),
+    ] = None,
+    dtype: Annotated[
+        Optional[str],
+        typer.Option(
+            help="auto, float32 or bfloat16 (autocast). \\[default: auto: bf16 where fast]", rich_help_panel=HARDWARE
+        ),
+    ] = None,
+    compile: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--compile/--no-compile", help="torch.compile the model.", show_default=False, rich_help_panel=HARDWARE
+        ),
+    ] = None,
 ):
     """Train a model from scratch or from a checkpoint (under torchrun: on several processes with DDP)."""
     import os
 
-    from gptkit.train import EXIT_INTERRUPTED, Interrupted, TrainConfig
-    from gptkit.train import train as run_training
+    from gptkit.train_config import TrainConfig, check
 
     config = TrainConfig(
         data=str(data),
@@ -165,6 +236,10 @@ def train(
         resume=resume,
         overwrite=overwrite,
     )
+    check(config)
+    from gptkit.train import EXIT_INTERRUPTED, Interrupted
+    from gptkit.train import train as run_training
+
     try:
         run_training(config)
     except Interrupted as e:
@@ -182,25 +257,42 @@ def train(
 def sample(
     prompt: Annotated[str, typer.Argument(help="The text to continue; '-' reads standard input.")] = "",
     ckpt: Annotated[
-        Optional[Path], typer.Option(help="Checkpoint directory. Default: the newest one under checkpoints/.")
+        Optional[Path],
+        typer.Option(help="Checkpoint directory. Default: the newest one under checkpoints/.", rich_help_panel=MODEL),
     ] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per sample, at most.")] = 200,
-    temperature: Annotated[float, typer.Option(help="Softmax temperature; 0 is greedy.")] = 1.0,
-    top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens; 0 turns it off.")] = 50,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Tokens to generate per sample, at most.", rich_help_panel=SAMPLING)
+    ] = 200,
+    temperature: Annotated[
+        float, typer.Option(help="Softmax temperature; 0 is greedy.", rich_help_panel=SAMPLING)
+    ] = 1.0,
+    top_k: Annotated[
+        int, typer.Option(help="Sample among the k most likely tokens; 0 turns it off.", rich_help_panel=SAMPLING)
+    ] = 50,
     top_p: Annotated[
-        Optional[float], typer.Option(help="Nucleus sampling: the most likely tokens holding this probability.")
+        Optional[float],
+        typer.Option(
+            help="Nucleus sampling: the most likely tokens holding this probability.", rich_help_panel=SAMPLING
+        ),
     ] = None,
     num_samples: Annotated[
-        int, typer.Option(help="Samples to generate (as one batch), printed one after another.")
+        int,
+        typer.Option(help="Samples to generate (as one batch), printed one after another.", rich_help_panel=SAMPLING),
     ] = 1,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed, for reproducible samples.")] = None,
-    stop: Annotated[
-        Optional[str], typer.Option(help="Stop a sample at this text (as well as at <|endoftext|>).")
+    seed: Annotated[
+        Optional[int], typer.Option(help="Random seed, for reproducible samples.", rich_help_panel=SAMPLING)
     ] = None,
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    stop: Annotated[
+        Optional[str],
+        typer.Option(help="Stop a sample at this text (as well as at <|endoftext|>).", rich_help_panel=SAMPLING),
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.", rich_help_panel=HARDWARE)] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=HARDWARE)] = "auto",
 ):
     """Generate text from a checkpoint, streaming it as it comes."""
+    from gptkit.options import check_sample
+
+    check_sample(ckpt, max_new_tokens, temperature, top_k, top_p, num_samples, dtype, device)
     from gptkit.sample import sample as run_sample
 
     run_sample(prompt, ckpt, max_new_tokens, temperature, top_k, top_p, num_samples, seed, stop, dtype, device)
@@ -220,26 +312,40 @@ def eval(
         ),
     ] = None,
     block_size: Annotated[
-        Optional[int], typer.Option("--block-size", help="Tokens per window. Default: the model's context.")
+        Optional[int],
+        typer.Option("--block-size", help="Tokens per window. Default: the model's context.", rich_help_panel=SCORING),
     ] = None,
     stride: Annotated[
         Optional[int],
-        typer.Option(help="Window step; overlapping windows score only their new tokens. Default: the block size."),
+        typer.Option(
+            help="Window step; overlapping windows score only their new tokens. Default: the block size.",
+            rich_help_panel=SCORING,
+        ),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 4,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Score at most this many tokens.")] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Windows per forward pass.", rich_help_panel=SCORING)
+    ] = 4,
+    max_tokens: Annotated[
+        Optional[int], typer.Option("--max-tokens", help="Score at most this many tokens.", rich_help_panel=SCORING)
+    ] = None,
     hellaswag: Annotated[
         Optional[Path],
         typer.Option(
             help="A HellaSwag jsonl file (ctx, endings, label): hellaswag_val.jsonl, from the data folder of "
-            "github.com/rowanz/hellaswag."
+            "github.com/rowanz/hellaswag.",
+            rich_help_panel=SCORING,
         ),
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON only.")] = False,
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the results as JSON only.", rich_help_panel=OUTPUT)
+    ] = False,
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.", rich_help_panel=HARDWARE)] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=HARDWARE)] = "auto",
 ):
     """Loss, perplexity and bits per byte of a text, and HellaSwag accuracy; appended to the checkpoint's evals.jsonl."""
+    from gptkit.options import check_eval
+
+    check_eval(ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, dtype, device)
     from gptkit.eval import run_eval
 
     run_eval(ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, json_output, dtype, device)

@@ -30,14 +30,14 @@ import torch
 from torch.nn import functional as F
 
 from gptkit import __version__
-from gptkit.checkpoint import load_checkpoint, read_config, read_metadata, resolve
+from gptkit.checkpoint import load_checkpoint, read_config, read_metadata
 from gptkit.data import TokenizeProgress, data_hash, load_tokens, read_utf8, split_tokens, text_files
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
+from gptkit.options import check_eval, check_hellaswag_file, check_window
 from gptkit.runtime import autocast, keep_freed_memory, pick_device, pick_dtype
 from gptkit.tokenizer import EOT_TOKEN, get_tokenizer
 
-HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 EVALS_FILE = "evals.jsonl"
 
 
@@ -64,13 +64,6 @@ def lm_windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[int, i
         if end == n_tokens - 1:
             break
     return windows
-
-
-def check_window(block_size: int, stride: int, context: int):
-    if not 1 <= block_size <= context:
-        raise GptkitError(f"--block-size must be between 1 and the model's context of {context}, got {block_size}")
-    if not 1 <= stride <= block_size:
-        raise GptkitError(f"--stride must be between 1 and the block size ({block_size}), got {stride}")
 
 
 @torch.no_grad()
@@ -182,9 +175,7 @@ def validation_split(ckpt: Path, quiet: bool = False) -> tuple[np.ndarray, dict]
 def read_hellaswag(path: Path) -> list[dict]:
     """The examples of a HellaSwag jsonl file, each checked: ctx (text), endings (4 texts), label (0-3)."""
     path = Path(path)
-    if not path.is_file():
-        problem = "is not a file" if path.exists() else "does not exist"
-        raise GptkitError(f"{path} {problem}: get hellaswag_val.jsonl from {HELLASWAG_URL}")
+    check_hellaswag_file(path)
     examples = []
     # split on "\n" only: JSON strings may hold other line separators (U+2028) that str.splitlines() would cut at
     for line_number, line in enumerate(read_utf8(path).split("\n"), 1):
@@ -365,12 +356,8 @@ def run_eval(
     device_name: str = "auto",
 ):
     """`gptkit eval`: check everything the user gave before loading the model, evaluate, print, record."""
-    if batch_size < 1:
-        raise GptkitError(f"--batch-size must be at least 1, got {batch_size}")
-    if max_tokens is not None and max_tokens < 1:
-        raise GptkitError(f"--max-tokens must be at least 1, got {max_tokens}")
+    check_eval(ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, dtype_name, device_name)
     ckpt = Path(ckpt)
-    resolve(ckpt)
     context = read_config(ckpt).block_size
     block_size = context if block_size is None else block_size
     stride = block_size if stride is None else stride

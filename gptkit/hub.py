@@ -119,6 +119,7 @@ class HubLogAsStatus(logging.Handler):
 
     def emit(self, record: logging.LogRecord):
         message = record.getMessage().splitlines()[0]
+        message = re.sub(r" thrown while requesting \w+ https?://\S*/", " for ", message)  # a URL: its file's name
         if message.startswith(("Retrying", "Rate limited")) and self.problem:
             message = f"{self.problem}: {message[0].lower()}{message[1:]}"
         else:
@@ -129,7 +130,7 @@ class HubLogAsStatus(logging.Handler):
 @contextmanager
 def hub_log_as_status():
     """Route huggingface_hub's log lines to the retry line while the block runs."""
-    import huggingface_hub  # noqa: F401  (configures its logger, whose handlers are swapped here)
+    import huggingface_hub.utils.logging  # noqa: F401  (gives the library's logger the handler swapped here)
 
     hub_logger = logging.getLogger("huggingface_hub")
     handlers, propagate = hub_logger.handlers, hub_logger.propagate

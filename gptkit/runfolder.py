@@ -30,8 +30,6 @@ METRICS_FILE = "metrics.jsonl"
 
 def check_out(out: Path, resume: bool, overwrite: bool):
     """Refuse to start a new run over an existing one without --overwrite."""
-    if resume and overwrite:
-        raise GptkitError("--resume and --overwrite contradict each other: give one")
     if not resume and not overwrite and ((out / STATE_JSON).exists() or is_checkpoint(out)):
         raise GptkitError(
             f"{out} already holds a run: add --resume to continue it, --overwrite to start over, or pick another --out"

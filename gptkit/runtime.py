@@ -10,15 +10,9 @@ from pathlib import Path
 import torch
 
 from gptkit.errors import GptkitError
+from gptkit.options import DTYPE_NAMES, check_device, check_dtype
 
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
+DTYPES = {name: getattr(torch, dtype) for name, dtype in DTYPE_NAMES.items()}
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -29,18 +23,14 @@ def pick_device(name: str = "auto") -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GptkitError(f"unknown device '{name}': use auto, cpu, cuda, cuda:N or mps") from None
+    check_device(name)
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GptkitError("--device cuda was asked for, but no CUDA GPU is available: use --device auto or cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise GptkitError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are available")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise GptkitError("--device mps was asked for, but MPS is not available: use --device auto or cpu")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise GptkitError(f"unsupported device '{name}': use auto, cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -73,8 +63,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
         if device.type == "cpu" and cpu_has_fast_bf16():
             return torch.bfloat16
         return torch.float32
-    if name not in DTYPES:
-        raise GptkitError(f"unknown dtype '{name}': use auto, float32, bfloat16 or float16")
+    check_dtype(name)
     dtype = DTYPES[name]
     if dtype == torch.float16 and device.type == "cpu":
         raise GptkitError("float16 is not supported on the CPU: use bfloat16 or float32")

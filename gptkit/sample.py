@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
+from gptkit.options import check_sample
 from gptkit.tokenizer import EOT_TOKEN, encode, get_tokenizer
 
 
@@ -151,19 +152,6 @@ class TextStream:
         return text
 
 
-def validate(max_new_tokens: int, temperature: float, top_k: int, top_p: float | None, num_samples: int):
-    if max_new_tokens < 1:
-        raise GptkitError(f"--max-new-tokens must be at least 1, not {max_new_tokens}")
-    if temperature < 0:
-        raise GptkitError(f"--temperature must be 0 (greedy) or more, not {temperature}")
-    if top_k < 0:
-        raise GptkitError(f"--top-k must be 0 (off) or more, not {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise GptkitError(f"--top-p must be in (0, 1], not {top_p}")
-    if num_samples < 1:
-        raise GptkitError(f"--num-samples must be at least 1, not {num_samples}")
-
-
 def sample(
     prompt: str,
     ckpt: Path | None = None,
@@ -183,7 +171,7 @@ def sample(
     from gptkit.checkpoint import find_latest_checkpoint, load_checkpoint
     from gptkit.runtime import pick_device, pick_dtype
 
-    validate(max_new_tokens, temperature, top_k, top_p, num_samples)
+    check_sample(ckpt, max_new_tokens, temperature, top_k, top_p, num_samples, dtype, device)
     if prompt == "-":
         prompt = sys.stdin.read()
     if ckpt is None:

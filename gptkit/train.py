@@ -35,7 +35,7 @@ from gptkit.runfolder import (
 )
 from gptkit.runlog import MetricsFile, ProgressDisplay, RunLog
 from gptkit.runtime import autocast, available_memory, keep_freed_memory
-from gptkit.train_config import TrainConfig, default_out, merge_for_resume, resolve, settings_of
+from gptkit.train_config import TrainConfig, check, default_out, merge_for_resume, resolve, settings_of
 
 EXIT_INTERRUPTED = 130
 
@@ -55,14 +55,10 @@ def build_model(name: str, block_size: int) -> tuple[GPT, str]:
 
 
 def model_context(name: str) -> int:
-    """The context length of a preset or checkpoint (checking that it is one)."""
+    """The context length of a preset or checkpoint."""
     from gptkit.checkpoint import read_config
 
-    if name in PRESETS:
-        return PRESETS[name].block_size
-    if not Path(name).exists():
-        raise GptkitError(f"unknown model '{name}': use a preset ({', '.join(PRESETS)}) or a checkpoint directory")
-    return read_config(name).block_size
+    return PRESETS[name].block_size if name in PRESETS else read_config(name).block_size
 
 
 def flops_per_token(model: GPT, block_size: int) -> float:
@@ -192,6 +188,7 @@ def train(cfg: TrainConfig, console=None) -> dict:
     after saving on Ctrl-C."""
     from rich.console import Console
 
+    check(cfg)
     procs = start_processes(cfg.device or "auto")
     try:
         return run(cfg, procs, console or Console(highlight=False, soft_wrap=True))

@@ -1,15 +1,20 @@
-"""What `gptkit train` was asked for (TrainConfig), every default filled in and checked (resolve), and the rules for
-resuming a run with other options (merge_for_resume)."""
+"""What `gptkit train` was asked for (TrainConfig), its checks that need no torch (check, which cli.py runs before
+importing torch), every default filled in and checked (resolve), and the rules for resuming a run with other options
+(merge_for_resume). Importing this module does not import torch."""
+
+from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from gptkit.checkpoint import resolve as resolve_checkpoint
 from gptkit.errors import GptkitError
-from gptkit.model import PRESETS
-from gptkit.runtime import pick_dtype
+from gptkit.options import DTYPE_NAMES, PRESET_NAMES, check_device, check_dtype, check_text, fail_if
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -50,15 +55,67 @@ NOT_SETTINGS = {"data", "model", "out", "resume", "overwrite"}
 def run_name(data: str, model: str) -> str:
     """<data>-<preset> from scratch, <data>-<checkpoint>-finetuned from a checkpoint (never the same folder)."""
     stem = Path(data).resolve().stem or "data"
-    return f"{stem}-{Path(model).name}-finetuned" if model not in PRESETS else f"{stem}-{model}"
+    return f"{stem}-{Path(model).name}-finetuned" if model not in PRESET_NAMES else f"{stem}-{model}"
 
 
 def default_out(cfg: TrainConfig) -> Path:
     return Path("checkpoints") / run_name(cfg.data, cfg.model or "gpt2")
 
 
+def check(cfg: TrainConfig):
+    """The checks that need neither torch, the device nor the model: ranges, choices, files that must exist, options
+    that contradict each other. Options left None (their defaults) pass; resolve() checks the values again once every
+    default is filled in."""
+    c = cfg
+
+    def given(*values) -> bool:
+        return all(v is not None for v in values)
+
+    fail_if(c.resume and c.overwrite, "--resume and --overwrite contradict each other: give one")
+    fail_if(given(c.steps) and c.steps < 1, f"--steps must be at least 1, not {c.steps}")
+    fail_if(given(c.batch_size) and c.batch_size < 1, f"--batch-size must be at least 1, not {c.batch_size}")
+    fail_if(given(c.block_size) and c.block_size < 1, f"--block-size must be at least 1, not {c.block_size}")
+    fail_if(given(c.grad_accum) and c.grad_accum < 1, f"--grad-accum must be at least 1, not {c.grad_accum}")
+    fail_if(
+        given(c.tokens_per_step) and c.tokens_per_step < 1,
+        f"--tokens-per-step must be at least 1, not {c.tokens_per_step}",
+    )
+    fail_if(given(c.lr) and c.lr <= 0, f"--lr must be positive, not {c.lr}")
+    fail_if(given(c.min_lr) and c.min_lr < 0, f"--min-lr must not be negative, not {c.min_lr}")
+    fail_if(given(c.min_lr, c.lr) and c.min_lr > c.lr, f"--min-lr {c.min_lr} must not exceed --lr {c.lr}")
+    fail_if(given(c.warmup_steps) and c.warmup_steps < 0, f"--warmup-steps must not be negative, not {c.warmup_steps}")
+    fail_if(
+        given(c.warmup_steps, c.steps) and c.warmup_steps > c.steps,
+        f"--warmup-steps {c.warmup_steps} must not exceed --steps {c.steps}",
+    )
+    fail_if(given(c.weight_decay) and c.weight_decay < 0, f"--weight-decay must not be negative, not {c.weight_decay}")
+    fail_if(given(c.eval_every) and c.eval_every < 0, f"--eval-every must not be negative, not {c.eval_every}")
+    fail_if(given(c.eval_tokens) and c.eval_tokens < 0, f"--eval-tokens must not be negative, not {c.eval_tokens}")
+    fail_if(given(c.save_every) and c.save_every < 0, f"--save-every must not be negative, not {c.save_every}")
+    fail_if(
+        given(c.val_fraction) and not 0 <= c.val_fraction < 1, f"--val-fraction must be in [0, 1), not {c.val_fraction}"
+    )
+    if c.dtype is not None:
+        check_dtype(c.dtype)
+        fail_if(
+            DTYPE_NAMES.get(c.dtype) == "float16",
+            "training in float16 needs loss scaling, which gptkit does not do: use bfloat16 or float32",
+        )
+    if c.device is not None:
+        check_device(c.device)
+    check_text(c.data)
+    if c.model is not None and c.model not in PRESET_NAMES:
+        if not Path(c.model).exists():
+            raise GptkitError(
+                f"unknown model '{c.model}': use a preset ({', '.join(PRESET_NAMES)}) or a checkpoint directory"
+            )
+        resolve_checkpoint(c.model)
+
+
 def resolve(cfg: TrainConfig, device: torch.device, context: int, fine_tuning: bool, world_size: int) -> TrainConfig:
-    """cfg with every default filled in and checked."""
+    """cfg with every default filled in and checked, the checks that need the device and the model included."""
+    from gptkit.runtime import pick_dtype
+
     on_cpu = device.type == "cpu"
     c = replace(cfg)
     c.model = c.model or "gpt2"
@@ -87,27 +144,10 @@ def resolve(cfg: TrainConfig, device: torch.device, context: int, fine_tuning: b
     c.save_every = 500 if c.save_every is None else c.save_every
     c.val_fraction = 0.1 if c.val_fraction is None else c.val_fraction
     c.dtype = str(pick_dtype(c.dtype or "auto", device)).removeprefix("torch.")
-    if c.dtype == "float16":
-        raise GptkitError("training in float16 needs loss scaling, which gptkit does not do: use bfloat16 or float32")
     c.compile = bool(c.compile)
     c.seed = 1337 if c.seed is None else c.seed
     c.device = str(device)
-    checks = [
-        (c.steps >= 1, "--steps must be at least 1"),
-        (c.batch_size >= 1, "--batch-size must be at least 1"),
-        (c.block_size >= 1, "--block-size must be at least 1"),
-        (c.grad_accum >= 1, "--grad-accum must be at least 1"),
-        (c.lr > 0, "--lr must be positive"),
-        (0 <= c.min_lr <= c.lr, "--min-lr must be between 0 and --lr"),
-        (0 <= c.warmup_steps <= c.steps, "--warmup-steps must be between 0 and --steps"),
-        (c.weight_decay >= 0, "--weight-decay must not be negative"),
-        (c.eval_every >= 0 and c.save_every >= 0, "--eval-every and --save-every must not be negative"),
-        (c.eval_tokens >= 0, "--eval-tokens must not be negative"),
-        (0 <= c.val_fraction < 1, "--val-fraction must be in [0, 1)"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise GptkitError(message)
+    check(c)  # the values that came from defaults (or the resumed run), against the ones given
     return c
 
 

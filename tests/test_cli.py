@@ -1,5 +1,11 @@
+import json
+import os
+import re
+import struct
 import subprocess
 import sys
+
+import pytest
 
 
 def test_help_does_not_import_torch():
@@ -17,3 +23,126 @@ def test_help_does_not_import_torch():
 def test_python_dash_m():
     result = subprocess.run([sys.executable, "-m", "gptkit", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "download" in result.stdout
+
+
+# Runs the CLI on each argument list of a JSON list, in one process, and prints for each, as JSON: the exit code, what
+# went to stderr, and the heavy modules imported so far (a module once imported stays in sys.modules).
+CLI_RUNS = """
+import io, json, sys
+from gptkit.cli import main
+results = []
+for args in json.loads(sys.argv[1]):
+    sys.argv, sys.stderr = ["gptkit", *args], io.StringIO()
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    heavy = sorted(m for m in ("torch", "transformers", "numpy") if m in sys.modules)
+    results.append({"code": code, "stderr": sys.stderr.getvalue(), "heavy": heavy})
+print(json.dumps(results))
+"""
+
+
+def cli_runs(runs: list[list[str]], cwd) -> list[dict]:
+    result = subprocess.run(
+        [sys.executable, "-c", CLI_RUNS, json.dumps(runs)], capture_output=True, text=True, cwd=cwd, check=True
+    )
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A text, a checkpoint-like folder (a safetensors header is all the checks read) and a folder that is neither."""
+    root = tmp_path_factory.mktemp("files")
+    (root / "text.txt").write_text("To be, or not to be, that is the question.\n")
+    ckpt = root / "ckpt"
+    ckpt.mkdir()
+    header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
+    (ckpt / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    (ckpt / "config.json").write_text("{}")
+    (root / "folder").mkdir()
+    return root
+
+
+BAD_OPTIONS = [
+    (["sample", "Hi", "--top-p", "1.5"], "--top-p must be in (0, 1], not 1.5"),
+    (["sample", "Hi", "--temperature", "-1"], "--temperature must be 0 (greedy) or more"),
+    (["sample", "Hi", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    (["sample", "Hi", "--dtype", "fp8"], "unknown dtype 'fp8'"),
+    (["sample", "Hi", "--device", "tpu"], "unknown device 'tpu'"),
+    (["sample", "Hi", "--ckpt", "{root}/nowhere"], "checkpoint {root}/nowhere does not exist"),
+    (["sample", "Hi", "--ckpt", "{root}/folder"], "is not a checkpoint"),
+    (["eval", "{root}/nowhere"], "checkpoint {root}/nowhere does not exist"),
+    (["eval", "{root}/ckpt", "{root}/missing.txt"], "{root}/missing.txt does not exist"),
+    (["eval", "{root}/ckpt", "{root}/text.txt", "--stride", "0"], "--stride must be at least 1"),
+    (["eval", "{root}/ckpt", "{root}/text.txt", "--block-size", "8", "--stride", "9"], "--stride must be between 1"),
+    (["eval", "{root}/ckpt", "{root}/text.txt", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["eval", "{root}/ckpt", "--hellaswag", "{root}/no.jsonl"], "get hellaswag_val.jsonl from"),
+    (["eval", "{root}/ckpt", "{root}/text.txt", "--dtype", "half"], "unknown dtype 'half'"),
+    (["train", "{root}/missing.txt"], "{root}/missing.txt does not exist"),
+    (["train", "{root}/text.txt", "--steps", "0"], "--steps must be at least 1"),
+    (["train", "{root}/text.txt", "--lr", "-1"], "--lr must be positive"),
+    (["train", "{root}/text.txt", "--lr", "0.1", "--min-lr", "1"], "--min-lr 1.0 must not exceed --lr 0.1"),
+    (["train", "{root}/text.txt", "--steps", "10", "--warmup-steps", "20"], "--warmup-steps 20 must not exceed"),
+    (["train", "{root}/text.txt", "--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
+    (["train", "{root}/text.txt", "--dtype", "float16"], "training in float16 needs loss scaling"),
+    (["train", "{root}/text.txt", "--device", "gpu"], "unknown device 'gpu'"),
+    (["train", "{root}/text.txt", "--model", "gpt5"], "unknown model 'gpt5': use a preset (gpt2, gpt2-medium"),
+    (["train", "{root}/text.txt", "--model", "{root}/folder"], "is not a checkpoint"),
+    (["train", "{root}/text.txt", "--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
+    (["download", "gpt3"], "unknown model 'gpt3'"),
+    (["inspect", "{root}/nowhere"], "checkpoint {root}/nowhere does not exist"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_option_runs(files) -> list[dict]:
+    return cli_runs([[a.format(root=files) for a in args] for args, _ in BAD_OPTIONS], cwd=files)
+
+
+@pytest.mark.parametrize("case", range(len(BAD_OPTIONS)), ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD_OPTIONS])
+def test_bad_options_fail_before_importing_torch(files, bad_option_runs, case):
+    run, message = bad_option_runs[case], BAD_OPTIONS[case][1].format(root=files)
+    assert run["heavy"] == []  # neither torch, nor transformers, nor numpy
+    assert run["code"] == 1 and run["stderr"].startswith("error: ") and run["stderr"].count("\n") == 1, run
+    assert message in run["stderr"]
+
+
+def test_a_good_command_does_import_torch(files):
+    """The check above can fail: a command that passes the option checks goes on to import torch."""
+    (run,) = cli_runs([["sample", "Hi", "--ckpt", str(files / "ckpt"), "--device", "cpu"]], cwd=files)
+    assert "torch" in run["heavy"]
+
+
+def test_preset_names_without_torch():
+    from gptkit.model import PRESETS
+    from gptkit.options import PRESET_NAMES
+
+    assert PRESET_NAMES == tuple(PRESETS)
+
+
+def test_train_help_groups_the_options_in_panels():
+    result = subprocess.run(
+        [sys.executable, "-m", "gptkit", "train", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    panels = re.findall(r"^╭─ (.+?) ─", result.stdout, re.MULTILINE)
+    assert panels == ["Arguments", "Options", "Model", "Data", "Optimization", "Schedule", "Evaluation and saving",
+                      "Hardware"]  # fmt: skip
+    model_panel = result.stdout.split("╭─ Model")[1].split("╰")[0]
+    assert "--model" in model_panel and "--block-size" in model_panel and "--lr" not in model_panel
+
+
+@pytest.mark.parametrize("command, panels", [("sample", ["Model", "Sampling", "Hardware"]),
+                                             ("eval", ["Scoring", "Output", "Hardware"])])  # fmt: skip
+def test_help_panels_of_sample_and_eval(command, panels):
+    result = subprocess.run(
+        [sys.executable, "-m", "gptkit", command, "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    assert re.findall(r"^╭─ (.+?) ─", result.stdout, re.MULTILINE)[2:] == panels

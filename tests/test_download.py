@@ -322,6 +322,23 @@ def test_transient_failures_are_retried(server, repo_files, tmp_path, no_waiting
     assert "Retry" not in err and "thrown while requesting" not in err  # no log lines of huggingface_hub's
 
 
+def test_cli_retries_on_one_status_line(server, tmp_path):
+    server.fail_once[("HEAD", "model.safetensors")] = 502  # retried by huggingface_hub, which logs it
+    server.fail_once[("GET", "model.safetensors")] = 503  # retried by gptkit
+    env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf-home")}
+    env.pop("HF_HUB_OFFLINE", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "gptkit", "download", "gpt2", "-o", tmp_path / "gpt2"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0 and is_checkpoint(tmp_path / "gpt2"), done.stderr
+    assert [r.status for r in server.log if r.status >= 500] == [502, 503]
+    # without a terminal the status line is not drawn; huggingface_hub's log lines never show
+    assert "Retry" not in done.stderr and "thrown" not in done.stderr and "HTTP" not in done.stderr, done.stderr
+
+
 def test_hub_that_keeps_failing(server, tmp_path, no_waiting):
     server.failing = 503
     with pytest.raises(GptkitError, match=r"answered HTTP 503 for openai-community/gpt2: run again later$"):

@@ -237,6 +237,6 @@ def test_bad_input(tiny_checkpoint, tmp_path):
     assert_one_line_error(run(tiny_checkpoint, "--hellaswag", bad_jsonl), "line 3: not valid JSON")
     assert_one_line_error(run(tiny_checkpoint, "--hellaswag", tmp_path / "no.jsonl"), "hellaswag_val.jsonl")
     assert_one_line_error(run(tiny_checkpoint, text, "--block-size", "65"), "--block-size must be between 1 and")
-    assert_one_line_error(run(tiny_checkpoint, text, "--stride", "0"), "--stride must be between 1 and")
+    assert_one_line_error(run(tiny_checkpoint, text, "--stride", "0"), "--stride must be at least 1")
     assert_one_line_error(run(tiny_checkpoint, text, "--batch-size", "0"), "--batch-size must be at least 1")
     assert not (tiny_checkpoint / "evals.jsonl").exists()

@@ -1,0 +1,113 @@
+"""The checks of the commands' options that need neither torch nor a model: ranges, choices, files that must exist.
+
+cli.py runs them before it imports a command's module (and so torch), so that a bad option is answered at once;
+the commands' Python functions run them too. What needs the device or the model (does CUDA exist, is --block-size
+within the model's context) is checked later, where those are known. train's checks are in train_config.py.
+"""
+
+import re
+from pathlib import Path
+
+from gptkit.checkpoint import resolve
+from gptkit.errors import GptkitError
+
+# The names of model.PRESETS, which cannot be imported without torch (tests/test_cli.py keeps the two the same).
+PRESET_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "mini", "micro", "nano")
+# --dtype names and what they stand for (runtime.DTYPES maps them to torch dtypes).
+DTYPE_NAMES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
+DEVICE_NAME = re.compile(r"auto|cpu|(cuda|mps)(:\d+)?")
+HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+
+
+def fail_if(failed: bool, message: str):
+    if failed:
+        raise GptkitError(message)
+
+
+def check_dtype(name: str):
+    fail_if(
+        name != "auto" and name not in DTYPE_NAMES, f"unknown dtype '{name}': use auto, float32, bfloat16 or float16"
+    )
+
+
+def check_device(name: str):
+    fail_if(not DEVICE_NAME.fullmatch(name), f"unknown device '{name}': use auto, cpu, cuda, cuda:N or mps")
+
+
+def check_text(path: Path):
+    """A text to read must exist (data.text_files checks the rest: a folder's .txt files)."""
+    fail_if(not Path(path).exists(), f"{path} does not exist: give a UTF-8 text file or a folder of .txt files")
+
+
+def check_window(block_size: int | None, stride: int | None, context: int | None = None):
+    """Eval's windows: 1 <= stride <= block_size <= the model's context; None where not known (yet)."""
+    if block_size is not None:
+        fail_if(
+            context is not None and not 1 <= block_size <= context,
+            f"--block-size must be between 1 and the model's context of {context}, got {block_size}",
+        )
+        fail_if(block_size < 1, f"--block-size must be at least 1, got {block_size}")
+    if stride is not None:
+        fail_if(stride < 1, f"--stride must be at least 1, got {stride}")
+        fail_if(
+            block_size is not None and stride > block_size,
+            f"--stride must be between 1 and the block size ({block_size}), got {stride}",
+        )
+
+
+def check_hellaswag_file(path: Path):
+    path = Path(path)
+    if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise GptkitError(f"{path} {problem}: get hellaswag_val.jsonl from {HELLASWAG_URL}")
+
+
+def check_sample(
+    ckpt: Path | None,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float | None,
+    num_samples: int,
+    dtype: str,
+    device: str,
+):
+    fail_if(max_new_tokens < 1, f"--max-new-tokens must be at least 1, not {max_new_tokens}")
+    fail_if(temperature < 0, f"--temperature must be 0 (greedy) or more, not {temperature}")
+    fail_if(top_k < 0, f"--top-k must be 0 (off) or more, not {top_k}")
+    fail_if(top_p is not None and not 0 < top_p <= 1, f"--top-p must be in (0, 1], not {top_p}")
+    fail_if(num_samples < 1, f"--num-samples must be at least 1, not {num_samples}")
+    check_dtype(dtype)
+    check_device(device)
+    if ckpt is not None:
+        resolve(ckpt)
+
+
+def check_eval(
+    ckpt: Path,
+    text: Path | None,
+    block_size: int | None,
+    stride: int | None,
+    batch_size: int,
+    max_tokens: int | None,
+    hellaswag: Path | None,
+    dtype: str,
+    device: str,
+):
+    fail_if(batch_size < 1, f"--batch-size must be at least 1, got {batch_size}")
+    fail_if(max_tokens is not None and max_tokens < 1, f"--max-tokens must be at least 1, got {max_tokens}")
+    check_window(block_size, stride)
+    check_dtype(dtype)
+    check_device(device)
+    resolve(ckpt)
+    if text is not None:
+        check_text(text)
+    if hellaswag is not None:
+        check_hellaswag_file(hellaswag)
