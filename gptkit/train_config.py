@@ -63,9 +63,21 @@ def default_out(cfg: TrainConfig) -> Path:
 
 
 def check(cfg: TrainConfig):
-    """The checks that need neither torch, the device nor the model: ranges, choices, files that must exist, options
-    that contradict each other. Options left None (their defaults) pass; resolve() checks the values again once every
-    default is filled in."""
+    """The checks that need neither torch, the device nor the model: the options' values (check_values), the files
+    they name (DATA, a checkpoint to fine-tune)."""
+    check_values(cfg)
+    check_text(cfg.data)
+    if cfg.model is not None and cfg.model not in PRESET_NAMES:
+        if not Path(cfg.model).exists():
+            raise GptkitError(
+                f"unknown model '{cfg.model}': use a preset ({', '.join(PRESET_NAMES)}) or a checkpoint directory"
+            )
+        resolve_checkpoint(cfg.model)
+
+
+def check_values(cfg: TrainConfig):
+    """Ranges, choices, options that contradict each other. Options left None (their defaults) pass; resolve() runs
+    this again once every default is filled in."""
     c = cfg
 
     def given(*values) -> bool:
@@ -103,13 +115,6 @@ def check(cfg: TrainConfig):
         )
     if c.device is not None:
         check_device(c.device)
-    check_text(c.data)
-    if c.model is not None and c.model not in PRESET_NAMES:
-        if not Path(c.model).exists():
-            raise GptkitError(
-                f"unknown model '{c.model}': use a preset ({', '.join(PRESET_NAMES)}) or a checkpoint directory"
-            )
-        resolve_checkpoint(c.model)
 
 
 def resolve(cfg: TrainConfig, device: torch.device, context: int, fine_tuning: bool, world_size: int) -> TrainConfig:
@@ -147,7 +152,7 @@ def resolve(cfg: TrainConfig, device: torch.device, context: int, fine_tuning: b
     c.compile = bool(c.compile)
     c.seed = 1337 if c.seed is None else c.seed
     c.device = str(device)
-    check(c)  # the values that came from defaults (or the resumed run), against the ones given
+    check_values(c)  # the values that came from defaults (or the resumed run), against the ones given
     return c
 
 
