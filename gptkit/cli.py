@@ -21,14 +21,16 @@ app = typer.Typer(
 )
 
 
-# The help panels that group the options, in the order one thinks about a run. A new option goes in one of them.
+# The help panels (rich_help_panel) that group the options; a new option goes in one of them. train's, in the order
+# one thinks about a run: MODEL, DATA, OPTIMIZATION, SCHEDULE, EVALUATION_AND_SAVING, HARDWARE, LOGGING; sample's:
+# MODEL, SAMPLING, HARDWARE; eval's: SCORING, OUTPUT, HARDWARE. A panel shows only once an option is in it.
 MODEL = "Model"
 DATA = "Data"
 OPTIMIZATION = "Optimization"
 SCHEDULE = "Schedule"
 EVALUATION_AND_SAVING = "Evaluation and saving"
 HARDWARE = "Hardware"
-LOGGING = "Logging"  # train's; shown once an option uses it
+LOGGING = "Logging"
 SAMPLING = "Sampling"
 SCORING = "Scoring"
 OUTPUT = "Output"
