@@ -208,6 +208,25 @@ def train(
             "--compile/--no-compile", help="torch.compile the model.", show_default=False, rich_help_panel=HARDWARE
         ),
     ] = None,
+    tensorboard: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--tensorboard/--no-tensorboard",
+            help="Log to TensorBoard event files in RUN/tensorboard (needs gptkit\\[tensorboard]). "
+            "\\[default: off; a resumed run: as it was]",
+            show_default=False,
+            rich_help_panel=LOGGING,
+        ),
+    ] = None,
+    wandb: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="PROJECT",
+            help="Log to this Weights & Biases project (needs gptkit\\[wandb]; WANDB_MODE=offline logs locally). "
+            "\\[default: off; a resumed run: as it was]",
+            rich_help_panel=LOGGING,
+        ),
+    ] = None,
 ):
     """Train a model from scratch or from a checkpoint (under torchrun: on several processes with DDP)."""
     import os
@@ -237,6 +256,8 @@ def train(
         seed=seed,
         resume=resume,
         overwrite=overwrite,
+        tensorboard=tensorboard,
+        wandb=wandb,
     )
     check(config)
     from gptkit.train import EXIT_INTERRUPTED, Interrupted
@@ -351,6 +372,35 @@ def eval(
     from gptkit.eval import run_eval
 
     run_eval(ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, json_output, dtype, device)
+
+
+# --- plot ------------------------------------------------------------------------------------------------------------
+
+
+@command
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (written by gptkit train).", show_default=False)],
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out", "-o", help="Write a .png, .svg or .pdf file (needs gptkit\\[plot]) instead of drawing in the terminal."
+        ),
+    ] = None,
+    x: Annotated[str, typer.Option("--x", help="The x axis: step, tokens or time (spent in training steps).")] = "step",
+    log: Annotated[bool, typer.Option("--log", help="A log scale for the loss axis.")] = False,
+    smooth: Annotated[
+        float, typer.Option(help="Smoothing of the training loss (exponential moving average weight, 0 to <1).")
+    ] = 0.9,
+):
+    """Plot the training and validation loss of one or more runs, from their metrics.jsonl."""
+    from rich.console import Console
+
+    from gptkit.plot import plot as draw
+
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
+    draw(runs, out, x, log, smooth, Console(highlight=False), lambda line: errors.print(line, style="yellow"))
+    if out is not None:
+        errors.print(f"wrote {out}")
 
 
 # --- inspect ---------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""`gptkit inspect`: what is in a checkpoint, read from the safetensors header and the JSON files (no torch)."""
+"""`gptkit inspect`: what is in a checkpoint, read from the safetensors header and the JSON files (no torch); for a
+training run's folder also its loss curve, from metrics.jsonl."""
 
 import json
 import re
@@ -14,6 +15,7 @@ from gptkit.checkpoint import (
     resolve,
     strip_prefix,
 )
+from gptkit.runlog import read_metrics
 
 LAYER = re.compile(r"(^|\.)h\.(\d+)\.")
 # The order of a GPT-2's modules, so the tensor table reads top to bottom like the model.
@@ -21,6 +23,8 @@ PART_RANK = {
     **{"wte": 0, "wpe": 1, "h": 2, "ln_f": 3, "lm_head": 4},
     **{"ln_1": 0, "attn": 1, "ln_2": 2, "mlp": 3, "c_attn": 0, "c_fc": 0, "c_proj": 1, "weight": 0, "bias": 1},
 }
+SPARK_LEVELS = "▁▂▃▄▅▆▇█"
+SPARK_WIDTH = 40
 CONFIG_KEYS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "activation_function", "dtype")
 
 
@@ -88,7 +92,58 @@ def inspect_checkpoint(path: str | Path) -> dict:
         "tensor_count": len(tensors),
         "tensors": tensors,
         "metadata": read_metadata(path) if folder else {},
+        "metrics": metrics_summary(folder / "metrics.jsonl") if folder else None,
     }
+
+
+def sparkline(values: list[float], width: int = SPARK_WIDTH) -> str:
+    """values in at most `width` characters, each the mean of its share of the values, from ▁ (least) to █."""
+    n = len(values)
+    width = min(width, n)
+    bins = [values[i * n // width : (i + 1) * n // width] for i in range(width)]
+    means = [sum(b) / len(b) for b in bins]
+    low, span = min(means), (max(means) - min(means)) or 1.0
+    return "".join(SPARK_LEVELS[round((m - low) / span * (len(SPARK_LEVELS) - 1))] for m in means)
+
+
+def metrics_summary(path: Path) -> dict | None:
+    """The loss curve of a run folder's metrics.jsonl in a few numbers and a sparkline; None without one."""
+    if not path.is_file():
+        return None
+    records, skipped = read_metrics(path)
+    if not records:
+        return {"records": 0, "skipped_lines": len(skipped)}
+    losses = [r["loss"] for r in records]
+    val = [r["val_loss"] for r in records if r.get("val_loss") is not None]
+    return {
+        "records": len(records),
+        "skipped_lines": len(skipped),
+        "first_step": records[0]["step"],
+        "last_step": records[-1]["step"],
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "min_loss": min(losses),
+        "last_val_loss": val[-1] if val else None,
+        "loss_sparkline": sparkline(losses),
+    }
+
+
+def metadata_rows(metadata: dict, indent: str = ""):
+    """(key, value) rows of nested metadata: a nested dict as a heading row and its keys indented under it."""
+    for key, value in metadata.items():
+        if isinstance(value, dict):
+            yield indent + key, ""
+            yield from metadata_rows(value, indent + "  ")
+        else:
+            yield indent + key, readable(value)
+
+
+def readable(value) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "none" if value is None else json.dumps(value)
 
 
 def human_count(n: int) -> str:
@@ -132,9 +187,27 @@ def render(info: dict, console) -> None:
 
     if info["metadata"]:
         meta = Table.grid(padding=(0, 2))
-        meta.add_column(style="dim")
-        meta.add_column()
-        for key, value in info["metadata"].items():
-            meta.add_row(key, value if isinstance(value, str) else json.dumps(value))
+        meta.add_column(style="dim", no_wrap=True)
+        meta.add_column(overflow="fold")
+        for key, value in metadata_rows(info["metadata"]):
+            meta.add_row(key, value)
         console.print("[bold]gptkit metadata[/bold]")
         console.print(meta)
+
+    m = info.get("metrics")
+    if m:
+        console.print("[bold]training curve[/bold] (metrics.jsonl)")
+        if m["records"]:
+            val = f", val {m['last_val_loss']:.4f}" if m["last_val_loss"] is not None else ""
+            console.print(
+                f"loss {m['loss_sparkline']} {m['first_loss']:.4f} -> {m['last_loss']:.4f} "
+                f"(min {m['min_loss']:.4f}), steps {m['first_step']}-{m['last_step']}{val}",
+                highlight=False,
+            )
+        else:
+            console.print("no training steps recorded yet")
+        if m["skipped_lines"]:
+            console.print(
+                f"[yellow]{m['skipped_lines']} unreadable line(s) of metrics.jsonl skipped "
+                "(cut short by a crash mid-write?)[/yellow]"
+            )

@@ -22,6 +22,7 @@ from gptkit.distributed import Processes
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
 from gptkit.optim import optimizer_tensors
+from gptkit.runlog import read_metrics
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
@@ -92,6 +93,6 @@ def trim_metrics(out: Path, step: int):
     path = out / METRICS_FILE
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    records, _ = read_metrics(path)  # a line cut short by a crash is past the saved step: dropped with the others
     with atomic_path(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records if r["step"] <= step))

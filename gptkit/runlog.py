@@ -1,9 +1,54 @@
 """Where a training run's per-step records go. The loop makes one record a step (step, loss, lr, grad_norm,
 tokens_seen, tokens_per_s, step_time_s, and val_loss when it evaluated) and hands it to a RunLog, which passes it to
-every sink: the progress display and metrics.jsonl. A sink is opened when made, written once a step, closed once."""
+every sink: the progress display, metrics.jsonl, and on request TensorBoard and Weights & Biases. A sink is opened
+when made, written once a step, closed once. Also here: metrics.jsonl read back tolerantly (by plot, inspect and
+resume). No torch import at module level: plot and inspect read metrics without it."""
 
 import json
+import shutil
 from pathlib import Path
+
+from gptkit.checkpoint import write_json
+from gptkit.errors import GptkitError
+
+WANDB_RUN_FILE = "wandb.json"  # the wandb project and run id of a run folder, so that --resume continues that run
+TENSORBOARD_DIR = "tensorboard"
+
+
+def read_metrics(path: Path) -> tuple[list[dict], list[int]]:
+    """The records of a metrics.jsonl, and the numbers of the lines that are not whole records (a last line cut
+    short by a crash mid-write), which are skipped."""
+    records, skipped = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+        else:
+            skipped.append(number)
+    return records, skipped
+
+
+def skipped_warning(path: Path, skipped: list[int]) -> str:
+    lines = ", ".join(map(str, skipped[:5])) + (" ..." if len(skipped) > 5 else "")
+    return f"warning: {path}: skipped {len(skipped)} unreadable line(s) ({lines}): cut short by a crash mid-write?"
+
+
+def scalars(record: dict) -> dict[str, float]:
+    """Every numeric field of a record but the step: what TensorBoard and wandb plot against the step."""
+    return {
+        k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def settings_table(settings: dict) -> str:
+    """The run's settings as a markdown table (TensorBoard's text tab renders it)."""
+    rows = "".join(f"| {key} | {value} |\n" for key, value in settings.items())
+    return "| setting | value |\n| --- | --- |\n" + rows
 
 
 class ProgressDisplay:
@@ -74,11 +119,109 @@ class MetricsFile:
             self.file.close()
 
 
+class TensorBoardSink:
+    """TensorBoard event files in RUN/tensorboard: every numeric field of each record against its step, and the
+    run's settings as text. A resumed run first purges the events past the step it resumes from (written after the
+    last save by a run that then stopped), so its curves go on without duplicated steps."""
+
+    def __init__(self, out: Path, settings: dict, start_step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        if not start_step:  # a new run (maybe --overwrite): no curves of an earlier one
+            shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
+        self.writer = SummaryWriter(
+            log_dir=str(out / TENSORBOARD_DIR), purge_step=start_step + 1 if start_step else None, flush_secs=10
+        )
+        self.writer.add_text("settings", settings_table(settings), global_step=start_step)
+
+    def write(self, record: dict):
+        for key, value in scalars(record).items():
+            self.writer.add_scalar(key, value, global_step=record["step"])
+
+    def close(self):
+        self.writer.close()
+
+
+def check_tensorboard():
+    """Refuse --tensorboard up front when the tensorboard package is missing."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise GptkitError(
+            "--tensorboard needs the tensorboard package: pip install 'gptkit[tensorboard]' "
+            "(from a clone: uv sync --extra tensorboard)"
+        ) from None
+
+
+def check_wandb(project: str):
+    """Refuse --wandb up front without a project name, without the wandb package or, to log online, without a
+    login."""
+    if not project.strip():
+        raise GptkitError("--wandb needs a project name: --wandb PROJECT")
+    try:
+        import wandb
+    except ImportError:
+        raise GptkitError(
+            "--wandb needs the wandb package: pip install 'gptkit[wandb]' (from a clone: uv sync --extra wandb)"
+        ) from None
+    if wandb.setup().settings.mode in ("offline", "dryrun", "disabled"):
+        return
+    if not wandb.login(verify=False, prompt=False):
+        raise GptkitError(
+            "--wandb: not logged in to Weights & Biases: run `wandb login` (or set WANDB_API_KEY), "
+            "or set WANDB_MODE=offline to log to the run folder and `wandb sync` later"
+        )
+
+
+class WandbSink:
+    """A Weights & Biases run with the run's settings as its config and every numeric field of each record against
+    its step. Its id is kept in RUN/wandb.json, so a resumed run continues the same wandb run. wandb's files go in
+    the run folder (RUN/wandb), which is where offline runs wait for `wandb sync`."""
+
+    def __init__(self, project: str, out: Path, settings: dict, resumed: bool):
+        import wandb
+
+        id_file = out / WANDB_RUN_FILE
+        saved = json.loads(id_file.read_text()) if resumed and id_file.is_file() else {}
+        run_id = saved.get("id") if saved.get("project") == project else None
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run = wandb.init(
+                project=project, id=run_id, resume="allow", name=out.name, dir=str(out), config=settings
+            )
+        except Exception as e:  # wandb's errors (network, permissions) have no common base class
+            raise GptkitError(f"wandb could not start the run: {e} (WANDB_MODE=offline logs to the run folder)")
+        if run_id is None:
+            write_json(id_file, {"project": project, "id": self.run.id})
+        # A resumed wandb run continues from the step after the last one it holds: the steps a stopped run logged
+        # after its last save come again, identical (resume is exact), and wandb would refuse them noisily.
+        self.first_step = self.run.step
+
+    def write(self, record: dict):
+        if record["step"] >= self.first_step:
+            self.run.log(scalars(record), step=record["step"])
+
+    def close(self):
+        self.run.finish()
+
+
 class RunLog:
     """One record a step, written to every sink; closes them all however the run ends."""
 
     def __init__(self, sinks: list):
         self.sinks = sinks
+
+    @classmethod
+    def open(cls, makers: list) -> "RunLog":
+        """Make each sink in turn (each maker a function returning one); if one fails, close those already made."""
+        log = cls([])
+        try:
+            for make in makers:
+                log.sinks.append(make())
+        except BaseException:
+            log.__exit__(None, None, None)
+            raise
+        return log
 
     def write(self, record: dict):
         for sink in self.sinks:

@@ -33,7 +33,15 @@ from gptkit.runfolder import (
     save_run,
     trim_metrics,
 )
-from gptkit.runlog import MetricsFile, ProgressDisplay, RunLog
+from gptkit.runlog import (
+    MetricsFile,
+    ProgressDisplay,
+    RunLog,
+    TensorBoardSink,
+    WandbSink,
+    check_tensorboard,
+    check_wandb,
+)
 from gptkit.runtime import autocast, available_memory, keep_freed_memory
 from gptkit.train_config import TrainConfig, check, default_out, merge_for_resume, resolve, settings_of
 
@@ -199,6 +207,11 @@ def train(cfg: TrainConfig, console=None) -> dict:
 def run(cfg: TrainConfig, procs: Processes, console) -> dict:
     started = time.perf_counter()
     cfg, out, state = open_run(cfg)
+    if procs.main:  # a missing package or login stops the run now, not after loading the data and the model
+        if cfg.tensorboard:
+            check_tensorboard()
+        if cfg.wandb is not None:
+            check_wandb(cfg.wandb)
     tokens, digest = load_data(cfg, procs, console, state)
     model_name = cfg.model or "gpt2"
     context = model_context(model_name) if state is None else state["settings"]["block_size"]
@@ -303,7 +316,16 @@ def open_log(r: Run, procs: Processes, console, resumed: bool) -> RunLog:
     """The sinks of the per-step records: only rank 0 shows and writes them."""
     if not procs.main:
         return RunLog([])
-    return RunLog([ProgressDisplay(console, r.cfg.steps, r.step), MetricsFile(r.out / METRICS_FILE, append=resumed)])
+    cfg = r.cfg
+    settings = {"model": r.model_label, "data": r.data_info["path"]} | settings_of(cfg) | {"world_size": procs.world_size}
+    makers = []
+    if cfg.tensorboard:
+        makers.append(lambda: TensorBoardSink(r.out, settings, r.step))
+    if cfg.wandb:
+        makers.append(lambda: WandbSink(cfg.wandb, r.out, settings, resumed))
+    makers.append(lambda: MetricsFile(r.out / METRICS_FILE, append=resumed))
+    makers.append(lambda: ProgressDisplay(console, cfg.steps, r.step))  # last: the live bar starts once all opened
+    return RunLog.open(makers)
 
 
 def train_step(r: Run, procs: Processes, stop: StopRequest, stats: torch.Tensor) -> tuple[dict, bool]:

@@ -42,12 +42,24 @@ class TrainConfig:
     device: str | None = None  # auto, cpu, cuda, cuda:N, mps; default auto
     compile: bool | None = None
     seed: int | None = None  # default 1337
+    tensorboard: bool | None = None  # TensorBoard event files in RUN/tensorboard; default off
+    wandb: str | None = None  # Weights & Biases project to log to; default none
     resume: bool = False
     overwrite: bool = False
 
 
 # Options that may differ when resuming (they do not change the trajectory, or extend it: --steps).
-CHANGEABLE_ON_RESUME = {"steps", "eval_every", "eval_tokens", "save_every", "device", "compile", "out"}
+CHANGEABLE_ON_RESUME = {
+    "steps",
+    "eval_every",
+    "eval_tokens",
+    "save_every",
+    "device",
+    "compile",
+    "out",
+    "tensorboard",
+    "wandb",
+}
 # Options that describe the invocation, not the run.
 NOT_SETTINGS = {"data", "model", "out", "resume", "overwrite"}
 
@@ -151,6 +163,7 @@ def resolve(cfg: TrainConfig, device: torch.device, context: int, fine_tuning: b
     c.dtype = str(pick_dtype(c.dtype or "auto", device)).removeprefix("torch.")
     c.compile = bool(c.compile)
     c.seed = 1337 if c.seed is None else c.seed
+    c.tensorboard = bool(c.tensorboard)
     c.device = str(device)
     check_values(c)  # the values that came from defaults (or the resumed run), against the ones given
     return c
@@ -167,7 +180,9 @@ def merge_for_resume(cfg: TrainConfig, saved: dict, saved_model: str) -> TrainCo
         raise GptkitError(f"--model {cfg.model} differs from the run being resumed ({saved_model}): leave it out")
     merged = {"data": cfg.data, "model": saved_model, "out": cfg.out, "resume": True}
     for f in fields(TrainConfig):
-        if f.name not in saved:
+        if f.name not in saved:  # an option newer than the run
+            if f.name in CHANGEABLE_ON_RESUME:
+                merged[f.name] = getattr(cfg, f.name)
             continue
         given, before = getattr(cfg, f.name), saved[f.name]
         if given is None or (f.name == "dtype" and given == "auto"):
