@@ -383,7 +383,9 @@ def plot(
     out: Annotated[
         Optional[Path],
         typer.Option(
-            "--out", "-o", help="Write a .png, .svg or .pdf file (needs gptkit\\[plot]) instead of drawing in the terminal."
+            "--out",
+            "-o",
+            help="Write a .png, .svg or .pdf file (needs gptkit\\[plot]) instead of drawing in the terminal.",
         ),
     ] = None,
     x: Annotated[str, typer.Option("--x", help="The x axis: step, tokens or time (spent in training steps).")] = "step",

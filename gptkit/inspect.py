@@ -203,6 +203,7 @@ def render(info: dict, console) -> None:
                 f"loss {m['loss_sparkline']} {m['first_loss']:.4f} -> {m['last_loss']:.4f} "
                 f"(min {m['min_loss']:.4f}), steps {m['first_step']}-{m['last_step']}{val}",
                 highlight=False,
+                soft_wrap=True,
             )
         else:
             console.print("no training steps recorded yet")

@@ -76,9 +76,7 @@ def time_unit(seconds: float) -> tuple[str, float]:
     return ("s", 1.0) if seconds < 120 else ("min", 60.0) if seconds < 7200 else ("h", 3600.0)
 
 
-def plot(
-    runs: list[Path], out: Path | None, x: str, log: bool, weight: float, console, warn
-) -> None:
+def plot(runs: list[Path], out: Path | None, x: str, log: bool, weight: float, console, warn) -> None:
     """Draw the runs' loss curves into out (by its extension) or, without out, on the console."""
     if x not in X_AXES:
         raise GptkitError(f"unknown --x '{x}': use step, tokens or time")
@@ -238,6 +236,7 @@ def draw_text(curves: list[Curves], x_label: str, log: bool, width: int):
     legend = Text(" " * margin)
     for c, colour in zip(curves, COLOURS * len(curves)):
         legend.append("━━ ", style=colour).append(c.name + "  ")
-    legend.append(f"(lines: train loss, smoothed; {VAL_MARK}: validation loss{'; log scale' if log else ''})", style="dim")
     lines.append(legend)
+    note = f"lines: training loss, smoothed; {VAL_MARK}: validation loss{'; log scale' if log else ''}"
+    lines.append(Text(" " * margin + note, style="dim"))
     return Group(*lines)

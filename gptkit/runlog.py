@@ -40,9 +40,7 @@ def skipped_warning(path: Path, skipped: list[int]) -> str:
 
 def scalars(record: dict) -> dict[str, float]:
     """Every numeric field of a record but the step: what TensorBoard and wandb plot against the step."""
-    return {
-        k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
+    return {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def settings_table(settings: dict) -> str:

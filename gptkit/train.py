@@ -317,7 +317,9 @@ def open_log(r: Run, procs: Processes, console, resumed: bool) -> RunLog:
     if not procs.main:
         return RunLog([])
     cfg = r.cfg
-    settings = {"model": r.model_label, "data": r.data_info["path"]} | settings_of(cfg) | {"world_size": procs.world_size}
+    settings = (
+        {"model": r.model_label, "data": r.data_info["path"]} | settings_of(cfg) | {"world_size": procs.world_size}
+    )
     makers = []
     if cfg.tensorboard:
         makers.append(lambda: TensorBoardSink(r.out, settings, r.step))

@@ -59,3 +59,45 @@ def test_inspect_bad_files(tmp_path, tiny_checkpoint):
         assert result.exit_code == 1, what
         assert result.output.startswith("error:") and "Traceback" not in result.output, what
         assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_inspect_a_run_folder_shows_its_loss_curve_and_nested_metadata(tiny_model, tmp_path):
+    from gptkit.checkpoint import save_checkpoint
+
+    run = save_checkpoint(
+        tiny_model,
+        tmp_path / "run",
+        {"step": 40, "data": {"path": "data/input.txt", "tokens": 338025}, "settings": {"lr": 0.0006, "seed": 1}},
+    )
+    lines = [
+        json.dumps({"step": s, "loss": 10 - s / 10} | ({"val_loss": 7.5} if s == 40 else {})) for s in range(1, 41)
+    ]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 41, "lo')  # the last line cut by a crash
+    result = runner.invoke(app, ["inspect", str(run)])
+    assert result.exit_code == 0, result.output
+    curve = next(line for line in result.output.splitlines() if line.startswith("loss "))
+    spark = curve.split()[1]
+    levels = ["▁▂▃▄▅▆▇█".index(ch) for ch in spark]
+    assert len(spark) == 40 and levels[0] == 7 and levels[-1] == 0 and levels == sorted(levels, reverse=True)
+    assert "9.9000 -> 6.0000" in curve and "steps 1-40, val 7.5000" in curve
+    assert "1 unreadable line(s) of metrics.jsonl skipped" in result.output
+    rows = result.output.splitlines()
+    data = rows.index(next(r for r in rows if r.strip() == "data"))
+    assert rows[data + 1].split() == ["path", "data/input.txt"] and rows[data + 1].startswith("  path")
+    assert any(r.split() == ["lr", "0.0006"] and r.startswith("  lr") for r in rows)
+
+    info = json.loads(runner.invoke(app, ["inspect", str(run), "--json"]).output)
+    assert info["metadata"]["settings"] == {"lr": 0.0006, "seed": 1}  # the JSON keeps the metadata as it is
+    assert info["metrics"] | {"loss_sparkline": None} == {
+        "records": 40,
+        "skipped_lines": 1,
+        "first_step": 1,
+        "last_step": 40,
+        "first_loss": 9.9,
+        "last_loss": 6.0,
+        "min_loss": 6.0,
+        "last_val_loss": 7.5,
+        "loss_sparkline": None,
+    }
+    assert len(info["metrics"]["loss_sparkline"]) == 40
+    assert {"path", "config", "parameters", "size_on_disk", "dtypes", "tensor_count", "tensors"} <= info.keys()

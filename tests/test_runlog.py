@@ -2,20 +2,19 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_train import assert_fails, losses, run, train_command
 
 from gptkit.data import BatchLoader
+from gptkit.runfolder import trim_metrics
 from gptkit.runlog import (
     TensorBoardSink,
     WandbSink,
     read_metrics,
     scalars,
 )
-from gptkit.runfolder import trim_metrics
-from test_train import assert_fails, losses, run, train_command
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +73,9 @@ def test_tensorboard_sink_writes_any_numeric_field_and_the_settings(tmp_path):
     assert events(tmp_path).Tags()["scalars"] == []
 
 
-def test_tensorboard_curves_of_a_crashed_and_resumed_run_have_each_step_once(text, tiny_checkpoint, tmp_path, monkeypatch):
+def test_tensorboard_curves_of_a_crashed_and_resumed_run_have_each_step_once(
+    text, tiny_checkpoint, tmp_path, monkeypatch
+):
     out = tmp_path / "run"
     next_batch, calls = BatchLoader.next_batch, []
 
@@ -143,7 +144,11 @@ def test_wandb_sink_logs_each_step_once_and_resume_continues_the_run(tmp_path, m
     sink.close()
     assert json.loads((tmp_path / "wandb.json").read_text()) == {"project": "proj", "id": "run1"}
     assert fake.inits[0] | {"config": None} == {
-        "project": "proj", "id": None, "resume": "allow", "name": tmp_path.name, "config": None
+        "project": "proj",
+        "id": None,
+        "resume": "allow",
+        "name": tmp_path.name,
+        "config": None,
     }
     assert fake.inits[0]["config"] == {"lr": 0.001}
     assert fake.logged == [(s, {"loss": 4.0 - s, "lr": 0.001}) for s in (1, 2, 3)]
