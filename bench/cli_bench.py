@@ -1,11 +1,12 @@
-"""Whole-process wall time of the commands that must feel instant: `gptkit --help`, `gptkit inspect`, a bad option of
-each command (refused before torch is imported), and `gptkit download` without a hub to reach (refused after one
-failed connection, not after huggingface_hub's retries). The commands run in turns, so machine noise hits them
+"""Whole-process wall time of the commands that must feel instant: `gptkit --help`, `gptkit inspect`, `gptkit plot`,
+a bad option of each command (refused before torch is imported), and `gptkit download` without a hub to reach
+(refused after one failed connection, not after huggingface_hub's retries). The commands run in turns, so machine noise hits them
 alike, and each is reported against `gptkit --help`, the target of the option checks.
 
     uv run python -m bench.cli_bench [--quick]
 """
 
+import json
 import os
 import shutil
 import socket
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 from bench.common import summary
+from bench.runlog_bench import fake_records
 
 
 def closed_port() -> int:
@@ -29,9 +31,16 @@ def commands(folder: Path, checkpoint: Path) -> dict[str, tuple[list[str], dict]
     text = folder / "text.txt"
     text.write_text("To be, or not to be, that is the question.\n")
     hub = {"HF_HOME": str(folder / "hf-home"), "HF_HUB_OFFLINE": ""}
+    runs = [folder / "run-a", folder / "run-b"]
+    for run in runs:  # two runs of 5,000 steps each
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fake_records(5000)))
+    plot = ["plot", *map(str, runs)]
     return {
         "gptkit --help": (["--help"], {}),
         "gptkit inspect (124M)": (["inspect", str(checkpoint)], {}),
+        "gptkit plot, terminal (2 runs x 5,000 steps)": (plot, {}),
+        "gptkit plot --out PNG (2 runs x 5,000 steps)": ([*plot, "--out", str(folder / "curves.png")], {}),
         "gptkit sample Hi --top-p 1.5": (["sample", "Hi", "--top-p", "1.5"], {}),
         "gptkit eval CKPT --stride 0": (["eval", str(checkpoint), str(text), "--stride", "0"], {}),
         "gptkit train TEXT --steps 0": (["train", str(text), "--steps", "0"], {}),

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import cli_bench, eval_bench, sample_bench, train_bench  # noqa: E402
+from bench import cli_bench, eval_bench, runlog_bench, sample_bench, train_bench  # noqa: E402
 from bench.common import copy_bandwidth_gbs, matmul_peak_gflops  # noqa: E402
 
 
@@ -114,6 +114,18 @@ def cli_section(quick: bool) -> str:
     return "### Command latency (whole process)\n\n" + table(header, body)
 
 
+def runlog_section(quick: bool) -> str:
+    rows = runlog_bench.bench_runlog(quick)
+    body = [
+        [r["sink"], f"{r['median']:,.0f} [{r['min']:,.0f}, {r['max']:,.0f}]", f"{r['open_close_s']:.2f} s"]
+        for r in rows
+    ]
+    return (
+        f"### Run logging ({rows[0]['records']:,} training records, each sink opened, written and closed)\n\n"
+        + table(["sink", "microseconds a step, median [min, max]", "open + close"], body)
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description="gptkit against transformers, in one run.")
     parser.add_argument("--quick", action="store_true", help="fewer steps and tokens: a smoke check")
@@ -127,7 +139,7 @@ def main():
         f"`uv run python -m bench.run{' --quick' if args.quick else ''}`."
     )
     sections = [header]
-    for section in (machine_section, train_section, sample_section, eval_section, cli_section):
+    for section in (machine_section, train_section, sample_section, eval_section, cli_section, runlog_section):
         print(f"[{time.perf_counter() - start:6.0f} s] {section.__name__.removesuffix('_section')}", file=sys.stderr)
         sections.append(section(args.quick) if section is not machine_section else section())
     sections.append(f"Whole run: {(time.perf_counter() - start) / 60:.1f} minutes.")

@@ -229,5 +229,5 @@ class RunLog:
         return self
 
     def __exit__(self, *exc):
-        for sink in self.sinks:
+        for sink in reversed(self.sinks):  # the last opened first: the live bar stops before wandb prints its summary
             sink.close()
