@@ -110,14 +110,14 @@ def metrics_summary(path: Path) -> dict | None:
     """The loss curve of a run folder's metrics.jsonl in a few numbers and a sparkline; None without one."""
     if not path.is_file():
         return None
-    records, skipped = read_metrics(path)
+    records, unreadable = read_metrics(path)
     if not records:
-        return {"records": 0, "skipped_lines": len(skipped)}
+        return {"records": 0, "skipped_lines": unreadable}
     losses = [r["loss"] for r in records]
     val = [r["val_loss"] for r in records if r.get("val_loss") is not None]
     return {
         "records": len(records),
-        "skipped_lines": len(skipped),
+        "skipped_lines": unreadable,
         "first_step": records[0]["step"],
         "last_step": records[-1]["step"],
         "first_loss": losses[0],

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptkit.errors import GptkitError
-from gptkit.runlog import read_metrics, skipped_warning
+from gptkit.runlog import read_metrics
 
 X_AXES = ("step", "tokens", "time")
 FILE_FORMATS = ("png", "svg", "pdf")
@@ -55,9 +55,9 @@ def load_curves(run: Path, x: str, weight: float, warn) -> Curves:
         raise GptkitError(f"{run} does not exist: give a run folder written by gptkit train")
     if run.is_dir() and not metrics.is_file():
         raise GptkitError(f"{run} is not a run folder (it has no metrics.jsonl): give a folder written by gptkit train")
-    records, skipped = read_metrics(metrics)
-    if skipped:
-        warn(skipped_warning(metrics, skipped))
+    records, unreadable = read_metrics(metrics)
+    if unreadable:
+        warn(f"warning: {metrics}: skipped {unreadable} unreadable line(s) (cut short by a crash mid-write?)")
     if not records:
         raise GptkitError(f"{metrics} holds no training steps yet: plot it once the run has done a step")
     xs = x_values(records, x)

@@ -15,27 +15,30 @@ WANDB_RUN_FILE = "wandb.json"  # the wandb project and run id of a run folder, s
 TENSORBOARD_DIR = "tensorboard"
 
 
-def read_metrics(path: Path) -> tuple[list[dict], list[int]]:
-    """The records of a metrics.jsonl, and the numbers of the lines that are not whole records (a last line cut
-    short by a crash mid-write), which are skipped."""
-    records, skipped = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            records.append(record)
-        else:
-            skipped.append(number)
-    return records, skipped
+def read_records(path: Path) -> tuple[list[dict], int]:
+    """(the JSON objects of a .jsonl file, one a line; how many lines were not one). A line that a crash cut short
+    (or any damaged line) is skipped and counted, never an error: the caller decides what to say about it."""
+    records, unreadable = [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                unreadable += 1
+    return records, unreadable
 
 
-def skipped_warning(path: Path, skipped: list[int]) -> str:
-    lines = ", ".join(map(str, skipped[:5])) + (" ..." if len(skipped) > 5 else "")
-    return f"warning: {path}: skipped {len(skipped)} unreadable line(s) ({lines}): cut short by a crash mid-write?"
+def read_metrics(path: Path) -> tuple[list[dict], int]:
+    """(the step records of a metrics.jsonl, how many lines were not one: cut short by a crash mid-write)."""
+    records, unreadable = read_records(path)
+    steps = [r for r in records if isinstance(r.get("step"), int) and isinstance(r.get("loss"), (int, float))]
+    return steps, unreadable + len(records) - len(steps)
 
 
 def scalars(record: dict) -> dict[str, float]:

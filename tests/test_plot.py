@@ -106,7 +106,7 @@ def test_terminal_plot_through_the_cli_takes_the_terminal_width(tmp_path):
 def test_a_line_cut_short_is_skipped_with_a_warning(tmp_path):
     run = write_run(tmp_path / "run", steps=60, cut_last_line=True)
     code, output = invoke(run)
-    assert code == 0 and "warning:" in output and "skipped 1 unreadable line(s) (61)" in output, output
+    assert code == 0 and "warning:" in output and "skipped 1 unreadable line(s)" in output, output
 
 
 def test_bad_inputs(tmp_path):
