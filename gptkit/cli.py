@@ -379,7 +379,9 @@ def eval(
 
 @command
 def plot(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders (written by gptkit train).", show_default=False)],
+    runs: Annotated[
+        list[Path], typer.Argument(metavar="RUN", help="Run folders (written by gptkit train).", show_default=False)
+    ],
     out: Annotated[
         Optional[Path],
         typer.Option(
@@ -410,10 +412,12 @@ def plot(
 
 @command
 def inspect(
-    ckpt: Annotated[Path, typer.Argument(help="A checkpoint directory or .safetensors file.")],
+    ckpt: Annotated[
+        Path, typer.Argument(help="A checkpoint directory or .safetensors file, or a training run's folder.")
+    ],
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ):
-    """Show what is in a checkpoint: config, parameters, tensors, how it was made."""
+    """Show what is in a checkpoint: config, parameters, tensors, how it was made (and a run's loss curve)."""
     import json
 
     from rich.console import Console
