@@ -84,6 +84,8 @@ def plot(runs: list[Path], out: Path | None, x: str, log: bool, weight: float, c
         raise GptkitError(f"--smooth {weight} must be in [0, 1): 0 is no smoothing, 0.99 very smooth")
     if out is not None and out.suffix.lower().lstrip(".") not in FILE_FORMATS:
         raise GptkitError(f"cannot write a plot to {out}: name a .png, .svg or .pdf file")
+    if out is not None and not out.parent.is_dir():
+        raise GptkitError(f"cannot write {out}: the folder {out.parent} does not exist")
     curves = [load_curves(run, x, weight, warn) for run in runs]
     names = [c.name for c in curves]
     for c, run in zip(curves, runs):
@@ -104,7 +106,7 @@ def plot(runs: list[Path], out: Path | None, x: str, log: bool, weight: float, c
 # --- a file, with matplotlib -----------------------------------------------------------------------------------------
 
 
-def write_file(curves: list[Curves], out: Path, x_label: str, log: bool):
+def write_file(curves: list[Curves], out: Path, label: str, log: bool):
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -123,12 +125,10 @@ def write_file(curves: list[Curves], out: Path, x_label: str, log: bool):
             ax.plot(c.val_x, c.val_loss, color=colour, linestyle="--", marker="o", markersize=4, label=f"{c.name} val")
     if log:
         ax.set_yscale("log")
-    ax.set_xlabel(x_label)
+    ax.set_xlabel(label)
     ax.set_ylabel("loss")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    if not out.parent.is_dir():
-        raise GptkitError(f"cannot write {out}: the folder {out.parent} does not exist")
     try:
         with atomic_path(out) as tmp:
             fig.savefig(tmp, format=out.suffix.lower().lstrip("."))
@@ -192,7 +192,7 @@ class Canvas:
         return text
 
 
-def draw_text(curves: list[Curves], x_label: str, log: bool, width: int):
+def draw_text(curves: list[Curves], label: str, log: bool, width: int):
     """The smoothed training loss (lines) and validation loss (●) of every run, in a plot `width` characters wide."""
     from rich.console import Group
     from rich.text import Text
@@ -225,13 +225,12 @@ def draw_text(curves: list[Curves], x_label: str, log: bool, width: int):
     lines = []
     label_rows = {0: tick_labels[0], canvas.rows // 2: tick_labels[1], canvas.rows - 1: tick_labels[2]}
     for row in range(canvas.rows):
-        label = label_rows.get(row, "")
-        lines.append(Text(f"{label:>{margin - 2}} {'┤' if label else '│'}", style="dim") + canvas.row_text(row))
+        tick = label_rows.get(row, "")
+        lines.append(Text(f"{tick:>{margin - 2}} {'┤' if tick else '│'}", style="dim") + canvas.row_text(row))
     lines.append(Text(" " * (margin - 1) + "└" + "─" * canvas.columns, style="dim"))
     low, high = short_number(x_low), short_number(x_high)
-    middle = f"{x_label}"
     gap = canvas.columns - len(low) - len(high)
-    axis = low + middle.center(gap) + high if gap > len(middle) + 2 else low + " " * max(1, gap) + high
+    axis = low + label.center(gap) + high if gap > len(label) + 2 else low + " " * max(1, gap) + high
     lines.append(Text(" " * margin + axis, style="dim"))
     legend = Text(" " * margin)
     for c, colour in zip(curves, COLOURS * len(curves)):

@@ -131,6 +131,15 @@ def test_bad_inputs(tmp_path):
     assert (tmp_path / "taken.png").is_dir() and not (tmp_path / "missing").exists()
 
 
+def test_a_file_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
+    run = write_run(tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if not installed
+    code, output = invoke(run, "--out", tmp_path / "curves.png")
+    assert code == 1 and output.startswith("error:") and "pip install 'gptkit[plot]'" in output, output
+    assert not (tmp_path / "curves.png").exists()
+    assert invoke(run)[0] == 0  # the terminal plot needs no matplotlib
+
+
 def test_plot_does_not_import_torch(tmp_path):
     run = write_run(tmp_path / "run")
     code = (
