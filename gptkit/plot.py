@@ -146,7 +146,7 @@ VAL_MARK = "●"
 
 def short_number(v: float) -> str:
     """A tick label of at most 7 characters."""
-    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-2):
+    if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-2):
         for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
             if abs(v) >= size:
                 return f"{v / size:.3g}{unit}"

@@ -148,3 +148,9 @@ def test_plot_does_not_import_torch(tmp_path):
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code, str(run)], check=True, capture_output=True)
+
+
+def test_tick_labels_stay_short():
+    from gptkit.plot import short_number
+
+    assert [short_number(v) for v in (150, 38400, 1.2e6, 10.85, 0.005)] == ["150", "38.4k", "1.2M", "10.85", "5.0e-03"]
