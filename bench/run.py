@@ -117,12 +117,12 @@ def cli_section(quick: bool) -> str:
 def runlog_section(quick: bool) -> str:
     rows = runlog_bench.bench_runlog(quick)
     body = [
-        [r["sink"], f"{r['median']:,.0f} [{r['min']:,.0f}, {r['max']:,.0f}]", f"{r['open_close_s']:.2f} s"]
+        [r["sink"], f"{r['median']:,.0f}", f"{r['mean']:,.0f}", f"{r['p99']:,.0f}", f"{r['open_close_s']:.2f} s"]
         for r in rows
     ]
-    return (
-        f"### Run logging ({rows[0]['records']:,} training records, each sink opened, written and closed)\n\n"
-        + table(["sink", "microseconds a step, median [min, max]", "open + close"], body)
+    header = ["sink", "write, median (us)", "mean (us)", "99th percentile (us)", "open + close"]
+    return f"### Run logging ({rows[0]['records']:,} records, {rows[0]['pause_s'] * 1e3:.0f} ms apart)\n\n" + table(
+        header, body
     )
 
 

@@ -1,5 +1,5 @@
-"""What logging a training step costs: each sink of the run log (metrics.jsonl, TensorBoard, wandb offline) opened,
-written the records of a run, and closed, against the same records."""
+"""What logging costs a training step: each sink of the run log (metrics.jsonl, TensorBoard, wandb offline) opened,
+given the records of a run one at a time, and closed; the same records for each, the sinks alternating."""
 
 import os
 import shutil
@@ -31,23 +31,29 @@ def fake_records(steps: int, eval_every: int = 250) -> list[dict]:
     return records
 
 
-def sink_costs(make, records: list[dict]) -> tuple[float, float]:
-    """(seconds to open and close, microseconds per written record) of the sink that make() returns."""
+def sink_costs(make, records: list[dict], pause: float) -> tuple[float, list[float]]:
+    """(seconds to open and close, microseconds of each write) of the sink that make() returns, the records written
+    `pause` seconds apart: a training step's time, in which the writer threads of TensorBoard and wandb drain their
+    queues (a step's work releases the GIL, as sleep does)."""
     t0 = time.perf_counter()
     sink = make()
-    t1 = time.perf_counter()
+    opened = time.perf_counter() - t0
+    writes = []
     for record in records:
+        t1 = time.perf_counter()
         sink.write(record)
+        writes.append((time.perf_counter() - t1) * 1e6)
+        time.sleep(pause)
     t2 = time.perf_counter()
     sink.close()
-    return t1 - t0 + time.perf_counter() - t2, (t2 - t1) / len(records) * 1e6
+    return opened + time.perf_counter() - t2, writes
 
 
 def bench_runlog(quick: bool) -> list[dict]:
     from gptkit.runlog import MetricsFile, TensorBoardSink, WandbSink
 
-    records = fake_records(500 if quick else 5000)
-    repeats = 2 if quick else 3
+    records = fake_records(300 if quick else 2000)
+    repeats, pause = (1, 0.002) if quick else (3, 0.002)
     folder = Path(tempfile.mkdtemp(prefix="gptkit-bench-"))
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -58,20 +64,26 @@ def bench_runlog(quick: bool) -> list[dict]:
         "wandb (offline)": lambda: WandbSink("gptkit-bench", folder, settings, resumed=False),
     }
     try:
-        # alternate the sinks, repeat by repeat, so that machine noise hits them alike
+        # the sinks alternate, repeat by repeat, so that machine noise hits them alike
         runs = {name: [] for name in sinks}
         for _ in range(repeats):
             for name, make in sinks.items():
-                runs[name].append(sink_costs(make, records))
-        return [
-            {
-                "sink": name,
-                "records": len(records),
-                "open_close_s": summary([opened for opened, _ in costs])["median"],
-                **summary([per_record for _, per_record in costs]),
-            }
-            for name, costs in runs.items()
-        ]
+                runs[name].append(sink_costs(make, records, pause))
+        rows = []
+        for name, costs in runs.items():
+            writes = sorted(w for _, run_writes in costs for w in run_writes)
+            rows.append(
+                {
+                    "sink": name,
+                    "records": len(records),
+                    "pause_s": pause,
+                    "open_close_s": summary([opened for opened, _ in costs])["median"],
+                    "median": writes[len(writes) // 2],
+                    "p99": writes[int(len(writes) * 0.99)],
+                    "mean": sum(writes) / len(writes),
+                }
+            )
+        return rows
     finally:
         shutil.rmtree(folder)
 
@@ -79,6 +91,7 @@ def bench_runlog(quick: bool) -> list[dict]:
 if __name__ == "__main__":
     for row in bench_runlog(quick="--quick" in sys.argv):
         print(
-            f"{row['sink']}: {row['median']:.1f} us a step (min {row['min']:.1f}, max {row['max']:.1f}), "
-            f"open + close {row['open_close_s']:.2f} s, {row['records']} records"
+            f"{row['sink']}: a write takes {row['median']:.1f} us median, {row['mean']:.1f} mean, {row['p99']:.1f} "
+            f"99th percentile; open + close {row['open_close_s']:.2f} s ({row['records']} records, "
+            f"{row['pause_s'] * 1e3:.0f} ms apart)"
         )
