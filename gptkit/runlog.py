@@ -154,11 +154,8 @@ def check_tensorboard():
         ) from None
 
 
-def check_wandb(project: str):
-    """Refuse --wandb up front without a project name, without the wandb package or, to log online, without a
-    login."""
-    if not project.strip():
-        raise GptkitError("--wandb needs a project name: --wandb PROJECT")
+def check_wandb():
+    """Refuse --wandb up front without the wandb package or, to log online, without a login."""
     try:
         import wandb
     except ImportError:

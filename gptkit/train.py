@@ -211,7 +211,7 @@ def run(cfg: TrainConfig, procs: Processes, console) -> dict:
         if cfg.tensorboard:
             check_tensorboard()
         if cfg.wandb is not None:
-            check_wandb(cfg.wandb)
+            check_wandb()
     tokens, digest = load_data(cfg, procs, console, state)
     model_name = cfg.model or "gpt2"
     context = model_context(model_name) if state is None else state["settings"]["block_size"]

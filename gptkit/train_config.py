@@ -127,6 +127,7 @@ def check_values(cfg: TrainConfig):
         )
     if c.device is not None:
         check_device(c.device)
+    fail_if(c.wandb is not None and not c.wandb.strip(), "--wandb needs a project name: --wandb PROJECT")
 
 
 def resolve(cfg: TrainConfig, device: torch.device, context: int, fine_tuning: bool, world_size: int) -> TrainConfig:

@@ -131,9 +131,11 @@ def test_train_help_groups_the_options_in_panels():
     )
     panels = re.findall(r"^╭─ (.+?) ─", result.stdout, re.MULTILINE)
     assert panels == ["Arguments", "Options", "Model", "Data", "Optimization", "Schedule", "Evaluation and saving",
-                      "Hardware"]  # fmt: skip
+                      "Hardware", "Logging"]  # fmt: skip
     model_panel = result.stdout.split("╭─ Model")[1].split("╰")[0]
     assert "--model" in model_panel and "--block-size" in model_panel and "--lr" not in model_panel
+    logging_panel = result.stdout.split("╭─ Logging")[1].split("╰")[0]
+    assert "--tensorboard" in logging_panel and "--wandb" in logging_panel
 
 
 @pytest.mark.parametrize("command, panels", [("sample", ["Model", "Sampling", "Hardware"]),
