@@ -1,7 +1,7 @@
 """Whole-process wall time of the commands that must feel instant: `gptkit --help`, `gptkit inspect`, `gptkit plot`,
 a bad option of each command (refused before torch is imported), and `gptkit download` without a hub to reach
-(refused after one failed connection, not after huggingface_hub's retries). The commands run in turns, so machine noise hits them
-alike, and each is reported against `gptkit --help`, the target of the option checks.
+(refused after one failed connection, not after huggingface_hub's retries). The commands run in turns, so machine
+noise hits them alike, and each is reported against `gptkit --help`, the target of the option checks.
 
     uv run python -m bench.cli_bench [--quick]
 """

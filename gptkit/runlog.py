@@ -188,7 +188,9 @@ class WandbSink:
                 project=project, id=run_id, resume="allow", name=out.name, dir=str(out), config=settings
             )
         except Exception as e:  # wandb's errors (network, permissions) have no common base class
-            raise GptkitError(f"wandb could not start the run: {e} (WANDB_MODE=offline logs to the run folder)")
+            raise GptkitError(
+                f"wandb could not start the run: {e} (WANDB_MODE=offline logs to the run folder)"
+            ) from None
         if run_id is None:
             write_json(id_file, {"project": project, "id": self.run.id})
         # A resumed wandb run continues from the step after the last one it holds: the steps a stopped run logged
