@@ -216,7 +216,8 @@ def draw_text(curves: list[Curves], label: str, log: bool, width: int):
         return round((xv - x_low) / x_span * dots_x), round((y_high - scale(yv)) / (y_high - y_low) * dots_y)
 
     for c, colour in zip(curves, COLOURS * len(curves)):
-        points = [to_dots(xv, yv) for xv, yv in zip(c.x, c.smoothed)]
+        dots = [to_dots(xv, yv) for xv, yv in zip(c.x, c.smoothed)]
+        points = [p for i, p in enumerate(dots) if i == 0 or p != dots[i - 1]]  # thousands of steps, fewer dots
         for a, b in zip(points, points[1:] or points):
             canvas.line(a, b, colour)
         for xv, yv in zip(c.val_x, c.val_loss):
