@@ -10,6 +10,7 @@ from test_train import assert_fails, losses, run, train_command
 from gptkit.data import BatchLoader
 from gptkit.runfolder import trim_metrics
 from gptkit.runlog import (
+    RunLog,
     TensorBoardSink,
     WandbSink,
     read_metrics,
@@ -196,3 +197,27 @@ def test_wandb_without_a_login_says_how_to_log_in(text, tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 1 and len(errors) == 1 and "wandb login" in errors[0], result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_a_sink_that_fails_to_open_closes_those_opened_before_it():
+    closed = []
+
+    class Sink:
+        def __init__(self, name):
+            self.name = name
+
+        def write(self, record):
+            pass
+
+        def close(self):
+            closed.append(self.name)
+
+    def broken():
+        raise RuntimeError("cannot open")
+
+    with pytest.raises(RuntimeError, match="cannot open"):
+        RunLog.open([lambda: Sink("a"), lambda: Sink("b"), broken, lambda: Sink("never")])
+    assert closed == ["b", "a"]
+    with RunLog.open([lambda: Sink("a"), lambda: Sink("b")]):
+        pass
+    assert closed == ["b", "a", "b", "a"]  # the last opened closes first
