@@ -162,15 +162,16 @@ def find_latest_checkpoint(root: str | Path = "checkpoints") -> Path | None:
 # --- config --------------------------------------------------------------------------------------------------------
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path, remedy: str = "restore it from a good copy") -> dict:
+    """A JSON object file; a damaged one is a GptkitError naming it, ending with remedy (what to do)."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise GptkitError(f"{path} does not exist") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GptkitError(f"{path} is not valid JSON: {e}") from None
+        raise GptkitError(f"{path} is damaged (not valid JSON: {e}): {remedy}") from None
     if not isinstance(data, dict):
-        raise GptkitError(f"{path} is not a JSON object")
+        raise GptkitError(f"{path} is damaged (not a JSON object): {remedy}")
     return data
 
 
@@ -257,7 +258,7 @@ def read_config(path: str | Path) -> GPTConfig:
     weights, config_file = resolve(path)
     meta = read_safetensors_header(weights).get("__metadata__", {})
     if config_file is not None:
-        return config_from_hf(read_json(config_file), config_file)
+        return config_from_hf(read_json(config_file, "copy or download the checkpoint again"), config_file)
     if "gptkit_config" in meta:
         return config_from_hf(json.loads(meta["gptkit_config"]), weights)
     return config_from_shapes(read_safetensors_header(weights), weights)
@@ -375,4 +376,5 @@ def read_metadata(path: str | Path) -> dict:
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     meta = folder / METADATA_FILE
-    return read_json(meta) if meta.is_file() else {}
+    remedy = "it only records how the checkpoint was made: restore it, or delete it to use the weights without it"
+    return read_json(meta, remedy) if meta.is_file() else {}

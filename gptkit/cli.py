@@ -3,6 +3,7 @@ no torch) and only then imports its module (and so torch), which keeps `gptkit -
 
 import errno
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -44,13 +45,27 @@ def fail(message: str, code: int = 1):
     raise typer.Exit(code)
 
 
+def unexpected_error(e: Exception) -> str:
+    """The one line for an exception that is not the user's doing (its first line only: torch's run long)."""
+    what = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}" if str(e).strip() else type(e).__name__
+    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    where = f" on rank {os.environ.get('RANK', '?')}" if world_size > 1 else ""
+    return (
+        f"gptkit hit an unexpected error{where}: {what}; this is a bug, please report it; "
+        "set GPTKIT_DEBUG=1 for the traceback"
+    )
+
+
 def command(fn):
-    """Register fn as a subcommand; turn user errors into one line on stderr and a non-zero exit."""
+    """Register fn as a subcommand; turn errors into one line on stderr and a non-zero exit (user errors say what to
+    do; anything else says it is a bug, with the traceback only under GPTKIT_DEBUG=1)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # typer's own ways out (exit codes, usage errors)
+            raise
         except GptkitError as e:
             fail(str(e))
         except KeyboardInterrupt:
@@ -59,6 +74,10 @@ def command(fn):
             if e.errno == errno.ENOSPC:
                 fail(f"no space left on the device writing {e.filename or 'a file'}: free some space and try again")
             fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+        except Exception as e:
+            if os.environ.get("GPTKIT_DEBUG", "") not in ("", "0"):
+                raise
+            fail(unexpected_error(e))
 
     return app.command()(wrapper)
 
@@ -229,8 +248,6 @@ def train(
     ] = None,
 ):
     """Train a model from scratch or from a checkpoint (under torchrun: on several processes with DDP)."""
-    import os
-
     from gptkit.train_config import TrainConfig, check
 
     config = TrainConfig(

@@ -19,6 +19,7 @@ A context too long for the model is cropped from the left (the ending is always 
 
 import json
 import math
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -35,6 +36,7 @@ from gptkit.data import TokenizeProgress, data_hash, load_tokens, read_utf8, spl
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
 from gptkit.options import check_eval, check_hellaswag_file, check_window
+from gptkit.runlock import folder_lock
 from gptkit.runtime import autocast, keep_freed_memory, pick_device, pick_dtype
 from gptkit.tokenizer import EOT_TOKEN, get_tokenizer
 
@@ -304,13 +306,37 @@ def track(bar, description: str, unit: str):
     return progress
 
 
-def append_record(folder: Path, record: dict):
-    """Add one line to the checkpoint folder's evals.jsonl; a read-only folder only earns a warning."""
+def lock_evals(folder: Path):
+    """The checkpoint folder's lock (runlock), held for an append to evals.jsonl: another eval's append lets go within
+    milliseconds, a training run only when it ends."""
+    return folder_lock(folder, "gptkit eval", "wait for it to end, or evaluate a copy of the checkpoint", wait_s=2)
+
+
+def check_not_in_use(folder: Path):
+    """Refuse at once, before evaluating, a checkpoint folder that a training run holds."""
     try:
-        with open(folder / EVALS_FILE, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        with lock_evals(folder):
+            pass
+    except OSError:  # a folder this process cannot write to: append_record will say so
+        pass
+
+
+def append_record(folder: Path, record: dict):
+    """Add one line to the checkpoint folder's evals.jsonl, under its lock, on a line of its own even after a line
+    that a crash cut short; a read-only folder, or one a training run took meanwhile, only earns a warning."""
+    path = folder / EVALS_FILE
+    try:
+        with lock_evals(folder), open(path, "a+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":  # the last line was cut short by a crash: start a new one
+                    f.write(b"\n")
+            f.write((json.dumps(record) + "\n").encode())
     except OSError as e:
-        print(f"warning: could not append the results to {folder / EVALS_FILE}: {e.strerror or e}", file=sys.stderr)
+        print(f"warning: could not append the results to {path}: {e.strerror or e}", file=sys.stderr)
+    except GptkitError as e:
+        print(f"warning: could not append the results to {path}: {e}", file=sys.stderr)
 
 
 def render(record: dict):
@@ -358,6 +384,8 @@ def run_eval(
     """`gptkit eval`: check everything the user gave before loading the model, evaluate, print, record."""
     check_eval(ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, dtype_name, device_name)
     ckpt = Path(ckpt)
+    folder = ckpt if ckpt.is_dir() else ckpt.parent
+    check_not_in_use(folder)
     context = read_config(ckpt).block_size
     block_size = context if block_size is None else block_size
     stride = block_size if stride is None else stride
@@ -404,5 +432,5 @@ def run_eval(
         sys.stdout.write(json.dumps(record, indent=2) + "\n")
     else:
         render(record)
-    append_record(ckpt if ckpt.is_dir() else ckpt.parent, record)
+    append_record(folder, record)
     return record

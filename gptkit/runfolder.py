@@ -1,18 +1,20 @@
 """A training run's folder: the checkpoint, metrics.jsonl, and the training state beside them
 (training_state.safetensors: the optimizer's moments and RNG states; training_state.json: step, data position,
-settings). Saved and checked here, so that --resume continues a run exactly."""
+settings). Saved and checked here, so that --resume continues a run exactly; a crash at any moment leaves files
+that resume reads or explains."""
 
 import json
+import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from gptkit.checkpoint import (
+    METADATA_FILE,
     atomic_path,
     is_checkpoint,
     read_json,
-    read_metadata,
     read_safetensors_header,
     save_checkpoint,
     save_tensors,
@@ -22,15 +24,29 @@ from gptkit.distributed import Processes
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
 from gptkit.optim import optimizer_tensors
+from gptkit.runlock import folder_lock
 from gptkit.runlog import read_metrics
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
 METRICS_FILE = "metrics.jsonl"
+STATE_KEYS = ("step", "steps", "model", "settings", "loader", "data", "tokens_seen", "wall_time_s")
+
+
+def check_resumable(out: Path, resume: bool):
+    """Refuse a resume of nothing before the folder is made or locked."""
+    if resume and not out.is_dir():
+        raise GptkitError(f"{out} does not exist: there is no run to resume (start one without --resume)")
+
+
+def lock_run_folder(out: Path):
+    """The run folder's lock, held by a training run from before it writes anything until it ends."""
+    return folder_lock(out, "gptkit train", "wait for that run to end (or stop it), or pick another --out")
 
 
 def check_out(out: Path, resume: bool, overwrite: bool):
-    """Refuse to start a new run over an existing one without --overwrite."""
+    """Refuse to start a new run over an existing one without --overwrite (checked under the folder's lock, so that
+    a run that has not saved yet counts too: it holds the lock)."""
     if not resume and not overwrite and ((out / STATE_JSON).exists() or is_checkpoint(out)):
         raise GptkitError(
             f"{out} already holds a run: add --resume to continue it, --overwrite to start over, or pick another --out"
@@ -77,22 +93,32 @@ def save_run(out: Path, model: GPT, optimizer, metadata: dict, state: dict, proc
 
 def load_run_state(out: Path) -> dict:
     """The training state JSON of a run folder, checked to be complete and consistent."""
-    if not out.is_dir():
-        raise GptkitError(f"{out} does not exist: there is no run to resume (start one without --resume)")
     if not (out / STATE_JSON).is_file() or not (out / STATE_TENSORS).is_file() or not is_checkpoint(out):
         raise GptkitError(f"{out} holds no training state to resume: start a new run without --resume")
-    state = read_json(out / STATE_JSON)
+    remedy = (
+        f"the run cannot be resumed exactly: start it over with --overwrite, or train on from its checkpoint as a new "
+        f"run (--model {out} --out ANOTHER_FOLDER)"
+    )
+    state = read_json(out / STATE_JSON, remedy)
+    if missing := [key for key in STATE_KEYS if key not in state]:
+        raise GptkitError(f"{out / STATE_JSON} is damaged (it lacks {', '.join(missing)}): {remedy}")
     tensors_step = read_safetensors_header(out / STATE_TENSORS).get("__metadata__", {}).get("step")
-    if str(state.get("step")) != tensors_step or read_metadata(out).get("step") != state.get("step"):
-        raise GptkitError(f"{out}: the checkpoint and training state are from different steps (an interrupted save?)")
+    metadata = read_json(out / METADATA_FILE, remedy) if (out / METADATA_FILE).is_file() else {}
+    if str(state["step"]) != tensors_step or metadata.get("step") != state["step"]:
+        raise GptkitError(
+            f"{out}: the checkpoint and training state are from different steps (a save cut short?): {remedy}"
+        )
     return state
 
 
 def trim_metrics(out: Path, step: int):
-    """Drop the metrics lines past the saved step (written after the last save by a run that then stopped)."""
+    """Keep the metrics lines up to the saved step: drop those a run wrote after its last save before it stopped,
+    and, with a warning, any line that is not a record (cut short by a crash)."""
     path = out / METRICS_FILE
     if not path.exists():
         return
-    records, _ = read_metrics(path)  # a line cut short by a crash is past the saved step: dropped with the others
+    records, unreadable = read_metrics(path)
+    if unreadable:
+        print(f"warning: dropped {unreadable} unreadable line(s) of {path} (cut short by a crash?)", file=sys.stderr)
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records if r["step"] <= step))

@@ -27,7 +27,9 @@ from gptkit.optim import learning_rate, make_optimizer, restore_optimizer, set_l
 from gptkit.runfolder import (
     METRICS_FILE,
     STATE_TENSORS,
+    check_resumable,
     check_out,
+    lock_run_folder,
     load_run_state,
     restore_rng,
     save_run,
@@ -199,14 +201,15 @@ def train(cfg: TrainConfig, console=None) -> dict:
     check(cfg)
     procs = start_processes(cfg.device or "auto")
     try:
-        return run(cfg, procs, console or Console(highlight=False, soft_wrap=True))
+        with contextlib.ExitStack() as held:  # the run folder's lock, from open_run until the run ends
+            return run(cfg, procs, console or Console(highlight=False, soft_wrap=True), held)
     finally:
         stop_processes(procs)
 
 
-def run(cfg: TrainConfig, procs: Processes, console) -> dict:
+def run(cfg: TrainConfig, procs: Processes, console, held: contextlib.ExitStack) -> dict:
     started = time.perf_counter()
-    cfg, out, state = open_run(cfg)
+    cfg, out, state = open_run(cfg, procs, held)
     if procs.main:  # a missing package or login stops the run now, not after loading the data and the model
         if cfg.tensorboard:
             check_tensorboard()
@@ -226,9 +229,13 @@ def run(cfg: TrainConfig, procs: Processes, console) -> dict:
     return finish(r, procs, console)
 
 
-def open_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, dict | None]:
-    """The run folder, checked; when resuming, the saved state and the settings merged with the options given."""
+def open_run(cfg: TrainConfig, procs: Processes, held: contextlib.ExitStack) -> tuple[TrainConfig, Path, dict | None]:
+    """The run folder, locked (by rank 0, into held) and checked; when resuming, the saved state and the settings
+    merged with the options given."""
     out = Path(cfg.out) if cfg.out else default_out(cfg)
+    check_resumable(out, cfg.resume)
+    if procs.main:
+        held.enter_context(lock_run_folder(out))
     check_out(out, cfg.resume, cfg.overwrite)
     if not cfg.resume:
         return cfg, out, None

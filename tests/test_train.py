@@ -80,22 +80,26 @@ def test_accumulation_matches_one_big_batch(text, tiny_checkpoint, tmp_path):
     assert metadata["val_loss"] is not None and metadata["data"]["path"] == str(text.resolve())
 
 
-def test_interrupt_saves_and_resume_is_exact(text, tiny_checkpoint, tmp_path, monkeypatch):
-    run(text, tiny_checkpoint, tmp_path / "straight", steps=16, eval_every=5, save_every=5)
-
+def interrupted_run(text, model, out, monkeypatch, at_step: int, **options):
+    """A run stopped by Ctrl-C during step at_step (and so saved at that step)."""
     next_batch, calls = BatchLoader.next_batch, []
 
-    def ctrl_c_at_step_8(self):  # as if Ctrl-C were pressed during the 8th step
+    def ctrl_c(self):
         calls.append(1)
-        if len(calls) == 8:
+        if len(calls) == at_step:
             os.kill(os.getpid(), signal.SIGINT)
         return next_batch(self)
 
-    monkeypatch.setattr(BatchLoader, "next_batch", ctrl_c_at_step_8)
+    monkeypatch.setattr(BatchLoader, "next_batch", ctrl_c)
     with pytest.raises(Interrupted, match="--resume"):
-        run(text, tiny_checkpoint, tmp_path / "split", steps=16, eval_every=5, save_every=5)
-    assert read_metadata(tmp_path / "split")["step"] == 8
+        run(text, model, out, **options)
     monkeypatch.setattr(BatchLoader, "next_batch", next_batch)
+    assert read_metadata(out)["step"] == at_step
+
+
+def test_interrupt_saves_and_resume_is_exact(text, tiny_checkpoint, tmp_path, monkeypatch):
+    run(text, tiny_checkpoint, tmp_path / "straight", steps=16, eval_every=5, save_every=5)
+    interrupted_run(text, tiny_checkpoint, tmp_path / "split", monkeypatch, 8, steps=16, eval_every=5, save_every=5)
     run(text, None, tmp_path / "split", steps=16, eval_every=5, save_every=5, resume=True)
 
     assert losses(tmp_path / "split") == losses(tmp_path / "straight")
@@ -247,3 +251,93 @@ def test_default_run_folders_do_not_collide(tiny_checkpoint):
 
     assert run_name("data/input.txt", "gpt2") == "input-gpt2"
     assert run_name("data/input.txt", str(tiny_checkpoint)) == f"input-{tiny_checkpoint.name}-finetuned"
+
+
+def test_resume_after_a_metrics_line_cut_by_a_crash(text, tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    run(text, tiny_checkpoint, tmp_path / "straight", steps=10)
+    split = tmp_path / "split"
+    interrupted_run(text, tiny_checkpoint, split, monkeypatch, 5, steps=10)
+    with open(split / "metrics.jsonl", "a") as f:  # a step past the save, then a write cut short by kill -9
+        f.write(json.dumps({"step": 6, "loss": 1.0}) + "\n" + '{"step": 7, "loss": 9.')
+    capsys.readouterr()
+    run(text, None, split, steps=10, resume=True)
+
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "dropped 1 unreadable line" in warnings[0] and "metrics.jsonl" in warnings[0]
+    assert losses(split) == losses(tmp_path / "straight")  # every line parses, one per step
+    straight, resumed = weights(tmp_path / "straight"), weights(split)
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+
+
+def train_options(steps: int, *extra) -> list[str]:
+    sizes = ["--batch-size", "1", "--block-size", "16", "--eval-every", "0", "--eval-tokens", "16"]
+    return ["--steps", str(steps), *sizes, "--dtype", "float32", "--device", "cpu", *extra]
+
+
+def wait_for_lock(out, child: subprocess.Popen):
+    """Wait until the child process holds the run folder's lock (its pid is in the lock file)."""
+    deadline = time.time() + 120
+    while not (out / ".lock").exists() or (out / ".lock").read_text().split()[:1] != [str(child.pid)]:
+        assert child.poll() is None and time.time() < deadline, child.communicate()
+        time.sleep(0.02)
+
+
+def test_a_second_run_in_a_locked_folder_is_refused_while_the_first_finishes(text, tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen(
+        [*train_command(text, "nano", out), *train_options(200)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for_lock(out, first)
+        for again in (["--model", "nano"], ["--model", "nano", "--overwrite"], ["--resume"]):
+            code, output = cli(text, *again, "--out", out, *train_options(200)[:2])
+            errors = [line for line in output.splitlines() if line.startswith("error:")]
+            assert code == 1 and len(errors) == 1 and "Traceback" not in output, output
+            assert f"{out} is in use by process {first.pid} (gptkit train)" in errors[0]
+            assert "wait for that run to end" in errors[0] and "another --out" in errors[0]
+        stdout, stderr = first.communicate(timeout=600)
+    finally:
+        first.kill()
+    assert first.returncode == 0, stderr
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 201))
+    assert read_metadata(out)["step"] == 200 and not (out / ".lock").exists()
+
+
+def test_a_lock_left_by_a_killed_run_does_not_block_the_next(text, tmp_path):
+    out = tmp_path / "run"
+    killed = subprocess.Popen(
+        [*train_command(text, "nano", out), *train_options(100_000, "--save-every", "0")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_lock(out, killed)
+    killed.kill()  # SIGKILL: no cleanup runs
+    killed.wait()
+    assert (out / ".lock").read_text().split()[0] == str(killed.pid)  # the dead process's lock file stays
+
+    code, output = cli(text, "--model", "nano", "--out", out, *train_options(3))
+    assert code == 0, output
+    assert read_metadata(out)["step"] == 3 and not (out / ".lock").exists()
+
+
+def test_damaged_run_files_are_clear_errors(text, tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    run(text, tiny_checkpoint, out, steps=2)
+    state = (out / "training_state.json").read_text()
+    metadata = (out / "gptkit.json").read_text()
+    damage = {
+        "training_state.json": [state[: len(state) // 2], "\x00\xff garbage", "[1, 2]", json.dumps({"step": 2})],
+        "gptkit.json": [metadata[:10], ""],
+    }
+    for name, contents in damage.items():
+        for content in contents:
+            (out / name).write_bytes(content.encode("latin-1"))
+            code, output = cli(text, "--resume", "--out", out, "--steps", "4")
+            errors = [line for line in output.splitlines() if line.startswith("error:")]
+            assert code == 1 and len(errors) == 1 and "Traceback" not in output, output
+            assert f"{out / name} is damaged" in errors[0] and "--overwrite" in errors[0], errors[0]
+        (out / "training_state.json").write_text(state)
+        (out / "gptkit.json").write_text(metadata)
+    code, output = cli(text, "--resume", "--out", out, "--steps", "3")
+    assert code == 0, output
