@@ -30,6 +30,14 @@ class Processes:
         if self.distributed:
             dist.barrier()
 
+    def from_main(self, value):
+        """Rank 0's value (any picklable object), on every process."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
 
 def start_processes(device_name: str) -> Processes:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

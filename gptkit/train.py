@@ -234,8 +234,15 @@ def open_run(cfg: TrainConfig, procs: Processes, held: contextlib.ExitStack) -> 
     merged with the options given."""
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     check_resumable(out, cfg.resume)
+    refusal = None
     if procs.main:
-        held.enter_context(lock_run_folder(out))
+        try:
+            held.enter_context(lock_run_folder(out))
+        except GptkitError as e:
+            refusal = str(e)
+    refusal = procs.from_main(refusal)
+    if refusal:  # every process stops with rank 0's message
+        raise GptkitError(refusal)
     check_out(out, cfg.resume, cfg.overwrite)
     if not cfg.resume:
         return cfg, out, None

@@ -148,3 +148,27 @@ def test_help_panels_of_sample_and_eval(command, panels):
         env={**os.environ, "COLUMNS": "120"},
     )
     assert re.findall(r"^╭─ (.+?) ─", result.stdout, re.MULTILINE)[2:] == panels
+
+
+def test_an_unexpected_error_is_one_line_and_the_traceback_needs_gptkit_debug():
+    code = (
+        "import sys, gptkit.inspect\n"
+        "def broken(path): raise ZeroDivisionError('something deep\\nand its second line')\n"
+        "gptkit.inspect.inspect_checkpoint = broken\n"
+        "from gptkit.cli import main; sys.argv = ['gptkit', 'inspect', 'anything']; main()"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GPTKIT_DEBUG"}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert quiet.returncode == 1 and quiet.stdout == ""
+    assert quiet.stderr.splitlines() == [
+        (
+            "error: gptkit hit an unexpected error: ZeroDivisionError: something deep; this is a bug, please report "
+            "it; set GPTKIT_DEBUG=1 for the traceback"
+        )
+    ]
+    debug = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env | {"GPTKIT_DEBUG": "1"}
+    )
+    assert debug.returncode == 1
+    assert "Traceback (most recent call last)" in debug.stderr and "in broken" in debug.stderr
+    assert "ZeroDivisionError: something deep\nand its second line" in debug.stderr

@@ -1,5 +1,6 @@
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from gptkit.cli import app
 from gptkit.data import load_tokens, split_tokens
 from gptkit.eval import evaluate_hellaswag, evaluate_lm, hellaswag_rows, lm_windows, read_hellaswag, score_endings
 from gptkit.model import GPT
+from gptkit.runfolder import lock_run_folder
+from gptkit.runlog import read_records
 from gptkit.tokenizer import encode, get_tokenizer
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak. Ünïcödé ✓ 🙂\n" * 6
@@ -240,3 +243,18 @@ def test_bad_input(tiny_checkpoint, tmp_path):
     assert_one_line_error(run(tiny_checkpoint, text, "--stride", "0"), "--stride must be at least 1")
     assert_one_line_error(run(tiny_checkpoint, text, "--batch-size", "0"), "--batch-size must be at least 1")
     assert not (tiny_checkpoint / "evals.jsonl").exists()
+
+
+def test_evals_log_takes_the_folder_lock_and_survives_a_cut_line(tiny_checkpoint, tmp_path):
+    text = tmp_path / "a.txt"
+    text.write_text(TEXT)
+    with lock_run_folder(tiny_checkpoint):  # as a training run in this folder holds it
+        holder = f"{tiny_checkpoint} is in use by process {os.getpid()} (gptkit train)"
+        assert_one_line_error(run(tiny_checkpoint, text, "--dtype", "float32"), holder)
+    assert not (tiny_checkpoint / "evals.jsonl").exists()
+
+    (tiny_checkpoint / "evals.jsonl").write_text('{"date": "2026-11-25T15:')  # a line cut short by a crash
+    record = run_json(tiny_checkpoint, text, "--block-size", "32")
+    records, unreadable = read_records(tiny_checkpoint / "evals.jsonl")
+    assert unreadable == 1 and len(records) == 1 and records[0]["lm"]["loss"] == record["lm"]["loss"]
+    assert not (tiny_checkpoint / ".lock").exists()

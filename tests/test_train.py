@@ -80,29 +80,30 @@ def test_accumulation_matches_one_big_batch(text, tiny_checkpoint, tmp_path):
     assert metadata["val_loss"] is not None and metadata["data"]["path"] == str(text.resolve())
 
 
-def interrupted_run(text, model, out, monkeypatch, at_step: int, **options):
-    """A run stopped by Ctrl-C during step at_step (and so saved at that step)."""
+def test_interrupt_saves_and_resume_is_exact(text, tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    run(text, tiny_checkpoint, tmp_path / "straight", steps=16, eval_every=5, save_every=5)
+
     next_batch, calls = BatchLoader.next_batch, []
 
-    def ctrl_c(self):
+    def ctrl_c_at_step_8(self):  # as if Ctrl-C were pressed during the 8th step
         calls.append(1)
-        if len(calls) == at_step:
+        if len(calls) == 8:
             os.kill(os.getpid(), signal.SIGINT)
         return next_batch(self)
 
-    monkeypatch.setattr(BatchLoader, "next_batch", ctrl_c)
+    monkeypatch.setattr(BatchLoader, "next_batch", ctrl_c_at_step_8)
     with pytest.raises(Interrupted, match="--resume"):
-        run(text, model, out, **options)
+        run(text, tiny_checkpoint, tmp_path / "split", steps=16, eval_every=5, save_every=5)
+    assert read_metadata(tmp_path / "split")["step"] == 8
+    with open(tmp_path / "split" / "metrics.jsonl", "a") as f:  # a step past the save, then a write cut by kill -9
+        f.write(json.dumps({"step": 9, "loss": 1.0}) + "\n" + '{"step": 10, "loss": 9.')
     monkeypatch.setattr(BatchLoader, "next_batch", next_batch)
-    assert read_metadata(out)["step"] == at_step
-
-
-def test_interrupt_saves_and_resume_is_exact(text, tiny_checkpoint, tmp_path, monkeypatch):
-    run(text, tiny_checkpoint, tmp_path / "straight", steps=16, eval_every=5, save_every=5)
-    interrupted_run(text, tiny_checkpoint, tmp_path / "split", monkeypatch, 8, steps=16, eval_every=5, save_every=5)
+    capsys.readouterr()
     run(text, None, tmp_path / "split", steps=16, eval_every=5, save_every=5, resume=True)
 
-    assert losses(tmp_path / "split") == losses(tmp_path / "straight")
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 1 and "dropped 1 unreadable line(s) of" in warnings[0] and "metrics.jsonl" in warnings[0]
+    assert losses(tmp_path / "split") == losses(tmp_path / "straight")  # every line parses, one per step
     straight, split = weights(tmp_path / "straight"), weights(tmp_path / "split")
     assert all(torch.equal(straight[name], split[name]) for name in straight)
     straight_state = load_tensors(tmp_path / "straight" / STATE_TENSORS)
@@ -253,22 +254,6 @@ def test_default_run_folders_do_not_collide(tiny_checkpoint):
     assert run_name("data/input.txt", str(tiny_checkpoint)) == f"input-{tiny_checkpoint.name}-finetuned"
 
 
-def test_resume_after_a_metrics_line_cut_by_a_crash(text, tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    run(text, tiny_checkpoint, tmp_path / "straight", steps=10)
-    split = tmp_path / "split"
-    interrupted_run(text, tiny_checkpoint, split, monkeypatch, 5, steps=10)
-    with open(split / "metrics.jsonl", "a") as f:  # a step past the save, then a write cut short by kill -9
-        f.write(json.dumps({"step": 6, "loss": 1.0}) + "\n" + '{"step": 7, "loss": 9.')
-    capsys.readouterr()
-    run(text, None, split, steps=10, resume=True)
-
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and "dropped 1 unreadable line" in warnings[0] and "metrics.jsonl" in warnings[0]
-    assert losses(split) == losses(tmp_path / "straight")  # every line parses, one per step
-    straight, resumed = weights(tmp_path / "straight"), weights(split)
-    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
-
-
 def train_options(steps: int, *extra) -> list[str]:
     sizes = ["--batch-size", "1", "--block-size", "16", "--eval-every", "0", "--eval-tokens", "16"]
     return ["--steps", str(steps), *sizes, "--dtype", "float32", "--device", "cpu", *extra]
@@ -285,7 +270,11 @@ def wait_for_lock(out, child: subprocess.Popen):
 def test_a_second_run_in_a_locked_folder_is_refused_while_the_first_finishes(text, tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen(
-        [*train_command(text, "nano", out), *train_options(200)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*train_command(text, "nano", out), *train_options(200)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},  # two threads on a busy machine: seconds a step
     )
     try:
         wait_for_lock(out, first)
@@ -295,7 +284,7 @@ def test_a_second_run_in_a_locked_folder_is_refused_while_the_first_finishes(tex
             assert code == 1 and len(errors) == 1 and "Traceback" not in output, output
             assert f"{out} is in use by process {first.pid} (gptkit train)" in errors[0]
             assert "wait for that run to end" in errors[0] and "another --out" in errors[0]
-        stdout, stderr = first.communicate(timeout=600)
+        _, stderr = first.communicate(timeout=600)
     finally:
         first.kill()
     assert first.returncode == 0, stderr
@@ -310,6 +299,7 @@ def test_a_lock_left_by_a_killed_run_does_not_block_the_next(text, tmp_path):
         [*train_command(text, "nano", out), *train_options(100_000, "--save-every", "0")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
     )
     wait_for_lock(out, killed)
     killed.kill()  # SIGKILL: no cleanup runs
