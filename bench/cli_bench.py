@@ -1,6 +1,7 @@
 """Whole-process wall time of the commands that must feel instant: `gptkit --help`, `gptkit inspect`, `gptkit plot`,
-a bad option of each command (refused before torch is imported), and `gptkit download` without a hub to reach
-(refused after one failed connection, not after huggingface_hub's retries). The commands run in turns, so machine
+a bad option of each command (refused before torch is imported), `gptkit download` without a hub to reach (refused
+after one failed connection, not after huggingface_hub's retries), and train / eval on a folder that another process
+holds (refused before torch is imported, after the lock's half-second wait). The commands run in turns, so machine
 noise hits them alike, and each is reported against `gptkit --help`, the target of the option checks.
 
     uv run python -m bench.cli_bench [--quick]
@@ -44,6 +45,8 @@ def commands(folder: Path, checkpoint: Path) -> dict[str, tuple[list[str], dict]
         "gptkit sample Hi --top-p 1.5": (["sample", "Hi", "--top-p", "1.5"], {}),
         "gptkit eval CKPT --stride 0": (["eval", str(checkpoint), str(text), "--stride", "0"], {}),
         "gptkit train TEXT --steps 0": (["train", str(text), "--steps", "0"], {}),
+        "gptkit train TEXT --out RUN, RUN in use": (["train", str(text), "--out", str(checkpoint)], {}),
+        "gptkit eval CKPT TEXT, CKPT in use": (["eval", str(checkpoint), str(text)], {}),
         "gptkit download gpt2-medium, unresolvable host": (
             ["download", "gpt2-medium", "-o", str(folder / "dl")],
             {**hub, "HF_ENDPOINT": "http://hub.invalid"},
@@ -60,6 +63,7 @@ def bench_cli(quick: bool) -> list[dict]:
 
     from gptkit.checkpoint import save_checkpoint
     from gptkit.model import GPT, PRESETS
+    from gptkit.runfolder import lock_run_folder
 
     repeats = 3 if quick else 10
     gptkit = str(Path(sys.executable).with_name("gptkit"))
@@ -71,12 +75,13 @@ def bench_cli(quick: bool) -> list[dict]:
             name: ([gptkit, *args], {**os.environ, **env}) for name, (args, env) in commands(folder, checkpoint).items()
         }
         times = {name: [] for name in runs}
-        for turn in range(repeats + 1):  # the first turn warms the file cache and is not counted
-            for name, (argv, env) in runs.items():
-                t0 = time.perf_counter()
-                subprocess.run(argv, env=env, capture_output=True)
-                if turn:
-                    times[name].append(time.perf_counter() - t0)
+        with lock_run_folder(checkpoint):  # as a training run there would hold it ("in use"; inspect needs no lock)
+            for turn in range(repeats + 1):  # the first turn warms the file cache and is not counted
+                for name, (argv, env) in runs.items():
+                    t0 = time.perf_counter()
+                    subprocess.run(argv, env=env, capture_output=True)
+                    if turn:
+                        times[name].append(time.perf_counter() - t0)
         help_median = summary(times["gptkit --help"])["median"]
         rows = []
         for name, values in times.items():

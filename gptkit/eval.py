@@ -35,7 +35,7 @@ from gptkit.checkpoint import load_checkpoint, read_config, read_metadata
 from gptkit.data import TokenizeProgress, data_hash, load_tokens, read_utf8, split_tokens, text_files
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
-from gptkit.options import check_eval, check_hellaswag_file, check_window
+from gptkit.options import EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S, check_eval, check_hellaswag_file, check_window
 from gptkit.runlock import folder_lock
 from gptkit.runtime import autocast, keep_freed_memory, pick_device, pick_dtype
 from gptkit.tokenizer import EOT_TOKEN, get_tokenizer
@@ -306,27 +306,13 @@ def track(bar, description: str, unit: str):
     return progress
 
 
-def lock_evals(folder: Path):
-    """The checkpoint folder's lock (runlock), held for an append to evals.jsonl: another eval's append lets go within
-    milliseconds, a training run only when it ends."""
-    return folder_lock(folder, "gptkit eval", "wait for it to end, or evaluate a copy of the checkpoint", wait_s=2)
-
-
-def check_not_in_use(folder: Path):
-    """Refuse at once, before evaluating, a checkpoint folder that a training run holds."""
-    try:
-        with lock_evals(folder):
-            pass
-    except OSError:  # a folder this process cannot write to: append_record will say so
-        pass
-
-
 def append_record(folder: Path, record: dict):
-    """Add one line to the checkpoint folder's evals.jsonl, under its lock, on a line of its own even after a line
-    that a crash cut short; a read-only folder, or one a training run took meanwhile, only earns a warning."""
+    """Add one line to the checkpoint folder's evals.jsonl, under the folder's lock (runlock; check_eval refused a
+    folder held by a training run up front), on a line of its own even after a line that a crash cut short; a
+    read-only folder, or one a training run took meanwhile, only earns a warning."""
     path = folder / EVALS_FILE
     try:
-        with lock_evals(folder), open(path, "a+b") as f:
+        with folder_lock(folder, "gptkit eval", EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S), open(path, "a+b") as f:
             size = f.seek(0, os.SEEK_END)
             if size:
                 f.seek(size - 1)
@@ -385,7 +371,6 @@ def run_eval(
     check_eval(ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, dtype_name, device_name)
     ckpt = Path(ckpt)
     folder = ckpt if ckpt.is_dir() else ckpt.parent
-    check_not_in_use(folder)
     context = read_config(ckpt).block_size
     block_size = context if block_size is None else block_size
     stride = block_size if stride is None else stride

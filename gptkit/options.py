@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gptkit.checkpoint import resolve
 from gptkit.errors import GptkitError
+from gptkit.runlock import check_not_held
 
 # The names of model.PRESETS, which cannot be imported without torch (tests/test_cli.py keeps the two the same).
 PRESET_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "mini", "micro", "nano")
@@ -24,6 +25,10 @@ DTYPE_NAMES = {
 }
 DEVICE_NAME = re.compile(r"auto|cpu|(cuda|mps)(:\d+)?")
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+# What to do when eval's checkpoint folder is held (runlock): by another eval's append for milliseconds (so eval waits
+# EVAL_LOCK_WAIT_S), or by a training run until it ends.
+EVAL_FOLDER_IN_USE = "wait for it to end, or evaluate a copy of the checkpoint"
+EVAL_LOCK_WAIT_S = 0.5
 
 
 def fail_if(failed: bool, message: str):
@@ -107,6 +112,7 @@ def check_eval(
     check_dtype(dtype)
     check_device(device)
     resolve(ckpt)
+    check_not_held(ckpt if Path(ckpt).is_dir() else Path(ckpt).parent, EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S)
     if text is not None:
         check_text(text)
     if hellaswag is not None:

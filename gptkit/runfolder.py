@@ -26,6 +26,7 @@ from gptkit.model import GPT
 from gptkit.optim import optimizer_tensors
 from gptkit.runlock import folder_lock
 from gptkit.runlog import read_metrics
+from gptkit.train_config import RUN_FOLDER_IN_USE
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
@@ -33,15 +34,10 @@ METRICS_FILE = "metrics.jsonl"
 STATE_KEYS = ("step", "steps", "model", "settings", "loader", "data", "tokens_seen", "wall_time_s")
 
 
-def check_resumable(out: Path, resume: bool):
-    """Refuse a resume of nothing before the folder is made or locked."""
-    if resume and not out.is_dir():
-        raise GptkitError(f"{out} does not exist: there is no run to resume (start one without --resume)")
-
-
 def lock_run_folder(out: Path):
-    """The run folder's lock, held by a training run from before it writes anything until it ends."""
-    return folder_lock(out, "gptkit train", "wait for that run to end (or stop it), or pick another --out")
+    """The run folder's lock, held by a training run from before it writes anything until it ends (waiting half a
+    second for a lock that an eval's append or another command's check holds for milliseconds)."""
+    return folder_lock(out, "gptkit train", RUN_FOLDER_IN_USE, wait_s=0.5)
 
 
 def check_out(out: Path, resume: bool, overwrite: bool):

@@ -111,6 +111,27 @@ def release(fd: int, path: Path):
     os.close(fd)  # lets go of the lock
 
 
+def check_not_held(folder: Path, hint: str, wait_s: float = 0.0):
+    """The refusal folder_lock(folder, ..., hint, wait_s) would give, checked without making anything or keeping the
+    lock: for a command to fail fast, before its slow start, when another process holds the folder."""
+    path = Path(folder) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    except OSError:  # no lock file, so no holder (or one this process cannot open: folder_lock will say)
+        return
+    deadline = time.monotonic() + wait_s
+    try:
+        while not try_lock(fd):
+            if time.monotonic() >= deadline:
+                raise GptkitError(f"{path.parent} is in use by {holder(path)}: {hint}")
+            time.sleep(0.05)
+        unlock(fd)
+    except OSError:  # a filesystem without locks: folder_lock will warn
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def folder_lock(folder: Path, command: str, hint: str, wait_s: float = 0.0):
     """Hold folder's lock (making the folder if missing) through the block, as command (e.g. 'gptkit train').

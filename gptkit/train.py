@@ -27,7 +27,6 @@ from gptkit.optim import learning_rate, make_optimizer, restore_optimizer, set_l
 from gptkit.runfolder import (
     METRICS_FILE,
     STATE_TENSORS,
-    check_resumable,
     check_out,
     lock_run_folder,
     load_run_state,
@@ -233,7 +232,6 @@ def open_run(cfg: TrainConfig, procs: Processes, held: contextlib.ExitStack) -> 
     """The run folder, locked (by rank 0, into held) and checked; when resuming, the saved state and the settings
     merged with the options given."""
     out = Path(cfg.out) if cfg.out else default_out(cfg)
-    check_resumable(out, cfg.resume)
     refusal = None
     if procs.main:
         try:

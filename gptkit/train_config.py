@@ -5,6 +5,7 @@ importing torch), every default filled in and checked (resolve), and the rules f
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 from gptkit.checkpoint import resolve as resolve_checkpoint
 from gptkit.errors import GptkitError
 from gptkit.options import DTYPE_NAMES, PRESET_NAMES, check_device, check_dtype, check_text, fail_if
+from gptkit.runlock import check_not_held
 
 if TYPE_CHECKING:
     import torch
@@ -74,9 +76,13 @@ def default_out(cfg: TrainConfig) -> Path:
     return Path("checkpoints") / run_name(cfg.data, cfg.model or "gpt2")
 
 
+RUN_FOLDER_IN_USE = "wait for that run to end (or stop it), or pick another --out"
+
+
 def check(cfg: TrainConfig):
     """The checks that need neither torch, the device nor the model: the options' values (check_values), the files
-    they name (DATA, a checkpoint to fine-tune)."""
+    they name (DATA, a checkpoint to fine-tune), the run folder (one to resume; not in use: runfolder.lock_run_folder
+    takes its lock later, this only refuses early)."""
     check_values(cfg)
     check_text(cfg.data)
     if cfg.model is not None and cfg.model not in PRESET_NAMES:
@@ -85,6 +91,12 @@ def check(cfg: TrainConfig):
                 f"unknown model '{cfg.model}': use a preset ({', '.join(PRESET_NAMES)}) or a checkpoint directory"
             )
         resolve_checkpoint(cfg.model)
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    fail_if(
+        cfg.resume and not out.is_dir(), f"{out} does not exist: there is no run to resume (start one without --resume)"
+    )
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 takes the lock
+        check_not_held(out, RUN_FOLDER_IN_USE, wait_s=0.5)
 
 
 def check_values(cfg: TrainConfig):
