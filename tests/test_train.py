@@ -293,6 +293,18 @@ def test_a_second_run_in_a_locked_folder_is_refused_while_the_first_finishes(tex
     assert read_metadata(out)["step"] == 200 and not (out / ".lock").exists()
 
 
+def test_the_lock_itself_refuses_a_run_that_passed_the_early_check(text, tmp_path, monkeypatch):
+    from gptkit.runfolder import lock_run_folder
+
+    monkeypatch.setattr("gptkit.train_config.check_not_held", lambda *args, **kwargs: None)  # as if it raced past
+    out = tmp_path / "run"
+    with lock_run_folder(out):
+        code, output = cli(text, "--model", "nano", "--out", out, *train_options(3))
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(errors) == 1 and f"{out} is in use by process {os.getpid()} (gptkit train)" in errors[0]
+    assert not out.exists()
+
+
 def test_a_lock_left_by_a_killed_run_does_not_block_the_next(text, tmp_path):
     out = tmp_path / "run"
     killed = subprocess.Popen(
