@@ -45,6 +45,12 @@ EOT_TOKEN = 50256  # <|endoftext|>, GPT-2's bos and eos
 # --- atomic writes -------------------------------------------------------------------------------------------------
 
 
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 @contextmanager
 def atomic_path(path: Path):
     """Yield a temporary path beside `path`; once the block succeeds, rename it over `path` (else delete it)."""
@@ -52,6 +58,7 @@ def atomic_path(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes files owner-only; give the mode open() would
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:

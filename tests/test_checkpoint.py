@@ -143,3 +143,18 @@ def test_find_latest_checkpoint(tiny_model, tmp_path):
     newer = save_checkpoint(tiny_model, tmp_path / "b" / "run")
     os.utime(older / "model.safetensors", (1, 1))
     assert checkpoint.find_latest_checkpoint(tmp_path) == newer
+
+
+def test_saved_files_get_the_usual_mode(tmp_path):
+    """Atomic saves give files the mode a plain open() would (0666 less the umask), not mkstemp's owner-only 0600."""
+    import os
+
+    from gptkit.checkpoint import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "f.json") as tmp:
+            tmp.write_text("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644
