@@ -100,12 +100,63 @@ def download(
     download_model(name, out, revision, force)
 
 
+# --- prepare ---------------------------------------------------------------------------------------------------------
+
+
+@command
+def prepare(
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="A UTF-8 text file, .jsonl / .jsonl.gz (a \"text\" field a line), .parquet (a \"text\" column), or a "
+            "folder of them."
+        ),
+    ],
+    out: Annotated[Optional[Path], typer.Option(help="Token folder. \\[default: <data>-tokens beside DATA]")] = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Tail of the tokens that gptkit train holds out for validation.")
+    ] = 0.1,
+    shard_tokens: Annotated[int, typer.Option(help="Tokens per shard (2 bytes each).")] = 100_000_000,
+):
+    """Tokenize DATA once, streaming on every core, into uint16 token shards for gptkit train (resumable)."""
+    from rich.console import Console
+
+    from gptkit.prepare import PrepareProgress, default_out
+    from gptkit.prepare import prepare as run_prepare
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    progress = PrepareProgress(enabled=console.is_terminal)
+    try:
+        result = run_prepare(data, out or default_out(data), val_fraction, shard_tokens, progress)
+    finally:
+        progress.close()
+    manifest = result.manifest
+    if result.tokens_made == 0 and result.bytes_read == 0:
+        done = "already prepared"
+    else:
+        done = (
+            f"{result.bytes_read / 1e6:,.1f} MB in {result.seconds:.1f} s ({result.bytes_read / 1e6 / result.seconds:,.1f}"
+            f" MB/s, {result.tokens_made / result.seconds:,.0f} tokens/s)"
+        )
+    val = manifest["tokens"] - manifest["val_start"]
+    console.print(
+        f"{result.out}: {manifest['tokens']:,} tokens in {len(manifest['shards'])} shard(s), the last {val:,} for "
+        f"validation | {done} | train with: gptkit train {result.out}"
+    )
+
+
 # --- train -----------------------------------------------------------------------------------------------------------
 
 
 @command
 def train(
-    data: Annotated[Path, typer.Argument(help="A UTF-8 text file or a folder of .txt files.")],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="Text (as gptkit prepare takes it), a folder made by gptkit prepare, nanoGPT's train.bin / val.bin "
+            "folder, or build-nanogpt's .npy shards."
+        ),
+    ],
     model: Annotated[
         Optional[str],
         typer.Option(
@@ -124,7 +175,11 @@ def train(
     ] = None,
     val_fraction: Annotated[
         Optional[float],
-        typer.Option(help="Tail of the data held out for validation. \\[default: 0.1]", rich_help_panel=DATA),
+        typer.Option(
+            help="Tail of the data held out for validation. \\[default: 0.1; a prepared folder's own; none for "
+            "nanoGPT / build-nanogpt folders, which have val files]",
+            rich_help_panel=DATA,
+        ),
     ] = None,
     batch_size: Annotated[
         Optional[int],

@@ -1,39 +1,29 @@
-"""Training text: read a file or a folder of .txt files, tokenize it once, cache the tokens, split train / val.
+"""Training data: token sources read through memory maps, the train / validation split, and the batch stream.
 
-The token cache is a flat uint16 file named by the sha256 of the text, in $GPTKIT_CACHE_DIR/tokens
-(default ~/.cache/gptkit/tokens), so a second run on the same data starts at once, wherever the data lives.
+`gptkit train DATA` accepts:
+- text (a text file, .jsonl / .jsonl.gz, .parquet, or a folder of them): tokenized once by gptkit.prepare into a
+  token folder in the cache, $GPTKIT_CACHE_DIR/tokens (default ~/.cache/gptkit/tokens), named by the sha256 of the
+  content, so a second run on the same data starts at once, wherever the data lives;
+- a folder made by `gptkit prepare` (manifest.json and uint16 shards);
+- nanoGPT's prepared folder (train.bin and val.bin, raw uint16);
+- build-nanogpt's shards (*_train_*.npy and *_val_*.npy, uint16).
+Token files are opened with np.memmap / np.load(mmap_mode="r"), never read whole: memory stays near one batch, plus
+what the OS keeps in its page cache.
 """
 
 import hashlib
+import json
 import os
-import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from gptkit.checkpoint import atomic_path
 from gptkit.errors import GptkitError
-from gptkit.tokenizer import EOT_TOKEN, EOT_TEXT, get_tokenizer
 
-CHUNK_CHARS = 1 << 20
-# A newline between two non-space characters is always a pre-token of its own for GPT-2's pre-tokenizer, so
-# splitting the text after it and encoding the pieces in parallel gives exactly the tokens of encoding it whole.
-# (After other whitespace it is not: "\n\nA" is "\n", "\n", "A" whole, but "\n\n" + "A" in pieces.)
-SAFE_SPLIT = re.compile(r"(?<=\S)\n(?=\S)")
-CACHE_VERSION = 2  # part of the cache file names: bumped whenever the tokens of a text change
-
-
-def text_files(path: Path) -> list[Path]:
-    """The .txt files of a folder (recursively, sorted), or the one file given."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        if not files:
-            raise GptkitError(f"{path} holds no .txt files")
-        return files
-    if path.is_file():
-        return [path]
-    raise GptkitError(f"{path} does not exist: give a UTF-8 text file or a folder of .txt files")
+CACHE_VERSION = 3  # part of the cache folder names: bumped whenever the tokens of a text change
+VOCAB_SIZE = 50257
+CHECK_TOKENS = 1 << 24  # tokens per block when checking token ids
 
 
 def data_hash(files: list[Path]) -> str:
@@ -56,57 +46,184 @@ def read_utf8(path: Path) -> str:
         raise GptkitError(f"{path} is not UTF-8 text (invalid byte at offset {e.start}): convert it to UTF-8") from None
 
 
-def split_for_encoding(text: str, chunk_chars: int = CHUNK_CHARS) -> list[str]:
-    pieces, start = [], 0
-    while len(text) - start > chunk_chars:
-        m = SAFE_SPLIT.search(text, start + chunk_chars)
-        if m is None:
-            break
-        pieces.append(text[start : m.start() + 1])
-        start = m.start() + 1
-    pieces.append(text[start:])
-    return pieces
-
-
-def tokenize(text: str, progress=None) -> list[int]:
-    """GPT-2 tokens of text (<|endoftext|> read as the special token), encoded in parallel chunks."""
-    enc = get_tokenizer()
-    pieces = split_for_encoding(text)
-    tokens: list[int] = []
-    batch = max(1, os.cpu_count() or 1)
-    for i in range(0, len(pieces), batch):
-        for piece_tokens in enc.encode_batch(pieces[i : i + batch], allowed_special={EOT_TEXT}):
-            tokens.extend(piece_tokens)
-        if progress:
-            progress(min(i + batch, len(pieces)), len(pieces))
-    return tokens
-
-
 def cache_dir() -> Path:
     return Path(os.environ.get("GPTKIT_CACHE_DIR", Path.home() / ".cache" / "gptkit")) / "tokens"
 
 
-def load_tokens(path: str | Path, progress=None) -> tuple[np.ndarray, str]:
-    """(uint16 tokens of the data, sha256 of the data), tokenizing only on the first call for this content.
+@dataclass
+class TokenSource:
+    """The tokens of a corpus, as memory-mapped uint16 arrays in order (batch windows never span two of them).
 
-    Documents of a folder are each followed by <|endoftext|>. progress(done, total) is called while tokenizing.
-    """
-    files = text_files(Path(path))
+    The validation split is the tail of `shards` (val_fraction of all tokens; prepared and text data), or the
+    separate `val_shards` of nanoGPT's and build-nanogpt's folders."""
+
+    path: Path
+    format: str  # "text", "gptkit", "nanogpt" or "build-nanogpt"
+    digest: str  # sha256 of the text (text data), of the manifest (gptkit), of names, sizes and ends (others)
+    shards: list[np.ndarray]
+    val_shards: list[np.ndarray] | None = None
+    val_fraction: float | None = None  # the split `gptkit prepare` recorded (gptkit folders)
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(s) for s in self.shards) + sum(len(s) for s in self.val_shards or [])
+
+    @property
+    def split_kind(self) -> str:
+        return "files" if self.val_shards is not None else "tail"
+
+    def split(self, val_fraction: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """(train shards, validation shards): the separate val files, or the last val_fraction of the tokens."""
+        if self.val_shards is not None:
+            return self.shards, self.val_shards
+        if not 0.0 <= val_fraction < 1.0:
+            raise GptkitError(f"the validation fraction must be in [0, 1), got {val_fraction}")
+        total = sum(len(s) for s in self.shards)
+        n_train = total - int(total * val_fraction)
+        train, val, begin = [], [], 0
+        for shard in self.shards:
+            end = begin + len(shard)
+            cut = min(max(n_train - begin, 0), len(shard))
+            if cut:
+                train.append(shard[:cut])
+            if cut < len(shard):
+                val.append(shard[cut:])
+            begin = end
+        return train, val
+
+
+def open_data(path: str | Path, progress=None, check: bool = True) -> TokenSource:
+    """The token source of DATA: a pre-tokenized folder as it is, text through the token cache (tokenizing it the
+    first time, with progress(done_bytes, total_bytes, tokens)). check: verify the token ids of foreign formats."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "manifest.json").is_file():
+            return open_prepared(path, "gptkit")
+        if (path / "train.bin").is_file():
+            return open_nanogpt(path, check)
+        if list(path.glob("*_train_*.npy")):
+            return open_build_nanogpt(path, check)
+    return open_text(path, progress)
+
+
+def open_text(path: Path, progress=None) -> TokenSource:
+    from gptkit.prepare import input_files, prepare
+
+    files = input_files(path)
     digest = data_hash(files)
-    cached = cache_dir() / f"{digest}.v{CACHE_VERSION}.u16"
-    if cached.is_file():
-        return np.fromfile(cached, dtype=np.uint16), digest
-    tokens: list[int] = []
+    folder = cache_dir() / f"{digest}.v{CACHE_VERSION}"
+    from gptkit.prepare import MANIFEST, read_manifest
+
+    if not (folder / MANIFEST).is_file() or not read_manifest(folder).get("complete"):
+        prepare(path, folder, progress=progress, files=files)
+    source = open_prepared(folder, "text")
+    source.path, source.digest, source.val_fraction = path, digest, None
+    return source
+
+
+def open_prepared(folder: Path, format: str) -> TokenSource:
+    from gptkit.prepare import check_shards, read_manifest
+
+    manifest = read_manifest(folder)
+    if not manifest.get("complete"):
+        raise GptkitError(f"the prepare of {folder} was interrupted: run gptkit prepare again to finish it")
+    check_shards(folder, manifest)
+    shards = [np.memmap(folder / s["file"], dtype=np.uint16, mode="r") for s in manifest["shards"]]
+    identity = {"sources": [s["sha256"] for s in manifest["sources"]], "shards": manifest["shards"]}
+    digest = hashlib.sha256(json_bytes(identity)).hexdigest()
+    names = [s["file"] for s in manifest["shards"]]
+    return TokenSource(folder, format, digest, shards, None, manifest.get("val_fraction"), names)
+
+
+def json_bytes(data) -> bytes:
+    return json.dumps(data, sort_keys=True).encode()
+
+
+def fingerprint(files: list[Path]) -> str:
+    """sha256 of the files' names, sizes and first and last MiB: an identity for token folders too large to hash on
+    every run."""
+    h = hashlib.sha256()
     for f in files:
-        tokens.extend(tokenize(read_utf8(f), progress))
-        if len(files) > 1:
-            tokens.append(EOT_TOKEN)
-    if not tokens:
-        raise GptkitError(f"{path} is empty: give it some text")
-    array = np.array(tokens, dtype=np.uint16)
-    with atomic_path(cached) as tmp:
-        array.tofile(tmp)
-    return array, digest
+        size = f.stat().st_size
+        h.update(f"{f.name}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()
+
+
+def check_token_ids(path: Path, tokens: np.ndarray):
+    """Refuse a token id outside GPT-2's vocabulary (read a block at a time)."""
+    for begin in range(0, len(tokens), CHECK_TOKENS):
+        block = tokens[begin : begin + CHECK_TOKENS]
+        if len(block) and int(block.max()) >= VOCAB_SIZE:
+            at = begin + int(np.argmax(block >= VOCAB_SIZE))
+            raise GptkitError(
+                f"{path}: token {at:,} is {int(tokens[at])}, outside GPT-2's vocabulary (0-{VOCAB_SIZE - 1}): "
+                "these are not GPT-2 tokens"
+            )
+
+
+def raw_tokens(path: Path, check: bool) -> np.ndarray:
+    """A raw uint16 token file (nanoGPT's .bin), memory-mapped."""
+    size = path.stat().st_size
+    if size % 2:
+        raise GptkitError(f"{path} has an odd number of bytes ({size:,}): it is not a uint16 token file (cut short?)")
+    if size == 0:
+        raise GptkitError(f"{path} is empty")
+    tokens = np.memmap(path, dtype=np.uint16, mode="r")
+    if check:
+        check_token_ids(path, tokens)
+    return tokens
+
+
+def npy_tokens(path: Path, check: bool) -> np.ndarray:
+    """A build-nanogpt .npy shard (1-D uint16), memory-mapped; never unpickled."""
+    try:
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise GptkitError(f"{path} is not a readable .npy file ({e})") from None
+    if tokens.dtype != np.uint16 or tokens.ndim != 1:
+        raise GptkitError(f"{path} holds {tokens.dtype} of shape {tokens.shape}, not a 1-D array of uint16 tokens")
+    if check:
+        check_token_ids(path, tokens)
+    return tokens
+
+
+def refuse_mixed(folder: Path, token_files: list[Path]):
+    from gptkit.prepare import TEXT_SUFFIXES
+
+    text = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(TEXT_SUFFIXES))
+    if text:
+        raise GptkitError(
+            f"{folder} mixes pre-tokenized files ({token_files[0].name}) with text ({text[0].name}): keep them in "
+            "separate folders"
+        )
+
+
+def open_nanogpt(folder: Path, check: bool) -> TokenSource:
+    files = [folder / "train.bin"] + ([folder / "val.bin"] if (folder / "val.bin").is_file() else [])
+    refuse_mixed(folder, files)
+    train, *val = [raw_tokens(f, check) for f in files]
+    return TokenSource(folder, "nanogpt", fingerprint(files), [train], val, names=[f.name for f in files])
+
+
+def open_build_nanogpt(folder: Path, check: bool) -> TokenSource:
+    train_files, val_files = sorted(folder.glob("*_train_*.npy")), sorted(folder.glob("*_val_*.npy"))
+    refuse_mixed(folder, train_files)
+    train = [npy_tokens(f, check) for f in train_files]
+    val = [npy_tokens(f, check) for f in val_files]
+    files = train_files + val_files
+    return TokenSource(folder, "build-nanogpt", fingerprint(files), train, val, names=[f.name for f in files])
+
+
+def load_tokens(path: str | Path, progress=None) -> tuple[np.ndarray, str]:
+    """(all the uint16 tokens of DATA in memory, its digest): for small data (eval of a text, tests, benchmarks)."""
+    source = open_data(path, progress)
+    shards = source.shards + (source.val_shards or [])
+    return np.concatenate(shards) if len(shards) != 1 else np.array(shards[0]), source.digest
 
 
 def split_tokens(tokens: np.ndarray, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
@@ -117,65 +234,40 @@ def split_tokens(tokens: np.ndarray, val_fraction: float = 0.1) -> tuple[np.ndar
     return tokens[:n_train], tokens[n_train:]
 
 
-class TokenizeProgress:
-    """A progress(done, total) callback for load_tokens that shows a rich bar, only when tokenizing takes several
-    rounds of parallel chunks (inputs of many megabytes); a no-op for small inputs and when told to be quiet."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-        self.bar = None
-        self.task = None
-
-    def __call__(self, done: int, total: int):
-        if not self.enabled:
-            return
-        if self.bar is None:
-            if done >= total:
-                return
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("tokenizing"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("MB"),
-                TimeRemainingColumn(),
-                transient=True,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("tokenizing", total=total)
-        self.bar.update(self.task, completed=done, total=total)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
-
-
 class BatchLoader:
-    """Batches of (B, T) inputs and targets from a token array, deterministic given the seed and the position.
+    """Batches of (B, T) inputs and targets from token arrays, deterministic given the seed and the position.
 
-    The tokens are cut into windows of T + 1 tokens (consecutive windows overlap by one token, so every token is a
-    target once per epoch); each epoch visits the windows in its own seeded random order. A step's global batch is
-    the next batch_size * world_size windows of that order, and process `rank` takes its own batch_size of them, so
-    N processes with batch B see exactly the windows of one process with batch N * B. The position (epoch, index)
-    is all the state there is: saving and restoring it resumes the stream exactly.
+    Each array (a shard) is cut into windows of T + 1 tokens (consecutive windows overlap by one token, so every token
+    is a target once per epoch; windows never span two shards); each epoch visits all the windows in its own seeded
+    random order. A step's global batch is the next batch_size * world_size windows of that order, and process `rank`
+    takes its own batch_size of them, so N processes with batch B see exactly the windows of one process with batch
+    N * B. The position (epoch, index) is all the state there is: saving and restoring it resumes the stream exactly.
+    Only the windows of a batch are read from the (memory-mapped) shards.
     """
 
     def __init__(
-        self, tokens: np.ndarray, batch_size: int, block_size: int, seed: int, rank: int = 0, world_size: int = 1
+        self,
+        tokens: np.ndarray | list[np.ndarray],
+        batch_size: int,
+        block_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
     ):
-        self.tokens = tokens
+        self.shards = [tokens] if isinstance(tokens, np.ndarray) else list(tokens)
         self.batch_size = batch_size
         self.block_size = block_size
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.n_windows = (len(tokens) - 1) // block_size
+        windows = [max(0, (len(s) - 1) // block_size) for s in self.shards]
+        self.first_window = np.cumsum([0] + windows)  # the global index of each shard's first window
+        self.n_windows = int(self.first_window[-1])
+        self.n_tokens = sum(len(s) for s in self.shards)
         global_batch = batch_size * world_size
         if self.n_windows < global_batch:
             raise GptkitError(
-                f"the training data is too short: {len(tokens):,} tokens, but one batch of {global_batch} x "
+                f"the training data is too short: {self.n_tokens:,} tokens, but one batch of {global_batch} x "
                 f"{block_size} needs {global_batch * block_size + 1:,}: give more text or a smaller "
                 "--batch-size / --block-size"
             )
@@ -190,6 +282,11 @@ class BatchLoader:
             self._order_epoch = epoch
         return self._order
 
+    def window(self, w: int) -> np.ndarray:
+        shard = int(np.searchsorted(self.first_window, w, side="right")) - 1
+        begin = (w - int(self.first_window[shard])) * self.block_size
+        return self.shards[shard][begin : begin + self.block_size + 1]
+
     def next_batch(self):
         """(x, y): int64 tensors of shape (batch_size, block_size), this process's slice of the next global batch."""
         import torch
@@ -201,8 +298,7 @@ class BatchLoader:
             if self.index == self.n_windows:
                 self.epoch, self.index = self.epoch + 1, 0
         mine = windows[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-        T = self.block_size
-        rows = np.stack([self.tokens[w * T : w * T + T + 1] for w in mine]).astype(np.int64)
+        rows = np.stack([self.window(w) for w in mine]).astype(np.int64)
         batch = torch.from_numpy(rows)
         return batch[:, :-1], batch[:, 1:]
 
@@ -214,18 +310,33 @@ class BatchLoader:
 
 
 def eval_batches(
-    tokens: np.ndarray, n_tokens: int, batch_size: int, block_size: int, rank: int = 0, world_size: int = 1
+    tokens: np.ndarray | list[np.ndarray],
+    n_tokens: int,
+    batch_size: int,
+    block_size: int,
+    rank: int = 0,
+    world_size: int = 1,
 ):
-    """(x, y) batches of this process's share of the first n_tokens of tokens, cut in sequential windows of
-    block_size (shorter when there are fewer tokens); process r takes windows r, r + world_size, ..."""
+    """(x, y) batches of this process's share of the first n_tokens of tokens (an array, or shards one after the
+    other), cut in sequential windows of block_size (shorter when there are fewer tokens) that do not span shards;
+    process r takes windows r, r + world_size, ..."""
     import torch
 
-    T = min(block_size, len(tokens) - 1)
+    shards = [tokens] if isinstance(tokens, np.ndarray) else [s for s in tokens if len(s)]
+    if not shards:
+        return
+    T = min(block_size, max(len(s) for s in shards) - 1)
     if T < 1:
         return
-    n_windows = max(1, min(n_tokens // T, (len(tokens) - 1) // T))
-    mine = range(rank, n_windows, world_size)
+    wanted = max(1, n_tokens // T)
+    windows = []  # (shard, begin)
+    for shard in shards:
+        for begin in range(0, len(shard) - T, T):
+            if len(windows) == wanted:
+                break
+            windows.append((shard, begin))
+    mine = windows[rank::world_size]
     for i in range(0, len(mine), batch_size):
-        rows = np.stack([tokens[w * T : w * T + T + 1] for w in mine[i : i + batch_size]]).astype(np.int64)
+        rows = np.stack([shard[begin : begin + T + 1] for shard, begin in mine[i : i + batch_size]]).astype(np.int64)
         batch = torch.from_numpy(rows)
         yield batch[:, :-1], batch[:, 1:]

@@ -32,7 +32,8 @@ from torch.nn import functional as F
 
 from gptkit import __version__
 from gptkit.checkpoint import load_checkpoint, read_config, read_metadata
-from gptkit.data import TokenizeProgress, data_hash, load_tokens, read_utf8, split_tokens, text_files
+from gptkit.data import data_hash, load_tokens, open_data, read_utf8
+from gptkit.prepare import PrepareProgress, input_files
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
 from gptkit.options import EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S, check_eval, check_hellaswag_file, check_window
@@ -132,23 +133,24 @@ def evaluate_lm(
 
 def read_tokens(path: Path, quiet: bool = False) -> tuple[np.ndarray, str]:
     """load_tokens with a progress bar while a large text is tokenized for the first time."""
-    progress = TokenizeProgress(enabled=not quiet)
+    progress = PrepareProgress(enabled=not quiet)
     try:
         return load_tokens(path, progress)
     finally:
         progress.close()
 
 
-def validation_split(ckpt: Path, quiet: bool = False) -> tuple[np.ndarray, dict]:
-    """The validation tokens `gptkit train` held out, rebuilt from the data recorded in the checkpoint's metadata."""
+def validation_split(ckpt: Path, quiet: bool = False, max_tokens: int | None = None) -> tuple[np.ndarray, dict]:
+    """The validation tokens `gptkit train` held out (at most max_tokens + 1 of them), rebuilt from the data recorded
+    in the checkpoint's metadata: the tail of text or prepared data, or the val files of nanoGPT / build-nanogpt."""
     data = read_metadata(ckpt).get("data")
     if not isinstance(data, dict) or "path" not in data:
         raise GptkitError(
             f"{ckpt} records no training data (it was not made by gptkit train), so there is no validation split: "
             "give a TEXT file or folder to evaluate on"
         )
-    path, val_fraction = Path(data["path"]), data.get("val_fraction")
-    if data.get("split", "tail") != "tail" or val_fraction is None:
+    path, val_fraction, split = Path(data["path"]), data.get("val_fraction"), data.get("split", "tail")
+    if split not in ("tail", "files") or split == "tail" and val_fraction is None:
         raise GptkitError(
             f"{ckpt}: the validation split it records is not one gptkit knows: give a TEXT to evaluate on"
         )
@@ -156,19 +158,34 @@ def validation_split(ckpt: Path, quiet: bool = False) -> tuple[np.ndarray, dict]
         raise GptkitError(
             f"the training data {path} recorded in {ckpt} no longer exists: give a TEXT file or folder to evaluate on"
         )
-    sha256 = data_hash(text_files(path))
-    if data.get("sha256") and sha256 != data["sha256"]:
-        raise GptkitError(
-            f"the training data {path} has changed since {ckpt} was trained (sha256 {sha256[:12]}..., recorded "
-            f"{data['sha256'][:12]}...), so its validation split cannot be rebuilt: give a TEXT file or folder"
-        )
-    tokens, _ = read_tokens(path, quiet)
-    _, val = split_tokens(tokens, float(val_fraction))
+
+    def check(sha256: str):
+        if data.get("sha256") and sha256 != data["sha256"]:
+            raise GptkitError(
+                f"the training data {path} has changed since {ckpt} was trained (sha256 {sha256[:12]}..., recorded "
+                f"{data['sha256'][:12]}...), so its validation split cannot be rebuilt: give a TEXT file or folder"
+            )
+
+    if data.get("format", "text") == "text":  # before tokenizing changed text into the cache
+        check(data_hash(input_files(path)))
+    progress = PrepareProgress(enabled=not quiet)
+    try:
+        source = open_data(path, progress)
+    finally:
+        progress.close()
+    check(source.digest)
+    _, val_shards = source.split(float(val_fraction or 0.0))
+    val, wanted = [], None if max_tokens is None else max_tokens + 1
+    for shard in val_shards:
+        val.append(np.asarray(shard[:wanted] if wanted is not None else shard))
+        if wanted is not None and (wanted := wanted - len(val[-1])) == 0:
+            break
+    val = np.concatenate(val) if val else np.zeros(0, dtype=np.uint16)
     if len(val) < 2:
         raise GptkitError(
             f"{ckpt} was trained with no validation split (val_fraction {val_fraction}): give a TEXT to evaluate on"
         )
-    return val, {"validation_split_of": str(path), "sha256": sha256, "val_fraction": val_fraction}
+    return val, {"validation_split_of": str(path), "sha256": source.digest, "val_fraction": val_fraction}
 
 
 # --- HellaSwag -------------------------------------------------------------------------------------------------------
@@ -383,7 +400,7 @@ def run_eval(
         tokens, sha256 = read_tokens(text, quiet=json_output)
         source = {"text": str(Path(text).resolve()), "sha256": sha256}
     elif hellaswag is None:
-        tokens, source = validation_split(ckpt, quiet=json_output)
+        tokens, source = validation_split(ckpt, quiet=json_output, max_tokens=max_tokens)
     if hellaswag is not None:
         examples = read_hellaswag(hellaswag)
 

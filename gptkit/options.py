@@ -47,7 +47,7 @@ def check_device(name: str):
 
 
 def check_text(path: Path):
-    """A text to read must exist (data.text_files checks the rest: a folder's .txt files)."""
+    """A text to read must exist (prepare.input_files checks the rest: what a folder holds)."""
     fail_if(not Path(path).exists(), f"{path} does not exist: give a UTF-8 text file or a folder of .txt files")
 
 

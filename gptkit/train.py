@@ -19,7 +19,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gptkit.checkpoint import load_checkpoint, load_tensors
-from gptkit.data import BatchLoader, TokenizeProgress, eval_batches, load_tokens, split_tokens
+from gptkit.data import BatchLoader, TokenSource, eval_batches, open_data
+from gptkit.prepare import PrepareProgress
 from gptkit.distributed import Processes, start_processes, stop_processes
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, PRESETS
@@ -157,7 +158,7 @@ class Run:
     step_model: torch.nn.Module  # the model as the step calls it: compiled and / or wrapped in DDP
     optimizer: torch.optim.Optimizer
     loader: BatchLoader
-    val_tokens: np.ndarray
+    val_tokens: list[np.ndarray]  # the validation shards
     data_info: dict
     dtype: torch.dtype
     step: int = 0
@@ -214,11 +215,11 @@ def run(cfg: TrainConfig, procs: Processes, console, held: contextlib.ExitStack)
             check_tensorboard()
         if cfg.wandb is not None:
             check_wandb()
-    tokens, digest = load_data(cfg, procs, console, state)
+    cfg, source = load_data(cfg, procs, console, state)
     model_name = cfg.model or "gpt2"
     context = model_context(model_name) if state is None else state["settings"]["block_size"]
     cfg = resolve(cfg, procs.device, context, model_name not in PRESETS, procs.world_size)
-    r = build_run(cfg, procs, out, state, tokens, digest)
+    r = build_run(cfg, procs, out, state, source)
     r.started = started
     if procs.main:
         announce(r, procs, console)
@@ -251,27 +252,30 @@ def open_run(cfg: TrainConfig, procs: Processes, held: contextlib.ExitStack) -> 
     return cfg, out, state
 
 
-def load_data(cfg: TrainConfig, procs: Processes, console, state: dict | None) -> tuple[np.ndarray, str]:
-    """The data's tokens and sha256: rank 0 tokenizes and caches, the others then read the cache."""
-    progress = TokenizeProgress(enabled=procs.main and console.is_terminal)
+def load_data(cfg: TrainConfig, procs: Processes, console, state: dict | None) -> tuple[TrainConfig, TokenSource]:
+    """The data's token source (rank 0 tokenizes text into the cache, the others then read it), and cfg with the
+    validation fraction `gptkit prepare` recorded when none is given."""
+    progress = PrepareProgress(enabled=procs.main and console.is_terminal)
     try:
         if not procs.main:
             procs.barrier()
-        tokens, digest = load_tokens(cfg.data, progress)
+        source = open_data(cfg.data, progress, check=procs.main)
         if procs.main:
             procs.barrier()
     finally:
         progress.close()
-    if state is not None and state["data"]["sha256"] != digest:
+    if state is not None and state["data"]["sha256"] != source.digest:
         raise GptkitError(
             f"{cfg.data} is not the data this run was trained on (its content changed): resume with that data"
         )
-    return tokens, digest
+    if cfg.val_fraction is None and source.val_fraction is not None:
+        cfg = replace(cfg, val_fraction=source.val_fraction)
+    return cfg, source
 
 
-def build_run(cfg: TrainConfig, procs: Processes, out: Path, state: dict | None, tokens, digest: str) -> Run:
+def build_run(cfg: TrainConfig, procs: Processes, out: Path, state: dict | None, source: TokenSource) -> Run:
     """The model, optimizer and data stream of the run: new, or restored to where the saved run stopped."""
-    train_tokens, val_tokens = split_tokens(tokens, cfg.val_fraction)
+    train_tokens, val_tokens = source.split(cfg.val_fraction)
     loader = BatchLoader(train_tokens, cfg.batch_size, cfg.block_size, cfg.seed, procs.rank, procs.world_size)
     torch.manual_seed(cfg.seed)
     keep_freed_memory()
@@ -288,10 +292,11 @@ def build_run(cfg: TrainConfig, procs: Processes, out: Path, state: dict | None,
     optimizer = make_optimizer(model, cfg, procs.device)
     data_info = {
         "path": str(Path(cfg.data).resolve()),
-        "sha256": digest,
-        "tokens": int(len(tokens)),
+        "format": source.format,
+        "sha256": source.digest,
+        "tokens": source.tokens,
         "val_fraction": cfg.val_fraction,
-        "split": "tail",
+        "split": source.split_kind,
     }
     r = Run(cfg, out, model, model_label, model, optimizer, loader, val_tokens, data_info, dtype)
     if state is not None:
@@ -312,10 +317,10 @@ def build_run(cfg: TrainConfig, procs: Processes, out: Path, state: dict | None,
 
 def announce(r: Run, procs: Processes, console):
     cfg = r.cfg
-    n_train = len(r.loader.tokens)
+    n_train, n_val = r.loader.n_tokens, sum(len(s) for s in r.val_tokens)
     console.print(
         f"training {r.model_label} ({r.model.num_params() / 1e6:.1f}M parameters) on {cfg.data} "
-        f"({n_train:,} train / {len(r.val_tokens):,} val tokens) | {procs.device} {cfg.dtype}"
+        f"({n_train:,} train / {n_val:,} val tokens) | {procs.device} {cfg.dtype}"
         f"{f' x {procs.world_size} processes' if procs.distributed else ''} | batch {cfg.batch_size} x "
         f"{cfg.block_size} x accum {cfg.grad_accum} = {cfg.tokens_per_step:,} tokens/step | {r.out}",
         highlight=False,

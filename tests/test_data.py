@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from gptkit import data
-from gptkit.data import BatchLoader, eval_batches, load_tokens, split_for_encoding, split_tokens
+from gptkit import prepare
+from gptkit.data import BatchLoader, eval_batches, load_tokens, split_tokens
+from gptkit.prepare import split_for_encoding
 from gptkit.errors import GptkitError
 from gptkit.tokenizer import encode
 
@@ -23,7 +24,7 @@ def test_tokens_are_cached_by_content(tmp_path, monkeypatch):
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("tokenized again")
 
-    monkeypatch.setattr(data, "tokenize", no_tokenizing)
+    monkeypatch.setattr(prepare, "encode_job", no_tokenizing)
     copy = tmp_path / "b.txt"  # same content elsewhere: same cache entry
     copy.write_text(TEXT)
     again, digest_again = load_tokens(copy)
