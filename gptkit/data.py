@@ -278,7 +278,9 @@ class BatchLoader:
 
     def order(self, epoch: int) -> np.ndarray:
         if self._order_epoch != epoch:
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
+            # the same order as rng.permutation(n_windows), in 4 bytes a window (40 MB for 10B tokens of 1024)
+            self._order = np.arange(self.n_windows, dtype=np.uint32 if self.n_windows < 2**32 else np.int64)
+            np.random.default_rng([self.seed, epoch]).shuffle(self._order)
             self._order_epoch = epoch
         return self._order
 
@@ -293,7 +295,7 @@ class BatchLoader:
 
         windows = []
         for _ in range(self.batch_size * self.world_size):
-            windows.append(self.order(self.epoch)[self.index])
+            windows.append(int(self.order(self.epoch)[self.index]))
             self.index += 1
             if self.index == self.n_windows:
                 self.epoch, self.index = self.epoch + 1, 0

@@ -293,7 +293,9 @@ class ShardWriter:
 
     @property
     def partial(self) -> Path:
-        return self.out / f".{shard_name(len(self.manifest['shards']))}.partial"
+        """Where the next shard is written until complete (named by this process: two prepares of the same data into
+        the same folder, such as two runs starting on one text, each write their own and rename the same shard)."""
+        return self.out / f".{shard_name(len(self.manifest['shards']))}.{os.getpid()}.partial"
 
     def write(self, tokens: np.ndarray, job: Job, end: tuple[int, int], skipped: int):
         """Append tokens (the tokens of job from index skipped on; the input after job starts at end)."""
@@ -319,7 +321,7 @@ class ShardWriter:
         self.file.close()
         self.file = None
         name = shard_name(len(self.manifest["shards"]))
-        os.replace(self.out / f".{name}.partial", self.out / name)
+        os.replace(self.partial, self.out / name)
         self.manifest["shards"].append({"file": name, "tokens": self.count})
         self.manifest["resume"] = resume
         self.count = 0
@@ -386,6 +388,16 @@ def check_shards(folder: Path, manifest: dict):
             )
 
 
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def val_start(total: int, val_fraction: float) -> int:
     """Where the validation tail starts (the same split as data.split_tokens)."""
     return total - int(total * val_fraction)
@@ -437,8 +449,10 @@ def prepare(
         manifest["shards"], manifest["resume"] = found["shards"], found["resume"]
     elif out.is_dir() and any(out.iterdir()):
         raise GptkitError(f"{out} is not empty and holds no token manifest: give another --out")
-    for stray in out.glob(".*.partial") if out.is_dir() else ():
-        stray.unlink()
+    for stray in out.glob(".tokens_*.partial") if out.is_dir() else ():
+        pid = re.fullmatch(r"\.tokens_\d+\.bin\.(\d+)\.partial", stray.name)
+        if pid and not process_alive(int(pid[1])):  # left by a prepare that was killed
+            stray.unlink(missing_ok=True)
 
     resume = manifest["resume"]
     start, skip = (resume["file"], resume["offset"]), resume["skip"]

@@ -168,11 +168,13 @@ def test_interrupted_prepare_resumes_where_it_stopped(tmp_path, small_jobs, monk
         open_data(out)
 
     monkeypatch.setattr(prep.ShardWriter, "close_shard", close_shard)
+    killed = out / f".{prep.shard_name(3)}.999999999.partial"  # as left by a prepare killed with SIGKILL
+    killed.write_bytes(b"\0" * 100)
     encode_job = prep.encode_job
     monkeypatch.setattr(prep, "encode_job", lambda items: encoded.append(1) or encode_job(items))
     prepare(data, out, shard_tokens=613)
     straight = json.loads((tmp_path / "straight" / MANIFEST).read_text())
-    assert json.loads((out / MANIFEST).read_text())["shards"] == straight["shards"]
+    assert json.loads((out / MANIFEST).read_text())["shards"] == straight["shards"] and not killed.exists()
     assert all_tokens(out) == all_tokens(tmp_path / "straight")
     assert len(encoded) < len(list(prep.make_jobs(prep.read_items([data], (0, 0)), (0, 0))))  # not from the start
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
@@ -343,3 +344,87 @@ def test_damaged_run_files_are_clear_errors(text, tiny_checkpoint, tmp_path):
         (out / "gptkit.json").write_text(metadata)
     code, output = cli(text, "--resume", "--out", out, "--steps", "3")
     assert code == 0, output
+
+
+# --- training from token shards --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shards(text, tmp_path):
+    """The Shakespeare excerpt prepared into 5 shards, the last 10% of the tokens for validation."""
+    from gptkit.prepare import prepare
+
+    return prepare(text, tmp_path / "shards", val_fraction=0.1, shard_tokens=3000).out
+
+
+def test_exact_resume_from_shards_and_eval_of_their_validation_tail(shards, tiny_checkpoint, tmp_path, monkeypatch):
+    from gptkit.data import open_data
+    from gptkit.eval import evaluate_lm, validation_split
+
+    run(shards, tiny_checkpoint, tmp_path / "straight", steps=8, eval_every=4, save_every=4)
+    next_batch, calls = BatchLoader.next_batch, []
+
+    def ctrl_c_at_step_5(self):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return next_batch(self)
+
+    monkeypatch.setattr(BatchLoader, "next_batch", ctrl_c_at_step_5)
+    with pytest.raises(Interrupted):
+        run(shards, tiny_checkpoint, tmp_path / "split", steps=8, eval_every=4, save_every=4)
+    monkeypatch.setattr(BatchLoader, "next_batch", next_batch)
+    run(shards, None, tmp_path / "split", steps=8, eval_every=4, save_every=4, resume=True)
+    assert losses(tmp_path / "split") == losses(tmp_path / "straight")
+    straight, split = weights(tmp_path / "straight"), weights(tmp_path / "split")
+    assert all(torch.equal(straight[name], split[name]) for name in straight)
+
+    data = read_metadata(tmp_path / "split")["data"]
+    source = open_data(shards)
+    assert data["format"] == "gptkit" and data["split"] == "tail" and data["val_fraction"] == 0.1
+    assert data["sha256"] == source.digest and len(source.shards) == 5
+    val, evaluated = validation_split(tmp_path / "split", quiet=True)
+    assert val.tolist() == np.concatenate(source.split(0.1)[1]).tolist()
+    assert evaluated["validation_split_of"] == str(shards.resolve())
+    assert evaluate_lm(load_checkpoint(tmp_path / "split"), val)["tokens"] == len(val) - 1
+
+
+def test_nanogpt_folder_trains_and_validates_on_val_bin(text, tiny_checkpoint, tmp_path):
+    from gptkit.data import load_tokens
+    from gptkit.eval import validation_split
+
+    tokens, _ = load_tokens(text)
+    folder = tmp_path / "nanogpt"
+    folder.mkdir()
+    tokens[:9000].tofile(folder / "train.bin")
+    tokens[9000:].tofile(folder / "val.bin")
+    run(folder, tiny_checkpoint, tmp_path / "run", steps=2)
+    data = read_metadata(tmp_path / "run")["data"]
+    assert data["format"] == "nanogpt" and data["split"] == "files" and data["tokens"] == len(tokens)
+    val, _ = validation_split(tmp_path / "run", quiet=True)
+    assert val.tolist() == tokens[9000:].tolist()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_two_processes_from_shards_match_one(shards, tiny_checkpoint, tmp_path):
+    options = ["--steps", "3", "--block-size", "32", "--lr", "1e-3", "--dtype", "float32", "--device", "cpu"]
+    two = tmp_path / "two"
+    launcher = ["torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    command = [*train_command(shards, tiny_checkpoint, two, launcher=launcher), "--batch-size", "2", *options]
+    child = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    try:
+        _, stderr = child.communicate(timeout=180)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    assert child.returncode == 0, stderr[-3000:]
+    run(shards, tiny_checkpoint, tmp_path / "one", steps=3, batch_size=4)
+    assert losses(two) == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+    assert read_metadata(two)["data"]["format"] == "gptkit"
