@@ -10,6 +10,7 @@ deleted afterwards; the token cache goes there too. Peak memory is each child pr
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def bench_memory(folder: Path, train_bytes: int, prepare_bytes: int) -> list[lis
     command = [sys.executable, "-m", "gptkit", "train", str(text), "--model", "nano", "--steps", "2",
                "--out", str(folder / "run"), "--device", "cpu"]  # fmt: skip
     seconds, peak = child_peak(command, env)
-    rows.append([f"gptkit train TEXT --model nano --steps 2 (tokenizes into the cache, trains)",
+    rows.append(["gptkit train TEXT --model nano --steps 2 (tokenizes into the cache, trains)",
                  f"{text.stat().st_size / 1e9:.2f} GB", f"{seconds:.0f} s", f"{peak:,.0f} MB"])  # fmt: skip
     seconds, peak = child_peak(command + ["--overwrite"], env)
     rows.append(["the same again (tokens from the cache)", f"{text.stat().st_size / 1e9:.2f} GB", f"{seconds:.0f} s",
@@ -77,38 +78,54 @@ def bench_memory(folder: Path, train_bytes: int, prepare_bytes: int) -> list[lis
     return rows
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process so far, all threads (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def bench_tokenizing(folder: Path, size: int, rounds: int) -> list[list]:
     """gptkit prepare (reading the file, encoding, writing the shards) against tiktoken's encode_ordinary_batch on
-    the same text already in memory, in the same pieces, on every core; alternating."""
+    the same text already in memory, in the same pieces, on every core; alternating. MB per wall second is the
+    speed; MB per CPU second (all threads) is the work done per megabyte, which other load on the machine does not
+    change."""
     from gptkit.prepare import prepare, split_for_encoding, workers
     from gptkit.tokenizer import get_tokenizer
 
     text_path = generate_text(folder / "speed.txt", size)
     megabytes = text_path.stat().st_size / 1e6
     enc = get_tokenizer()
-    times = {"gptkit prepare": [], "tiktoken encode_ordinary_batch": []}
+    names = ("gptkit prepare", "tiktoken encode_ordinary_batch")
+    wall, cpu = {name: [] for name in names}, {name: [] for name in names}
     for r in range(rounds):
-        out = folder / f"speed-{r}"
-        t0 = time.perf_counter()
-        prepare(text_path, out)
-        times["gptkit prepare"].append(time.perf_counter() - t0)
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        prepare(text_path, folder / f"speed-{r}")
+        wall[names[0]].append(time.perf_counter() - t0)
+        cpu[names[0]].append(cpu_seconds() - c0)
         pieces = split_for_encoding(text_path.read_text(encoding="utf-8"))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         enc.encode_ordinary_batch(pieces, num_threads=workers())
-        times["tiktoken encode_ordinary_batch"].append(time.perf_counter() - t0)
+        wall[names[1]].append(time.perf_counter() - t0)
+        cpu[names[1]].append(cpu_seconds() - c0)
         del pieces
-    peer = statistics.median(times["tiktoken encode_ordinary_batch"])
-    rows = []
-    for name, seconds in times.items():
-        median = statistics.median(seconds)
-        rows.append([name, f"{megabytes / median:.2f} [{megabytes / max(seconds):.2f}, {megabytes / min(seconds):.2f}]",
-                     f"{peer / median:.2f}x"])  # fmt: skip
-    return rows
+    median = statistics.median
+    peer_wall, peer_cpu = median(wall[names[1]]), median(cpu[names[1]])
+    return [
+        [
+            name,
+            f"{megabytes / median(wall[name]):.2f} [{megabytes / max(wall[name]):.2f}, "
+            f"{megabytes / min(wall[name]):.2f}]",
+            f"{peer_wall / median(wall[name]):.2f}x",
+            f"{megabytes / median(cpu[name]):.2f}",
+            f"{peer_cpu / median(cpu[name]):.2f}x",
+        ]  # fmt: skip
+        for name in names
+    ]
 
 
 def bench_step(folder: Path, steps: int) -> list[list]:
-    """Training steps of the nano preset (4 x 128 tokens: a small step, so that the data's share shows) with batches from memory-mapped shards and from the same
-    tokens in memory, alternating step by step in one process."""
+    """Training steps of the nano preset (4 x 128 tokens: a small step, so that the data's share shows) with batches
+    from memory-mapped shards and from the same tokens in memory, alternating step by step in one process."""
     import torch
 
     from gptkit.data import BatchLoader, open_data
@@ -144,9 +161,14 @@ def bench_step(folder: Path, steps: int) -> list[list]:
     median, best = statistics.median, min
     base = step_times["in-memory array"]
     return [
-        [name, f"{median(times) * 1e3:.1f} ms", f"{best(times) * 1e3:.1f} ms",
-         f"{median(batch_times[name]) * 1e6:.0f} us ({median(batch_times[name]) / median(times):.1%})",
-         f"{median(times) / median(base):.3f}", f"{best(times) / best(base):.3f}"]  # fmt: skip
+        [
+            name,
+            f"{median(times) * 1e3:.1f} ms",
+            f"{best(times) * 1e3:.1f} ms",
+            f"{median(batch_times[name]) * 1e6:.0f} us ({median(batch_times[name]) / median(times):.1%})",
+            f"{median(times) / median(base):.3f}",
+            f"{best(times) / best(base):.3f}",
+        ]  # fmt: skip
         for name, times in step_times.items()
     ]
 
@@ -156,6 +178,7 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--train-gb", type=float, help="size of the text trained on (default 1, quick 0.0625)")
     parser.add_argument("--prepare-gb", type=float, help="size of the text prepared (default 4, quick 0.125)")
+    parser.add_argument("--only", choices=["speed", "memory"], help="run only the speed or the memory part")
     parser.add_argument("--tmp", type=Path, help="where to generate the corpora (default: the system's temp dir)")
     args = parser.parse_args()
     train_gb = args.train_gb or (1 / 16 if args.quick else 1.0)
@@ -169,17 +192,23 @@ def main():
         f"{' --quick' if args.quick else ''}`.")  # fmt: skip
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         folder = Path(tmp)
-        rows = bench_tokenizing(folder, speed_bytes, rounds)
-        say(f"### Tokenizing {speed_bytes >> 20} MB of text ({rounds} rounds, alternating)\n\n"
-            + table(["impl", "MB/s median [min, max]", "vs tiktoken"], rows))  # fmt: skip
-        rows = bench_step(folder, steps)
-        header = ["batches from", "step median", "step best", "next_batch median (share of the step)",
-                  "vs in-memory, median", "vs in-memory, best"]  # fmt: skip
-        say(f"### Training step, nano preset, 4 x 128, AdamW ({steps} steps each, alternating)\n\n"
-            + table(header, rows))  # fmt: skip
-        rows = bench_memory(folder, int(train_gb * 1e9), int(prepare_gb * 1e9))
-        say("### Peak resident memory (whole process)\n\n" + table(["command", "text", "wall time", "peak RSS"], rows))
+        if args.only != "memory":
+            speed(folder, speed_bytes, rounds, steps)
+        if args.only != "speed":
+            rows = bench_memory(folder, int(train_gb * 1e9), int(prepare_gb * 1e9))
+            header = ["command", "text", "wall time", "peak RSS"]
+            say("### Peak resident memory (whole process)\n\n" + table(header, rows))
     say(f"Whole run: {(time.perf_counter() - started) / 60:.1f} minutes.")
+
+
+def speed(folder: Path, speed_bytes: int, rounds: int, steps: int):
+    rows = bench_tokenizing(folder, speed_bytes, rounds)
+    header = ["impl", "MB/s median [min, max]", "vs tiktoken", "MB per CPU second", "vs tiktoken"]
+    say(f"### Tokenizing {speed_bytes >> 20} MB of text ({rounds} rounds, alternating)\n\n" + table(header, rows))
+    rows = bench_step(folder, steps)
+    header = ["batches from", "step median", "step best", "next_batch median (share of the step)",
+              "vs in-memory, median", "vs in-memory, best"]  # fmt: skip
+    say(f"### Training step, nano preset, 4 x 128, AdamW ({steps} steps each, alternating)\n\n" + table(header, rows))
 
 
 def say(section: str):

@@ -134,9 +134,10 @@ def prepare(
     if result.tokens_made == 0 and result.bytes_read == 0:
         done = "already prepared"
     else:
+        megabytes = result.bytes_read / 1e6
         done = (
-            f"{result.bytes_read / 1e6:,.1f} MB in {result.seconds:.1f} s ({result.bytes_read / 1e6 / result.seconds:,.1f}"
-            f" MB/s, {result.tokens_made / result.seconds:,.0f} tokens/s)"
+            f"{megabytes:,.1f} MB in {result.seconds:.1f} s ({megabytes / result.seconds:,.1f} MB/s, "
+            f"{result.tokens_made / result.seconds:,.0f} tokens/s)"
         )
     val = manifest["tokens"] - manifest["val_start"]
     console.print(

@@ -33,10 +33,10 @@ from torch.nn import functional as F
 from gptkit import __version__
 from gptkit.checkpoint import load_checkpoint, read_config, read_metadata
 from gptkit.data import data_hash, load_tokens, open_data, read_utf8
-from gptkit.prepare import PrepareProgress, input_files
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
 from gptkit.options import EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S, check_eval, check_hellaswag_file, check_window
+from gptkit.prepare import PrepareProgress, input_files
 from gptkit.runlock import folder_lock
 from gptkit.runtime import autocast, keep_freed_memory, pick_device, pick_dtype
 from gptkit.tokenizer import EOT_TOKEN, get_tokenizer

@@ -86,7 +86,9 @@ def input_files(path: Path) -> list[Path]:
             raise GptkitError(f"{path} is a token file, not text: give gptkit train the folder that holds it")
         return [path]
     if not path.is_dir():
-        raise GptkitError(f"{path} does not exist: give a text, .jsonl, .jsonl.gz or .parquet file, or a folder of them")
+        raise GptkitError(
+            f"{path} does not exist: give a text, .jsonl, .jsonl.gz or .parquet file, or a folder of them"
+        )
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(TEXT_SUFFIXES))
     tokenized = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(TOKEN_SUFFIXES))
     if files and tokenized:
@@ -156,7 +158,7 @@ def jsonl_items(path: Path, index: int, start: int):
     """The documents of a .jsonl or .jsonl.gz file from line start + 1 on."""
     gzipped = path.name.lower().endswith(".gz")
     try:
-        with open(path, "rb") as raw, (gzip.open(raw) if gzipped else raw) as f:
+        with open(path, "rb") as raw, gzip.open(raw) if gzipped else raw as f:
             for number, line in enumerate(f, 1):
                 if number <= start or not line.strip():
                     continue
@@ -346,9 +348,7 @@ def new_manifest(files: list[Path], hashes: list[str], shard_tokens: int, val_fr
         "tokenizer": "gpt2",
         "dtype": "uint16",
         "vocab_size": VOCAB_SIZE,
-        "sources": [
-            {"path": str(f.resolve()), "sha256": h, "bytes": f.stat().st_size} for f, h in zip(files, hashes)
-        ],
+        "sources": [{"path": str(f.resolve()), "sha256": h, "bytes": f.stat().st_size} for f, h in zip(files, hashes)],
         "shard_tokens": shard_tokens,
         "val_fraction": val_fraction,
         "complete": False,
@@ -437,9 +437,7 @@ def prepare(
     if (out / MANIFEST).is_file():
         found = read_manifest(out)
         if not same_work(found, manifest):
-            raise GptkitError(
-                f"{out} holds the tokens of other data or settings: give another --out, or delete {out}"
-            )
+            raise GptkitError(f"{out} holds the tokens of other data or settings: give another --out, or delete {out}")
         check_shards(out, found)
         if found["complete"]:
             if found["val_fraction"] != val_fraction:  # only the split changes

@@ -20,11 +20,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gptkit.checkpoint import load_checkpoint, load_tensors
 from gptkit.data import BatchLoader, TokenSource, eval_batches, open_data
-from gptkit.prepare import PrepareProgress
 from gptkit.distributed import Processes, start_processes, stop_processes
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, PRESETS
 from gptkit.optim import learning_rate, make_optimizer, restore_optimizer, set_learning_rate
+from gptkit.prepare import PrepareProgress
 from gptkit.runfolder import (
     METRICS_FILE,
     STATE_TENSORS,
@@ -295,7 +295,7 @@ def build_run(cfg: TrainConfig, procs: Processes, out: Path, state: dict | None,
         "format": source.format,
         "sha256": source.digest,
         "tokens": source.tokens,
-        "val_fraction": cfg.val_fraction,
+        "val_fraction": cfg.val_fraction if source.split_kind == "tail" else None,
         "split": source.split_kind,
     }
     r = Run(cfg, out, model, model_label, model, optimizer, loader, val_tokens, data_info, dtype)

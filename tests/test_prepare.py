@@ -271,7 +271,9 @@ def test_bad_text_inputs(tmp_path):
     no_text = write_parquet(tmp_path / "bad.parquet", ["a", "b"], column="content")
     assert_one_line_error(["prepare", no_text, "--out", out], 'has no "text" column (it has content, score)')
     (tmp_path / "latin1.txt").write_bytes(b"ok " * 1000 + "caf\xe9".encode("latin-1"))
-    assert_one_line_error(["prepare", tmp_path / "latin1.txt", "--out", out], "not UTF-8 text (invalid byte at offset 3003)")
+    assert_one_line_error(
+        ["prepare", tmp_path / "latin1.txt", "--out", out], "not UTF-8 text (invalid byte at offset 3003)"
+    )
     (tmp_path / "blank.txt").write_text("")
     assert_one_line_error(["prepare", tmp_path / "blank.txt", "--out", out], "is empty")
     assert not out.exists()  # nothing half-written by any of them
@@ -299,7 +301,9 @@ def test_bad_token_folders(tmp_path):
     np.save(build / "x_train_000001.npy", tokens)
     assert_one_line_error(["train", build, "--model", "nano"], "token 345 is 60000")
     np.save(build / "x_train_000001.npy", tokens.astype(np.int32))
-    assert_one_line_error(["train", build, "--model", "nano"], "holds int32 of shape (1000,), not a 1-D array of uint16")
+    assert_one_line_error(
+        ["train", build, "--model", "nano"], "holds int32 of shape (1000,), not a 1-D array of uint16"
+    )
     (build / "x_train_000001.npy").write_bytes(b"\x93NUMPY garbage")
     assert_one_line_error(["train", build, "--model", "nano"], "is not a readable .npy file")
 
@@ -311,7 +315,9 @@ def test_manifest_that_does_not_match_its_shards(tmp_path):
     prepare(data, out, shard_tokens=2000)
     with open(out / prep.shard_name(1), "r+b") as f:
         f.truncate(100)
-    assert_one_line_error(["train", out, "--model", "nano"], "does not match its shards (tokens_000001.bin has 100 bytes")
+    assert_one_line_error(
+        ["train", out, "--model", "nano"], "does not match its shards (tokens_000001.bin has 100 bytes"
+    )
     (out / prep.shard_name(1)).unlink()
     assert_one_line_error(["prepare", data, "--out", out, "--shard-tokens", 2000], "tokens_000001.bin is missing")
 
