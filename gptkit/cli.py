@@ -121,6 +121,10 @@ def prepare(
     """Tokenize DATA once, streaming on every core, into uint16 token shards for gptkit train (resumable)."""
     from rich.console import Console
 
+    from gptkit.options import check_prepare
+
+    check_prepare(data, val_fraction, shard_tokens)
+
     from gptkit.prepare import PrepareProgress, default_out
     from gptkit.prepare import prepare as run_prepare
 

@@ -47,8 +47,17 @@ def check_device(name: str):
 
 
 def check_text(path: Path):
-    """A text to read must exist (prepare.input_files checks the rest: what a folder holds)."""
-    fail_if(not Path(path).exists(), f"{path} does not exist: give a UTF-8 text file or a folder of .txt files")
+    """A text or token folder to read must exist (prepare.input_files and data.open_data check what it holds)."""
+    fail_if(
+        not Path(path).exists(),
+        f"{path} does not exist: give a text, .jsonl, .jsonl.gz or .parquet file, or a folder of them or of tokens",
+    )
+
+
+def check_prepare(data: Path, val_fraction: float, shard_tokens: int):
+    check_text(data)
+    fail_if(not 0 <= val_fraction < 1, f"--val-fraction must be in [0, 1), not {val_fraction}")
+    fail_if(shard_tokens < 1, f"--shard-tokens must be at least 1, not {shard_tokens}")
 
 
 def check_window(block_size: int | None, stride: int | None, context: int | None = None):

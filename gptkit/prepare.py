@@ -30,6 +30,7 @@ import numpy as np
 from gptkit import __version__
 from gptkit.checkpoint import write_json
 from gptkit.errors import GptkitError
+from gptkit.options import check_prepare
 from gptkit.tokenizer import EOT_TEXT, EOT_TOKEN, get_tokenizer
 
 MANIFEST = "manifest.json"
@@ -424,10 +425,7 @@ def prepare(
     """Tokenize DATA into out (or finish an interrupted prepare there). progress(done_bytes, total_bytes, tokens) is
     called as the work goes on."""
     started = time.perf_counter()
-    if not 0.0 <= val_fraction < 1.0:
-        raise GptkitError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    if shard_tokens < 1:
-        raise GptkitError(f"--shard-tokens must be at least 1, got {shard_tokens}")
+    check_prepare(data, val_fraction, shard_tokens)
     files = files or input_files(data)
     hashes = hashes or [file_sha256(f) for f in files]
     manifest = new_manifest(files, hashes, shard_tokens, val_fraction)

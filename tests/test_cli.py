@@ -91,6 +91,9 @@ BAD_OPTIONS = [
     (["train", "{root}/text.txt", "--model", "gpt5"], "unknown model 'gpt5': use a preset (gpt2, gpt2-medium"),
     (["train", "{root}/text.txt", "--model", "{root}/folder"], "is not a checkpoint"),
     (["train", "{root}/text.txt", "--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
+    (["prepare", "{root}/missing.txt"], "{root}/missing.txt does not exist"),
+    (["prepare", "{root}/text.txt", "--val-fraction", "-0.5"], "--val-fraction must be in [0, 1)"),
+    (["prepare", "{root}/text.txt", "--shard-tokens", "0"], "--shard-tokens must be at least 1"),
     (["download", "gpt3"], "unknown model 'gpt3'"),
     (["inspect", "{root}/nowhere"], "checkpoint {root}/nowhere does not exist"),
 ]
