@@ -3,8 +3,8 @@ import pytest
 
 from gptkit import prepare
 from gptkit.data import BatchLoader, eval_batches, load_tokens, split_tokens
-from gptkit.prepare import split_for_encoding
 from gptkit.errors import GptkitError
+from gptkit.prepare import split_for_encoding
 from gptkit.tokenizer import encode
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
