@@ -17,6 +17,7 @@ import os
 import struct
 import tempfile
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -341,14 +342,23 @@ def convert_bin(bin_path: Path, out_path: Path, config: GPTConfig):
 # --- whole checkpoints ---------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(model: GPT, out_dir: str | Path, metadata: dict | None = None) -> Path:
-    """Write model (and gptkit.json with metadata) as a checkpoint directory; weights first, config last."""
+def save_checkpoint(
+    model: GPT, out_dir: str | Path, metadata: dict | None = None, extra_positions: torch.Tensor | None = None
+) -> Path:
+    """Write model (and gptkit.json with metadata) as a checkpoint directory; weights first, config last.
+    extra_positions: position embeddings past the model's context (those a fine-tuning run at a shorter window set
+    aside, see GPT.crop_block_size), saved after the model's own so that the checkpoint keeps its whole context."""
     import torch
 
     out_dir = Path(out_dir)
     dtype = str(model.lm_head.weight.dtype).removeprefix("torch.")
-    config = hf_config(model.config, dtype)
-    save_tensors(out_dir / WEIGHTS_FILE, to_hf_tensors(model), {"gptkit_config": json.dumps(config)})
+    tensors, model_config = to_hf_tensors(model), model.config
+    if extra_positions is not None and len(extra_positions):
+        wpe = tensors["transformer.wpe.weight"]
+        tensors["transformer.wpe.weight"] = torch.cat([wpe, extra_positions.to(wpe.device, wpe.dtype)])
+        model_config = replace(model_config, block_size=model_config.block_size + len(extra_positions))
+    config = hf_config(model_config, dtype)
+    save_tensors(out_dir / WEIGHTS_FILE, tensors, {"gptkit_config": json.dumps(config)})
     write_json(out_dir / CONFIG_FILE, config)
     info = {
         "gptkit_version": __version__,

@@ -173,8 +173,32 @@ def train(
     block_size: Annotated[
         Optional[int],
         typer.Option(
-            help="Tokens per sequence: the context (crops a checkpoint's). "
-            "\\[default: the model's context, at most 256 on CPU]",
+            help="Tokens per sequence: a new model's context; a checkpoint trains on windows this long and keeps "
+            "its whole context. \\[default: the model's context, at most 256 on CPU]",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    n_layer: Annotated[
+        Optional[int],
+        typer.Option(help="Layers of a model trained from scratch. \\[default: the preset's]", rich_help_panel=MODEL),
+    ] = None,
+    n_head: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Attention heads of a model trained from scratch. \\[default: the preset's]", rich_help_panel=MODEL
+        ),
+    ] = None,
+    n_embd: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Width of a model trained from scratch (a multiple of --n-head). \\[default: the preset's]",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    dropout: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Dropout probability in training. \\[default: 0 from scratch, the checkpoint's own]",
             rich_help_panel=MODEL,
         ),
     ] = None,
@@ -202,15 +226,35 @@ def train(
             help="Tokens per optimizer step over all processes; sets --grad-accum.", rich_help_panel=OPTIMIZATION
         ),
     ] = None,
+    optimizer: Annotated[
+        Optional[str],
+        typer.Option(
+            help="adamw, or muon: Muon for the blocks' weight matrices, AdamW for embeddings, biases and norms. "
+            "\\[default: adamw]",
+            rich_help_panel=OPTIMIZATION,
+        ),
+    ] = None,
     lr: Annotated[
         Optional[float],
         typer.Option(
-            help="Peak learning rate. \\[default: 6e-4 from scratch, 3e-5 fine-tuning]", rich_help_panel=OPTIMIZATION
+            help="Peak learning rate (Muon's with --optimizer muon). \\[default: AdamW 6e-4 from scratch, 3e-5 "
+            "fine-tuning; Muon 0.02 from scratch, 1e-3 fine-tuning]",
+            rich_help_panel=OPTIMIZATION,
+        ),
+    ] = None,
+    adam_lr: Annotated[
+        Optional[float],
+        typer.Option(
+            help="With --optimizer muon: AdamW's peak learning rate. \\[default: AdamW's --lr default]",
+            rich_help_panel=OPTIMIZATION,
         ),
     ] = None,
     weight_decay: Annotated[
         Optional[float],
-        typer.Option(help="AdamW weight decay of the weight matrices. \\[default: 0.1]", rich_help_panel=OPTIMIZATION),
+        typer.Option(
+            help="Weight decay of the weight matrices (AdamW's, and Muon's). \\[default: 0.1]",
+            rich_help_panel=OPTIMIZATION,
+        ),
     ] = None,
     seed: Annotated[
         Optional[int],
@@ -241,6 +285,20 @@ def train(
         Optional[int],
         typer.Option(
             help="Validation tokens per evaluation. \\[default: 20 batches]", rich_help_panel=EVALUATION_AND_SAVING
+        ),
+    ] = None,
+    hellaswag: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="A HellaSwag jsonl file: acc_norm at each evaluation, in the log and metrics.jsonl.",
+            rich_help_panel=EVALUATION_AND_SAVING,
+        ),
+    ] = None,
+    hellaswag_examples: Annotated[
+        Optional[int],
+        typer.Option(
+            help="HellaSwag examples scored (the file's first N). \\[default: 500]",
+            rich_help_panel=EVALUATION_AND_SAVING,
         ),
     ] = None,
     save_every: Annotated[
@@ -317,14 +375,22 @@ def train(
         steps=steps,
         batch_size=batch_size,
         block_size=block_size,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        dropout=dropout,
         grad_accum=grad_accum,
         tokens_per_step=tokens_per_step,
+        optimizer=optimizer,
         lr=lr,
+        adam_lr=adam_lr,
         min_lr=min_lr,
         warmup_steps=warmup_steps,
         weight_decay=weight_decay,
         eval_every=eval_every,
         eval_tokens=eval_tokens,
+        hellaswag=str(hellaswag) if hellaswag else None,
+        hellaswag_examples=hellaswag_examples,
         save_every=save_every,
         val_fraction=val_fraction,
         dtype=dtype,

@@ -271,9 +271,21 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.kv_cache = None
 
-    def crop_block_size(self, block_size: int):
-        """Shorten the context, keeping the first block_size position embeddings (fine-tuning on short texts)."""
+    def crop_block_size(self, block_size: int) -> torch.Tensor:
+        """Shorten the context to the first block_size position embeddings; return the rest (detached), which
+        training at a shorter window sets aside and saving puts back (checkpoint.save_checkpoint)."""
         if block_size > self.config.block_size:
             raise ValueError(f"cannot grow the context from {self.config.block_size} to {block_size}")
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+        wpe = self.transformer.wpe.weight.detach()
+        self.transformer.wpe.weight = nn.Parameter(wpe[:block_size].clone())
+        return wpe[block_size:].clone()
+
+    def set_dropout(self, p: float):
+        """Set the dropout probability of every dropout layer (it acts only in training mode)."""
+        self.config.dropout = p
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+            elif isinstance(module, CausalSelfAttention):
+                module.dropout = p

@@ -75,12 +75,12 @@ def restore_rng(tensors: dict[str, torch.Tensor], procs: Processes, seed: int):
         torch.cuda.set_rng_state(tensors[f"rng.cuda.{procs.rank}"].cpu(), procs.device)
 
 
-def save_run(out: Path, model: GPT, optimizer, metadata: dict, state: dict, procs: Processes):
-    """Checkpoint, then the optimizer and RNG tensors, then the state JSON (each atomic; the step in each file lets
-    resume check that they belong together)."""
+def save_run(out: Path, model: GPT, optimizer, metadata: dict, state: dict, procs: Processes, extra_positions=None):
+    """Checkpoint (with extra_positions, see save_checkpoint), then the optimizer and RNG tensors, then the state
+    JSON (each atomic; the step in each file lets resume check that they belong together)."""
     rngs = rng_states(procs)
     if procs.main:
-        save_checkpoint(model, out, metadata)
+        save_checkpoint(model, out, metadata, extra_positions)
         tensors = rngs | optimizer_tensors(model, optimizer)
         save_tensors(out / STATE_TENSORS, tensors, {"step": str(state["step"])})
         write_json(out / STATE_JSON, state)

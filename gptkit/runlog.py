@@ -1,5 +1,6 @@
 """Where a training run's per-step records go. The loop makes one record a step (step, loss, lr, grad_norm,
-tokens_seen, tokens_per_s, step_time_s, and val_loss when it evaluated) and hands it to a RunLog, which passes it to
+tokens_seen, tokens_per_s, step_time_s, and val_loss and hellaswag_acc_norm when it
+evaluated) and hands it to a RunLog, which passes it to
 every sink: the progress display, metrics.jsonl, and on request TensorBoard and Weights & Biases. A sink is opened
 when made, written once a step, closed once. Also here: metrics.jsonl read back tolerantly (by plot, inspect and
 resume). No torch import at module level: plot and inspect read metrics without it."""
@@ -62,6 +63,7 @@ class ProgressDisplay:
         self.log_every = max(1, total // 20)
         self.smoothed = None
         self.val = None
+        self.hellaswag = None
         self.bar = None
         if self.live:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -80,15 +82,18 @@ class ProgressDisplay:
 
     def write(self, record: dict):
         step, loss, lr, tokens_per_s = record["step"], record["loss"], record["lr"], record["tokens_per_s"]
-        val_loss = record.get("val_loss")
+        val_loss, hellaswag = record.get("val_loss"), record.get("hellaswag_acc_norm")
         self.smoothed = loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * loss
         self.val = val_loss if val_loss is not None else self.val
+        self.hellaswag = hellaswag if hellaswag is not None else self.hellaswag
         val = f"  val {self.val:.4f}" if self.val is not None else ""
+        val += f"  hellaswag {self.hellaswag:.3f}" if self.hellaswag is not None else ""
         stats = f"loss {self.smoothed:.4f}  lr {lr:.2e}  {tokens_per_s:,.0f} tok/s{val}"
         if self.live:
             self.bar.update(self.task, completed=step, stats=stats)
-        elif step % self.log_every == 0 or step == self.total or val_loss is not None:
+        elif step % self.log_every == 0 or step == self.total or val_loss is not None or hellaswag is not None:
             now_val = f" val {val_loss:.4f}" if val_loss is not None else ""
+            now_val += f" hellaswag {hellaswag:.3f}" if hellaswag is not None else ""
             self.console.print(
                 f"step {step}/{self.total} loss {loss:.4f} lr {lr:.2e} {tokens_per_s:,.0f} tok/s{now_val}",
                 highlight=False,

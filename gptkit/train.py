@@ -18,12 +18,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gptkit.checkpoint import load_checkpoint, load_tensors
+from gptkit.checkpoint import load_checkpoint, load_tensors, read_config
 from gptkit.data import BatchLoader, TokenSource, eval_batches, open_data
 from gptkit.distributed import Processes, start_processes, stop_processes
 from gptkit.errors import GptkitError
-from gptkit.model import GPT, PRESETS
-from gptkit.optim import learning_rate, make_optimizer, restore_optimizer, set_learning_rate
+from gptkit.eval import evaluate_hellaswag, read_hellaswag
+from gptkit.model import GPT, PRESETS, GPTConfig
+from gptkit.optim import Optimizers, learning_rate, make_optimizer, restore_optimizer, set_learning_rate
 from gptkit.prepare import PrepareProgress
 from gptkit.runfolder import (
     METRICS_FILE,
@@ -53,22 +54,28 @@ EXIT_INTERRUPTED = 130
 # --- the model ---------------------------------------------------------------------------------------------------------
 
 
-def build_model(name: str, block_size: int) -> tuple[GPT, str]:
-    """(model in fp32 with a context of block_size, its name for the metadata): a new preset model or a checkpoint."""
-    if name in PRESETS:
-        return GPT(replace(PRESETS[name], block_size=block_size)), name
-    path = Path(name)
+def build_model(cfg: TrainConfig) -> tuple[GPT, torch.Tensor | None]:
+    """(model in fp32, the position embeddings set aside): a new model of the preset's shape as overridden by cfg,
+    or the checkpoint cfg.model, with cfg's dropout."""
+    if cfg.model in PRESETS:
+        shape = {name: getattr(cfg, name) for name in ("n_layer", "n_head", "n_embd", "block_size", "dropout")}
+        return GPT(replace(PRESETS[cfg.model], **shape)), None
+    return load_for_training(Path(cfg.model), cfg)
+
+
+def load_for_training(path: Path, cfg: TrainConfig) -> tuple[GPT, torch.Tensor | None]:
+    """A checkpoint with cfg's dropout, cut to a context of cfg.block_size: training at a shorter window sees only
+    the first block_size position embeddings; the rest are returned, to be saved unchanged with the model."""
     model = load_checkpoint(path, dtype=torch.float32)
-    if block_size < model.config.block_size:
-        model.crop_block_size(block_size)
-    return model, str(path.resolve())
+    model.set_dropout(cfg.dropout)
+    if cfg.block_size < model.config.block_size:
+        return model, model.crop_block_size(cfg.block_size)
+    return model, None
 
 
-def model_context(name: str) -> int:
-    """The context length of a preset or checkpoint."""
-    from gptkit.checkpoint import read_config
-
-    return PRESETS[name].block_size if name in PRESETS else read_config(name).block_size
+def model_config(name: str) -> GPTConfig:
+    """The config of a preset or checkpoint ."""
+    return PRESETS[name] if name in PRESETS else read_config(name)
 
 
 def flops_per_token(model: GPT, block_size: int) -> float:
@@ -156,16 +163,19 @@ class Run:
     model: GPT
     model_label: str
     step_model: torch.nn.Module  # the model as the step calls it: compiled and / or wrapped in DDP
-    optimizer: torch.optim.Optimizer
+    optimizer: Optimizers
     loader: BatchLoader
     val_tokens: list[np.ndarray]  # the validation shards
     data_info: dict
     dtype: torch.dtype
+    extra_positions: torch.Tensor | None = None  # a checkpoint's position embeddings past the training window
+    hellaswag: list[dict] | None = None  # the HellaSwag examples scored at each evaluation
     step: int = 0
     tokens_seen: int = 0
     wall_before: float = 0.0  # seconds spent in earlier sessions of a resumed run
     loss: float | None = None
     val_loss: float | None = None
+    hellaswag_acc_norm: float | None = None
     started: float = field(default_factory=time.perf_counter)
     session_time: float = 0.0  # seconds in training steps in this process's session
     session_tokens: int = 0
@@ -178,6 +188,7 @@ class Run:
             "tokens_seen": self.tokens_seen,
             "train_loss": self.loss,
             "val_loss": self.val_loss,
+            **({"hellaswag_acc_norm": self.hellaswag_acc_norm} if self.hellaswag_acc_norm is not None else {}),
             "data": self.data_info,
             "settings": settings_of(self.cfg) | {"world_size": procs.world_size},
             "wall_time_s": round(self.wall_before + time.perf_counter() - self.started, 3),
@@ -190,7 +201,7 @@ class Run:
             "loader": self.loader.state(),
             "world_size": procs.world_size,
         }
-        save_run(self.out, self.model, self.optimizer, meta, state, procs)
+        save_run(self.out, self.model, self.optimizer, meta, state, procs, self.extra_positions)
 
 
 def train(cfg: TrainConfig, console=None) -> dict:
@@ -215,12 +226,13 @@ def run(cfg: TrainConfig, procs: Processes, console, held: contextlib.ExitStack)
             check_tensorboard()
         if cfg.wandb is not None:
             check_wandb()
+    hellaswag = read_hellaswag(Path(cfg.hellaswag)) if cfg.hellaswag else None
     cfg, source = load_data(cfg, procs, console, state)
     model_name = cfg.model or "gpt2"
-    context = model_context(model_name) if state is None else state["settings"]["block_size"]
-    cfg = resolve(cfg, procs.device, context, model_name not in PRESETS, procs.world_size)
+    base = model_config(model_name) if state is None else read_config(out)
+    cfg = resolve(cfg, procs.device, base, model_name not in PRESETS, procs.world_size)
     r = build_run(cfg, procs, out, state, source)
-    r.started = started
+    r.started, r.hellaswag = started, hellaswag
     if procs.main:
         announce(r, procs, console)
         if state is not None:
@@ -284,9 +296,10 @@ def build_run(cfg: TrainConfig, procs: Processes, out: Path, state: dict | None,
         torch.backends.cudnn.allow_tf32 = True
     dtype = getattr(torch, cfg.dtype)
     if state is None:
-        model, model_label = build_model(cfg.model or "gpt2", cfg.block_size)
+        model, extra_positions = build_model(cfg)
+        model_label = cfg.model if cfg.model in PRESETS else str(Path(cfg.model).resolve())
     else:
-        model, model_label = load_checkpoint(out, dtype=torch.float32), state["model"]
+        (model, extra_positions), model_label = load_for_training(out, cfg), state["model"]
     model.to(procs.device).train()
     check_step_fits(model, cfg, dtype, procs)
     optimizer = make_optimizer(model, cfg, procs.device)
@@ -298,14 +311,14 @@ def build_run(cfg: TrainConfig, procs: Processes, out: Path, state: dict | None,
         "val_fraction": cfg.val_fraction if source.split_kind == "tail" else None,
         "split": source.split_kind,
     }
-    r = Run(cfg, out, model, model_label, model, optimizer, loader, val_tokens, data_info, dtype)
+    r = Run(cfg, out, model, model_label, model, optimizer, loader, val_tokens, data_info, dtype, extra_positions)
     if state is not None:
         tensors = load_tensors(out / STATE_TENSORS, procs.device)
         restore_optimizer(optimizer, model, tensors)
         restore_rng({k: v for k, v in tensors.items() if k.startswith("rng.")}, procs, cfg.seed)
         loader.load_state(state["loader"])
         r.step, r.tokens_seen, r.wall_before = state["step"], state["tokens_seen"], state["wall_time_s"]
-        r.val_loss = state.get("val_loss")
+        r.val_loss, r.hellaswag_acc_norm = state.get("val_loss"), state.get("hellaswag_acc_norm")
     elif procs.distributed:
         torch.manual_seed(cfg.seed + procs.rank)  # different dropout masks per process (the weights are broadcast)
     if cfg.compile:
@@ -369,7 +382,7 @@ def train_step(r: Run, procs: Processes, stop: StopRequest, stats: torch.Tensor)
         if procs.distributed:
             dist.all_reduce(stats)
         grad_norm = torch.nn.utils.clip_grad_norm_(r.model.parameters(), 1.0)
-        set_learning_rate(r.optimizer, lr)
+        set_learning_rate(r.optimizer, lr, cfg.lr)
         r.optimizer.step()
         r.optimizer.zero_grad(set_to_none=True)
         r.loss = stats[0].item() / procs.world_size
@@ -405,6 +418,8 @@ def train_loop(r: Run, procs: Processes, console, resumed: bool):
                 val_loss = evaluate(r.model, r.val_tokens, cfg, procs, r.dtype, stop)
                 if val_loss is not None:
                     r.val_loss = record["val_loss"] = val_loss
+                if r.hellaswag and (acc_norm := hellaswag_accuracy(r, procs, stop)) is not None:
+                    r.hellaswag_acc_norm = record["hellaswag_acc_norm"] = acc_norm
             log.write(record)
             if stopping or r.step == cfg.steps or cfg.save_every and r.step % cfg.save_every == 0:
                 r.save(procs)
@@ -422,6 +437,7 @@ def finish(r: Run, procs: Processes, console) -> dict:
         "step": r.step,
         "train_loss": r.loss,
         "val_loss": r.val_loss,
+        "hellaswag_acc_norm": r.hellaswag_acc_norm,
         "tokens_seen": r.tokens_seen,
         "wall_time_s": time.perf_counter() - r.started,
         "tokens_per_s": r.session_tokens / r.session_time if r.session_time else None,
@@ -457,3 +473,32 @@ def evaluate(model: GPT, val_tokens, cfg: TrainConfig, procs: Processes, dtype, 
         dist.all_reduce(total)
     count = total[1].item()
     return None if stop.requested or count == 0 else total[0].item() / count
+
+
+class StopEvaluating(Exception):
+    """Ctrl-C during an evaluation: leave it unfinished."""
+
+
+def hellaswag_accuracy(r: Run, procs: Processes, stop: StopRequest) -> float | None:
+    """HellaSwag acc_norm over the first cfg.hellaswag_examples examples (eval.evaluate_hellaswag), each process
+    scoring its share; None when Ctrl-C cut it short."""
+    examples = r.hellaswag[: r.cfg.hellaswag_examples]
+    share = examples[procs.rank :: procs.world_size]
+
+    def check_stop(done: int, total: int):
+        if stop.requested:
+            raise StopEvaluating
+
+    counts = torch.zeros(3, dtype=torch.float64, device=procs.device)  # correct, scored, stopped
+    r.model.eval()
+    try:
+        if share:
+            result = evaluate_hellaswag(r.model, share, r.dtype, progress=check_stop)
+            counts[0], counts[1] = result["correct_norm"], result["n"]
+    except StopEvaluating:
+        counts[2] = 1
+    finally:
+        r.model.train()
+    if procs.distributed:
+        dist.all_reduce(counts)
+    return None if counts[2] or not counts[1] else counts[0].item() / counts[1].item()

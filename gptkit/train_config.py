@@ -12,11 +12,18 @@ from typing import TYPE_CHECKING
 
 from gptkit.checkpoint import resolve as resolve_checkpoint
 from gptkit.errors import GptkitError
-from gptkit.options import DTYPE_NAMES, PRESET_NAMES, check_device, check_dtype, check_text, fail_if
+from gptkit.options import DTYPE_NAMES, HELLASWAG_URL, PRESET_NAMES, check_device, check_dtype, check_text, fail_if
 from gptkit.runlock import check_not_held
 
 if TYPE_CHECKING:
     import torch
+
+    from gptkit.model import GPTConfig
+
+OPTIMIZERS = ("adamw", "muon")
+ADAMW_LR, ADAMW_FINE_TUNING_LR = 6e-4, 3e-5
+MUON_LR, MUON_FINE_TUNING_LR = 0.02, 1e-3
+SHAPE = ("n_layer", "n_head", "n_embd")  # the options that set a model's shape from scratch (with block_size)
 
 
 @dataclass
@@ -30,14 +37,22 @@ class TrainConfig:
     steps: int | None = None  # optimizer steps; default 1000
     batch_size: int | None = None  # sequences per micro-step per process; default 4 on CPU, 16 on GPU
     block_size: int | None = None  # tokens per sequence; default min(256, context) on CPU, the context on GPU
+    n_layer: int | None = None  # from scratch: the preset's shape, overridden
+    n_head: int | None = None
+    n_embd: int | None = None
+    dropout: float | None = None  # default 0.0 from scratch, the checkpoint's own when fine-tuning
     grad_accum: int | None = None  # micro-steps per optimizer step; default 1, or from tokens_per_step
     tokens_per_step: int | None = None  # global tokens per optimizer step (sets grad_accum)
-    lr: float | None = None  # peak learning rate; default 6e-4 from scratch, 3e-5 fine-tuning
+    optimizer: str | None = None  # adamw or muon; default adamw
+    lr: float | None = None  # peak learning rate (Muon's with muon); default: see default_lr
+    adam_lr: float | None = None  # with muon: AdamW's peak learning rate; default AdamW's lr
     min_lr: float | None = None  # end of the cosine decay; default lr / 10
     warmup_steps: int | None = None  # default steps / 20
     weight_decay: float | None = None  # default 0.1
     eval_every: int | None = None  # default 250; 0 evaluates at the end only
     eval_tokens: int | None = None  # validation tokens per evaluation; default 20 global micro-batches
+    hellaswag: str | None = None  # a HellaSwag jsonl file scored at each evaluation
+    hellaswag_examples: int | None = None  # its first N examples; default 500
     save_every: int | None = None  # default 500; 0 saves at the end only
     val_fraction: float | None = None  # default 0.1
     dtype: str | None = None  # auto, float32, bfloat16; default auto
@@ -55,6 +70,8 @@ CHANGEABLE_ON_RESUME = {
     "steps",
     "eval_every",
     "eval_tokens",
+    "hellaswag",
+    "hellaswag_examples",
     "save_every",
     "device",
     "compile",
@@ -97,6 +114,11 @@ def check(cfg: TrainConfig):
     )
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 takes the lock
         check_not_held(out, RUN_FOLDER_IN_USE, wait_s=0.5)
+    if cfg.hellaswag is not None:
+        fail_if(
+            not Path(cfg.hellaswag).is_file(),
+            f"{cfg.hellaswag} is not a file: get hellaswag_val.jsonl from {HELLASWAG_URL}",
+        )
 
 
 def check_values(cfg: TrainConfig):
@@ -116,6 +138,23 @@ def check_values(cfg: TrainConfig):
         given(c.tokens_per_step) and c.tokens_per_step < 1,
         f"--tokens-per-step must be at least 1, not {c.tokens_per_step}",
     )
+    for name in SHAPE:
+        value = getattr(c, name)
+        fail_if(given(value) and value < 1, f"--{name.replace('_', '-')} must be at least 1, not {value}")
+    fail_if(
+        given(c.n_embd, c.n_head) and c.n_head >= 1 and c.n_embd % c.n_head != 0,
+        f"--n-embd {c.n_embd} must be divisible by --n-head {c.n_head} (each head gets n_embd / n_head dims)",
+    )
+    fail_if(given(c.dropout) and not 0 <= c.dropout < 1, f"--dropout must be in [0, 1), not {c.dropout}")
+    fail_if(
+        given(c.optimizer) and c.optimizer not in OPTIMIZERS,
+        f"--optimizer {c.optimizer} is not one gptkit has: use {' or '.join(OPTIMIZERS)}",
+    )
+    fail_if(
+        given(c.adam_lr) and c.optimizer != "muon",
+        "--adam-lr sets AdamW's rate beside Muon (with --optimizer muon); for AdamW alone use --lr",
+    )
+    fail_if(given(c.adam_lr) and c.adam_lr <= 0, f"--adam-lr must be positive, not {c.adam_lr}")
     fail_if(given(c.lr) and c.lr <= 0, f"--lr must be positive, not {c.lr}")
     fail_if(given(c.min_lr) and c.min_lr < 0, f"--min-lr must not be negative, not {c.min_lr}")
     fail_if(given(c.min_lr, c.lr) and c.min_lr > c.lr, f"--min-lr {c.min_lr} must not exceed --lr {c.lr}")
@@ -127,6 +166,10 @@ def check_values(cfg: TrainConfig):
     fail_if(given(c.weight_decay) and c.weight_decay < 0, f"--weight-decay must not be negative, not {c.weight_decay}")
     fail_if(given(c.eval_every) and c.eval_every < 0, f"--eval-every must not be negative, not {c.eval_every}")
     fail_if(given(c.eval_tokens) and c.eval_tokens < 0, f"--eval-tokens must not be negative, not {c.eval_tokens}")
+    fail_if(
+        given(c.hellaswag_examples) and c.hellaswag_examples < 1,
+        f"--hellaswag-examples must be at least 1, not {c.hellaswag_examples}",
+    )
     fail_if(given(c.save_every) and c.save_every < 0, f"--save-every must not be negative, not {c.save_every}")
     fail_if(
         given(c.val_fraction) and not 0 <= c.val_fraction < 1, f"--val-fraction must be in [0, 1), not {c.val_fraction}"
@@ -142,8 +185,36 @@ def check_values(cfg: TrainConfig):
     fail_if(c.wandb is not None and not c.wandb.strip(), "--wandb needs a project name: --wandb PROJECT")
 
 
-def resolve(cfg: TrainConfig, device: torch.device, context: int, fine_tuning: bool, world_size: int) -> TrainConfig:
-    """cfg with every default filled in and checked, the checks that need the device and the model included."""
+def default_lr(optimizer: str, fine_tuning: bool) -> float:
+    """The default of --lr: AdamW's (nanoGPT's 6e-4, 3e-5 fine-tuning), or Muon's (Keller Jordan's 0.02; see
+    bench/quality_bench.py)."""
+    if optimizer == "muon":
+        return MUON_FINE_TUNING_LR if fine_tuning else MUON_LR
+    return ADAMW_FINE_TUNING_LR if fine_tuning else ADAMW_LR
+
+
+def resolve_model(c: TrainConfig, base: GPTConfig, fine_tuning: bool, on_cpu: bool):
+    """The model's shape, dropout and training window: base's (a preset's or checkpoint's) unless given. A
+    checkpoint's shape is fixed; it trains on windows of block_size and keeps its whole context."""
+    for name in SHAPE:
+        given, own = getattr(c, name), getattr(base, name)
+        if fine_tuning and given is not None and given != own:
+            option = "--" + name.replace("_", "-")
+            raise GptkitError(
+                f"{option} {given} differs from the checkpoint's {own}: a checkpoint's shape is fixed, so {option} "
+                "applies to training a preset from scratch; leave it out"
+            )
+        setattr(c, name, own if given is None else given)
+    c.dropout = (base.dropout if fine_tuning else 0.0) if c.dropout is None else c.dropout
+    context = base.block_size
+    c.block_size = c.block_size or (min(256, context) if on_cpu else context)
+    if fine_tuning and c.block_size > context:
+        raise GptkitError(f"--block-size {c.block_size} is longer than the model's context of {context} tokens")
+
+
+def resolve(cfg: TrainConfig, device: torch.device, base: GPTConfig, fine_tuning: bool, world_size: int) -> TrainConfig:
+    """cfg with every default filled in and checked, the checks that need the device and the model included.
+    base: the config of the preset or checkpoint trained (of the run's own checkpoint when resuming)."""
     from gptkit.runtime import pick_dtype
 
     on_cpu = device.type == "cpu"
@@ -151,9 +222,7 @@ def resolve(cfg: TrainConfig, device: torch.device, context: int, fine_tuning: b
     c.model = c.model or "gpt2"
     c.steps = 1000 if c.steps is None else c.steps
     c.batch_size = c.batch_size or (4 if on_cpu else 16)
-    c.block_size = c.block_size or (min(256, context) if on_cpu else context)
-    if c.block_size > context:
-        raise GptkitError(f"--block-size {c.block_size} is longer than the model's context of {context} tokens")
+    resolve_model(c, base, fine_tuning, on_cpu)
     micro_tokens = c.batch_size * c.block_size * world_size
     if c.tokens_per_step is not None:
         if c.grad_accum is not None and c.grad_accum * micro_tokens != c.tokens_per_step:
@@ -165,12 +234,16 @@ def resolve(cfg: TrainConfig, device: torch.device, context: int, fine_tuning: b
         c.grad_accum = c.tokens_per_step // micro_tokens
     c.grad_accum = c.grad_accum or 1
     c.tokens_per_step = c.grad_accum * micro_tokens
-    c.lr = c.lr if c.lr is not None else (3e-5 if fine_tuning else 6e-4)
+    c.optimizer = c.optimizer or "adamw"
+    c.lr = c.lr if c.lr is not None else default_lr(c.optimizer, fine_tuning)
+    if c.optimizer == "muon":
+        c.adam_lr = c.adam_lr if c.adam_lr is not None else default_lr("adamw", fine_tuning)
     c.min_lr = c.min_lr if c.min_lr is not None else c.lr / 10
     c.warmup_steps = c.warmup_steps if c.warmup_steps is not None else c.steps // 20
     c.weight_decay = 0.1 if c.weight_decay is None else c.weight_decay
     c.eval_every = 250 if c.eval_every is None else c.eval_every
     c.eval_tokens = c.eval_tokens if c.eval_tokens is not None else 20 * micro_tokens
+    c.hellaswag_examples = 500 if c.hellaswag_examples is None else c.hellaswag_examples
     c.save_every = 500 if c.save_every is None else c.save_every
     c.val_fraction = 0.1 if c.val_fraction is None else c.val_fraction
     c.dtype = str(pick_dtype(c.dtype or "auto", device)).removeprefix("torch.")

@@ -81,8 +81,9 @@ def test_accumulation_matches_one_big_batch(text, tiny_checkpoint, tmp_path):
     assert metadata["val_loss"] is not None and metadata["data"]["path"] == str(text.resolve())
 
 
-def test_interrupt_saves_and_resume_is_exact(text, tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    run(text, tiny_checkpoint, tmp_path / "straight", steps=16, eval_every=5, save_every=5)
+@pytest.mark.parametrize("options", [{}, {"optimizer": "muon", "dropout": 0.1}], ids=["adamw", "muon-dropout"])
+def test_interrupt_saves_and_resume_is_exact(text, tiny_checkpoint, tmp_path, monkeypatch, capsys, options):
+    run(text, tiny_checkpoint, tmp_path / "straight", steps=16, eval_every=5, save_every=5, **options)
 
     next_batch, calls = BatchLoader.next_batch, []
 
@@ -94,7 +95,7 @@ def test_interrupt_saves_and_resume_is_exact(text, tiny_checkpoint, tmp_path, mo
 
     monkeypatch.setattr(BatchLoader, "next_batch", ctrl_c_at_step_8)
     with pytest.raises(Interrupted, match="--resume"):
-        run(text, tiny_checkpoint, tmp_path / "split", steps=16, eval_every=5, save_every=5)
+        run(text, tiny_checkpoint, tmp_path / "split", steps=16, eval_every=5, save_every=5, **options)
     assert read_metadata(tmp_path / "split")["step"] == 8
     with open(tmp_path / "split" / "metrics.jsonl", "a") as f:  # a step past the save, then a write cut by kill -9
         f.write(json.dumps({"step": 9, "loss": 1.0}) + "\n" + '{"step": 10, "loss": 9.')
@@ -110,6 +111,10 @@ def test_interrupt_saves_and_resume_is_exact(text, tiny_checkpoint, tmp_path, mo
     straight_state = load_tensors(tmp_path / "straight" / STATE_TENSORS)
     split_state = load_tensors(tmp_path / "split" / STATE_TENSORS)
     assert straight_state.keys() == split_state.keys()
+    if options:  # Muon's momentum for the blocks' matrices, AdamW's moments for the rest
+        assert "optimizer.transformer.h.0.mlp.c_fc.weight.momentum_buffer" in split_state
+        assert "optimizer.transformer.h.0.mlp.c_fc.weight.exp_avg" not in split_state
+        assert "optimizer.transformer.wte.weight.exp_avg" in split_state
     assert all(torch.equal(straight_state[k], split_state[k]) for k in straight_state)
     assert read_metadata(tmp_path / "split")["val_loss"] == read_metadata(tmp_path / "straight")["val_loss"]
 
@@ -146,8 +151,10 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(text, tiny_checkpoint,
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
-def test_two_processes_match_one_with_the_same_global_batch(text, tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_processes_match_one_with_the_same_global_batch(text, tiny_checkpoint, hellaswag_file, tmp_path, optimizer):
     options = ["--steps", "3", "--block-size", "32", "--lr", "1e-3", "--dtype", "float32", "--device", "cpu"]
+    options += ["--optimizer", optimizer, "--hellaswag", str(hellaswag_file)]  # 4 examples: 2 for each process
     two = tmp_path / "two"
     command = [
         *train_command(
@@ -171,9 +178,18 @@ def test_two_processes_match_one_with_the_same_global_batch(text, tiny_checkpoin
         if child.poll() is None:  # timed out: stop torchrun and its workers
             os.killpg(child.pid, signal.SIGKILL)
     assert child.returncode == 0, stderr[-3000:]
-    run(text, tiny_checkpoint, tmp_path / "one", steps=3, batch_size=4)
+    run(
+        text,
+        tiny_checkpoint,
+        tmp_path / "one",
+        steps=3,
+        batch_size=4,
+        optimizer=optimizer,
+        hellaswag=str(hellaswag_file),
+    )
     assert losses(two) == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
     assert read_metadata(two)["settings"]["world_size"] == 2
+    assert read_metadata(two)["hellaswag_acc_norm"] == read_metadata(tmp_path / "one")["hellaswag_acc_norm"]
     one_weights, two_weights = weights(tmp_path / "one"), weights(two)
     for name in one_weights:
         torch.testing.assert_close(one_weights[name], two_weights[name], atol=1e-5, rtol=1e-4)
@@ -241,6 +257,8 @@ def test_resume_refuses_changed_settings_and_finished_runs(text, tiny_checkpoint
     run(text, tiny_checkpoint, out, steps=2)
     code, output = cli(text, "--resume", "--out", out, "--lr", "0.1", "--steps", "3")
     assert code != 0 and "--lr 0.1 differs" in output
+    code, output = cli(text, "--resume", "--out", out, "--optimizer", "muon", "--steps", "3")
+    assert code != 0 and "--optimizer muon differs" in output
     code, output = cli(text, "--resume", "--out", out)
     assert code != 0 and "larger --steps" in output
     code, output = cli(text, "--model", tiny_checkpoint, "--out", out)
@@ -428,3 +446,128 @@ def test_two_processes_from_shards_match_one(shards, tiny_checkpoint, tmp_path):
     run(shards, tiny_checkpoint, tmp_path / "one", steps=3, batch_size=4)
     assert losses(two) == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
     assert read_metadata(two)["data"]["format"] == "gptkit"
+
+
+# --- experiments: model shape, dropout, full-context fine-tuning, Muon, HellaSwag -------------------------------------
+
+
+def test_shape_options_set_a_new_models_config(text, tmp_path):
+    out = tmp_path / "run"
+    run(text, "nano", out, steps=1, n_layer=3, n_embd=96, block_size=48)
+    config = json.loads((out / "config.json").read_text())
+    assert (config["n_layer"], config["n_head"], config["n_embd"], config["n_positions"]) == (3, 2, 96, 48)
+    assert config["resid_pdrop"] == config["attn_pdrop"] == config["embd_pdrop"] == 0.0
+    settings = read_metadata(out)["settings"]
+    assert (settings["n_layer"], settings["n_head"], settings["n_embd"], settings["dropout"]) == (3, 2, 96, 0.0)
+    assert load_checkpoint(out).config.n_layer == 3
+
+
+def test_bad_experiment_options(text, tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    nano = [text, "--model", "nano"]
+    assert_fails([*nano, "--n-embd", "100", "--n-head", "3"], "--n-embd 100 must be divisible by --n-head 3", out)
+    assert_fails([*nano, "--n-layer", "0"], "--n-layer must be at least 1", out)
+    assert_fails([*nano, "--n-head", "-2"], "--n-head must be at least 1", out)
+    assert_fails([*nano, "--dropout", "1.5"], "--dropout must be in [0, 1)", out)
+    assert_fails([text, "--model", tiny_checkpoint, "--n-layer", "3"], "a checkpoint's shape is fixed", out)
+    assert_fails([*nano, "--optimizer", "sgd"], "--optimizer sgd is not one gptkit has", out)
+    assert_fails([*nano, "--adam-lr", "1e-3"], "--adam-lr sets AdamW's rate beside Muon", out)
+    assert_fails([*nano, "--optimizer", "muon", "--adam-lr", "0"], "--adam-lr must be positive", out)
+    assert_fails([*nano, "--hellaswag", tmp_path / "no.jsonl"], "hellaswag_val.jsonl", out)
+    hellaswag = tmp_path / "hs.jsonl"
+    hellaswag.write_text(json.dumps(HELLASWAG[0]) + "\n")
+    assert_fails([*nano, "--hellaswag", hellaswag, "--hellaswag-examples", "0"], "at least 1", out)
+
+
+def test_fine_tuning_at_a_shorter_window_keeps_the_whole_context(text, tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    before = load_checkpoint(tiny_checkpoint).transformer.wpe.weight
+    run(text, tiny_checkpoint, out, steps=2, block_size=16, save_every=1)
+    run(text, None, out, steps=3, block_size=16, resume=True)
+    model = load_checkpoint(out)
+    after = model.transformer.wpe.weight
+    assert model.config.block_size == 64 and after.shape == before.shape
+    assert json.loads((out / "config.json").read_text())["n_positions"] == 64
+    assert torch.equal(after[16:], before[16:]) and not torch.equal(after[:16], before[:16])
+    assert read_metadata(out)["settings"]["block_size"] == 16
+    model(torch.zeros(1, 64, dtype=torch.long))  # sample and eval use the whole context
+
+
+def test_dropout_default_recorded_and_given(text, tiny_model, tmp_path):
+    from gptkit.checkpoint import save_checkpoint
+
+    tiny_model.set_dropout(0.1)
+    checkpoint = save_checkpoint(tiny_model, tmp_path / "dropout-0.1")
+    run(text, checkpoint, tmp_path / "own", steps=1)
+    run(text, checkpoint, tmp_path / "given", steps=1, dropout=0.0)
+    run(text, "nano", tmp_path / "scratch", steps=1)
+    for folder, p in (("own", 0.1), ("given", 0.0), ("scratch", 0.0)):
+        assert read_metadata(tmp_path / folder)["settings"]["dropout"] == p
+        assert json.loads((tmp_path / folder / "config.json").read_text())["resid_pdrop"] == p
+    # the same first batch: only dropout makes the first step's loss differ
+    assert losses(tmp_path / "own")[0] != losses(tmp_path / "given")[0]
+
+
+def test_dropout_acts_only_in_training(tiny_model):
+    idx = torch.randint(0, 1000, (2, 16))
+    tiny_model.set_dropout(0.5)
+    assert all(m.p == 0.5 for m in tiny_model.modules() if isinstance(m, torch.nn.Dropout))
+    assert tiny_model.eval() and torch.equal(tiny_model(idx)[0], tiny_model(idx)[0])
+    tiny_model.train()
+    assert not torch.equal(tiny_model(idx)[0], tiny_model(idx)[0])
+    tiny_model.set_dropout(0.0)
+    assert torch.equal(tiny_model(idx)[0], tiny_model(idx)[0])
+
+
+def test_muon_takes_the_block_matrices_and_the_schedule_scales_both(tiny_model):
+    from gptkit.optim import make_optimizer, set_learning_rate
+
+    cfg = TrainConfig(data="", optimizer="muon", lr=0.02, adam_lr=1e-3, weight_decay=0.1)
+    optimizer = make_optimizer(tiny_model, cfg, torch.device("cpu"))
+    muon, adamw = optimizer.parts
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    name_of = {id(p): name for name, p in tiny_model.named_parameters()}
+    muon_names = {name_of[id(p)] for g in muon.param_groups for p in g["params"]}
+    adamw_names = {name_of[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert muon_names == {
+        f"transformer.h.{i}.{m}.weight"
+        for i in range(2)
+        for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    }
+    assert adamw_names == set(name_of.values()) - muon_names  # wte (= lm_head), wpe, biases, layer norms
+    set_learning_rate(optimizer, 0.01, cfg.lr)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 5e-4, 5e-4])
+
+
+HELLASWAG = [
+    {"ctx": "The cat sat on the", "endings": ["mat.", "moon.", "sky.", "sea."], "label": 0},
+    {"ctx": "ROMEO: Good morrow,", "endings": ["cousin.", "fish.", "table.", "seven."], "label": 0},
+    {"ctx": "To be, or not to", "endings": ["run.", "be.", "sing.", "sit."], "label": 1},
+    {"ctx": "First Citizen: Before we proceed any", "endings": ["sand", "further", "blue", "loud"], "label": 1},
+]
+
+
+@pytest.fixture
+def hellaswag_file(tmp_path):
+    path = tmp_path / "hellaswag.jsonl"
+    path.write_text("".join(json.dumps(example) + "\n" for example in HELLASWAG))
+    return path
+
+
+def test_hellaswag_in_training(text, tiny_checkpoint, hellaswag_file, tmp_path):
+    from gptkit.eval import evaluate_hellaswag
+
+    out = tmp_path / "run"
+    console = io.StringIO()
+    cfg = TrainConfig(
+        data=str(text), model=str(tiny_checkpoint), out=str(out), steps=4, batch_size=4, block_size=32, lr=1e-3,
+        dtype="float32", device="cpu", eval_every=2, eval_tokens=256, save_every=0,
+        hellaswag=str(hellaswag_file), hellaswag_examples=3,
+    )  # fmt: skip
+    summary = train(cfg, console=Console(file=console))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    scored = {r["step"]: r["hellaswag_acc_norm"] for r in records if "hellaswag_acc_norm" in r}
+    assert list(scored) == [2, 4] and all(round(3 * acc) == 3 * acc for acc in scored.values())
+    expected = evaluate_hellaswag(load_checkpoint(out), HELLASWAG[:3])["acc_norm"]
+    assert scored[4] == expected == summary["hellaswag_acc_norm"] == read_metadata(out)["hellaswag_acc_norm"]
+    assert f"hellaswag {expected:.3f}" in console.getvalue()
