@@ -1,32 +1,37 @@
-"""gptkit's sampler against transformers' generate() on the same GPT-2 124M weights (random ones will do).
+"""gptkit's sampler against transformers' generate() on the same GPT-2 124M weights (random ones will do), and
+gptkit's faster ways to decode: int8 weights (--quantize int8), a compiled step (--compile) and speculative decoding
+(--draft, with a draft/target pair trained here on data/input.txt).
 
-Both generate exactly the same number of tokens (no stopping at <|endoftext|>), with top-k 50 sampling and a cache;
-runs alternate between the two so that the machine's other load falls on both alike.
+All generate exactly the same number of tokens (no stopping at <|endoftext|>), with top-k 50 sampling and a cache;
+runs alternate between the variants so that the machine's other load falls on all alike.
 Run: uv run python -m bench.sample_bench [--quick]
 """
 
 import argparse
+import io
 import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from bench.common import copy_bandwidth_gbs, summary
 from gptkit.checkpoint import save_checkpoint
 from gptkit.model import GPT, PRESETS
+from gptkit.quantize import quantize_int8
 from gptkit.sample import generate, prepare_for_decoding
 from gptkit.tokenizer import EOT_TOKEN, encode
 
 PROMPT = "The quick brown fox jumps over the lazy dog. In the beginning"
 
 
-def gptkit_run(model, idx, new_tokens: int) -> tuple[float, float]:
+def gptkit_run(model, idx, new_tokens: int, **kwargs) -> tuple[float, float]:
     """(seconds to the first token, seconds in all) of one generation."""
     start = time.perf_counter()
     first = None
-    for step, _ in enumerate(generate(model, idx, new_tokens, temperature=1.0, top_k=50)):
+    for step, _ in enumerate(generate(model, idx, new_tokens, **{"temperature": 1.0, "top_k": 50, **kwargs})):
         if step == 0:
             first = time.perf_counter() - start
     return first, time.perf_counter() - start
@@ -69,43 +74,68 @@ def hf_run(model, idx, new_tokens: int) -> tuple[float, float]:
     return timer.first - start, total
 
 
-def weight_bytes_per_token(model: GPT, dtype: torch.dtype) -> int:
-    """Bytes of weights a decoding step reads: every parameter (wte once, as lm_head) but the position embeddings."""
-    n = model.num_params() - model.transformer.wpe.weight.numel()
-    return n * dtype.itemsize
+def weight_bytes_per_token(model: GPT) -> int:
+    """Bytes of weights a decoding step reads: every parameter and buffer but the position embeddings, and the token
+    embedding only where it is also the output head (a step looks up one row of it)."""
+    tensors = {t.data_ptr(): t for t in (*model.parameters(), *model.buffers())}
+    skip = {model.transformer.wpe.weight.data_ptr()}
+    if model.lm_head.weight.data_ptr() != model.transformer.wte.weight.data_ptr():
+        skip.add(model.transformer.wte.weight.data_ptr())
+    return sum(t.numel() * t.itemsize for ptr, t in tensors.items() if ptr not in skip)
+
+
+def decoding_model(state: dict, dtype: torch.dtype, int8: bool = False, compile: bool = False) -> GPT:
+    """GPT-2 124M with the given weights, prepared as `gptkit sample` prepares it."""
+    model = GPT(PRESETS["gpt2"]).eval()
+    model.load_state_dict(state)
+    model.to(dtype)
+    if int8:
+        quantize_int8(model)
+    return prepare_for_decoding(model, compile)
 
 
 def bench_sample(
     quick: bool = False, dtypes=(torch.float32, torch.bfloat16), batch_sizes=(1, 4), repeats: int | None = None
 ) -> list[dict]:
-    """Rows of impl, dtype, batch, tokens/s (median, min, max over repeats), ttft_ms; plus a 'bound' row per dtype:
-    batch-1 tokens/s if a step only had to read the weights at the measured copy bandwidth (the best of two
-    measurements taken around that dtype's runs), and the fraction of it gptkit's best batch-1 run reaches."""
+    """Rows of impl, dtype, batch, tokens/s (median, min, max over repeats), ttft_ms, for gptkit (as is, with int8
+    weights, and compiled at batch 1) and transformers; plus 'bound' rows: batch-1 tokens/s if a step only had to
+    read the weights at the measured copy bandwidth (the best of measurements taken between the runs), and the
+    fraction of it gptkit's batch-1 median reaches; and a row with the compile time."""
     from transformers import GPT2LMHeadModel
 
     new_tokens, default_repeats = (50, 2) if quick else (200, 5)
     repeats = repeats or default_repeats
     torch.manual_seed(0)
     base = GPT(PRESETS["gpt2"]).eval()
+    state = base.state_dict()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(base, tmp)
         for dtype in dtypes:
-            model = GPT(PRESETS["gpt2"]).eval()
-            model.load_state_dict(base.state_dict())
-            prepare_for_decoding(model.to(dtype))  # as gptkit sample does
-            hf = GPT2LMHeadModel.from_pretrained(tmp, dtype=dtype).eval()
             name = str(dtype).removeprefix("torch.")
-            bandwidth = copy_bandwidth_gbs()
+            models = {"gptkit": decoding_model(state, dtype), "gptkit int8": decoding_model(state, dtype, int8=True)}
+            compiled = decoding_model(state, dtype, compile=True)
+            hf = GPT2LMHeadModel.from_pretrained(tmp, dtype=dtype).eval()
+            bandwidths = [copy_bandwidth_gbs()]
             for batch in batch_sizes:
                 idx = torch.tensor([encode(PROMPT)] * batch)
-                runs = {"gptkit": [], "transformers": []}
-                for fn, m in ((gptkit_run, model), (hf_run, hf)):
-                    fn(m, idx, 5)  # warm-up
+                impls = dict(models)
+                if batch == 1:
+                    start = time.perf_counter()
+                    gptkit_run(compiled, idx, 5)  # compiles the step
+                    compile_s = time.perf_counter() - start - gptkit_run(models["gptkit"], idx, 5)[1]
+                    impls["gptkit compiled"] = compiled
+                runs = {impl: [] for impl in (*impls, "transformers")}
+                for m in impls.values():
+                    gptkit_run(m, idx, 5)  # warm-up
+                hf_run(hf, idx, 5)
                 for _ in range(repeats):
-                    runs["gptkit"].append(gptkit_run(model, idx, new_tokens))
+                    for impl, m in impls.items():
+                        runs[impl].append(gptkit_run(m, idx, new_tokens))
                     runs["transformers"].append(hf_run(hf, idx, new_tokens))
-                    seconds = f"gptkit {runs['gptkit'][-1][1]:.2f} s, transformers {runs['transformers'][-1][1]:.2f} s"
+                    if batch == 1:
+                        bandwidths.append(copy_bandwidth_gbs())
+                    seconds = ", ".join(f"{impl} {results[-1][1]:.2f} s" for impl, results in runs.items())
                     print(f"{name} batch {batch}: {seconds}", file=sys.stderr, flush=True)
                 for impl, results in runs.items():
                     rate = summary([batch * new_tokens / total for _, total in results])
@@ -120,20 +150,23 @@ def bench_sample(
                             "ttft_ms": 1000 * statistics.median(first for first, _ in results),
                         }
                     )
-            bandwidth = max(bandwidth, copy_bandwidth_gbs())
-            bound = bandwidth * 1e9 / weight_bytes_per_token(base, dtype)
-            ours = [r for r in rows if r["impl"] == "gptkit" and r["dtype"] == name and r["batch"] == 1]
-            if ours:
-                rows.append(
-                    {
-                        "impl": f"bound ({bandwidth:.1f} GB/s copy)",
-                        "dtype": name,
-                        "batch": 1,
-                        "tokens/s": bound,
-                        "fraction": ours[0]["tokens/s max"] / bound,
-                    }
-                )
-            del model, hf
+            bandwidth = max(bandwidths)
+            for impl in ("gptkit", "gptkit int8"):
+                ours = [r for r in rows if r["impl"] == impl and r["dtype"] == name and r["batch"] == 1]
+                if ours:
+                    bound = bandwidth * 1e9 / weight_bytes_per_token(models[impl])
+                    rows.append(
+                        {
+                            "impl": f"bound of {impl} ({bandwidth:.1f} GB/s copy)",
+                            "dtype": name,
+                            "batch": 1,
+                            "tokens/s": bound,
+                            "fraction": ours[0]["tokens/s"] / bound,
+                        }
+                    )
+            if 1 in batch_sizes:
+                rows.append({"impl": "compile", "dtype": name, "batch": 1, "compile_s": compile_s})
+            del models, compiled, hf
     return rows
 
 
@@ -141,10 +174,17 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| impl | dtype | batch | tokens/s (median [min, max]) | time to first token | vs transformers |"]
     lines.append("|---|---|---|---|---|---|")
     for r in rows:
-        if "fraction" in r:
-            lines.append(
-                f"| {r['impl']} | {r['dtype']} | 1 | {r['tokens/s']:.1f} | | gptkit's best: {r['fraction']:.0%} of it |"
+        if "compile_s" in r:
+            gptkit, compiled = (
+                next(h for h in rows if h["impl"] == impl and h["dtype"] == r["dtype"] and h["batch"] == 1)
+                for impl in ("gptkit", "gptkit compiled")
             )
+            per_token_saved = 1 / gptkit["tokens/s"] - 1 / compiled["tokens/s"]
+            pays_off = f"pays off after {r['compile_s'] / per_token_saved:,.0f} tokens" if per_token_saved > 0 else "never pays off"
+            lines.append(f"| compiling the step | {r['dtype']} | 1 | {r['compile_s']:.0f} s | | {pays_off} |")
+            continue
+        if "fraction" in r:
+            lines.append(f"| {r['impl']} | {r['dtype']} | 1 | {r['tokens/s']:.1f} | | median at {r['fraction']:.0%} of it |")
             continue
         same = (r["dtype"], r["batch"])
         hf = next(h for h in rows if h["impl"] == "transformers" and (h["dtype"], h["batch"]) == same)
@@ -155,10 +195,103 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def train_pair(data: Path, out: Path, quick: bool) -> tuple[Path, Path]:
+    """A target (the mini preset) and a draft (nano, with the same context of 256) trained briefly on data."""
+    from rich.console import Console
+
+    from gptkit.train import TrainConfig, train
+
+    quiet = Console(file=io.StringIO())
+    paths = []
+    for preset, steps in (("mini", 20 if quick else 80), ("nano", 20 if quick else 120)):
+        path = out / preset
+        config = TrainConfig(data=str(data), model=preset, out=str(path), steps=steps, block_size=256, dtype="float32",
+                             eval_every=0, save_every=0)  # fmt: skip
+        start = time.perf_counter()
+        train(config, console=quiet)
+        print(f"trained {preset} for {steps} steps in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def bench_speculative(quick: bool = False, draft_tokens: int = 4, repeats: int | None = None) -> list[dict]:
+    """Speculative decoding of a trained mini (30M) with a trained nano (3M) draft, batch 1, fp32, against the
+    target alone, greedy and sampled (top-k 50), alternating; plus the int8 eval loss of the target against fp32 and
+    bf16 on its validation split."""
+    from gptkit.checkpoint import load_checkpoint
+    from gptkit.eval import evaluate_lm, validation_split
+
+    new_tokens, default_repeats = (50, 2) if quick else (200, 5)
+    repeats = repeats or default_repeats
+    data = Path(__file__).resolve().parent.parent / "data" / "input.txt"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        target_path, draft_path = train_pair(data, Path(tmp), quick)
+        target = prepare_for_decoding(load_checkpoint(target_path))
+        draft = prepare_for_decoding(load_checkpoint(draft_path))
+        idx = torch.tensor([encode("ROMEO:\nWhat say you,")])
+        for mode, settings in (("greedy", {"temperature": 0}), ("top-k 50", {"generator": None})):
+            runs = {"target alone": [], "target + draft": []}
+            acceptance = []
+            texts = {}
+            for _ in range(repeats + 1):  # the first round warms up
+                for impl in runs:
+                    stats = {}
+                    kwargs = {**settings, "draft": draft if impl == "target + draft" else None, "stats": stats}
+                    if mode == "greedy" and impl not in texts:
+                        texts[impl] = torch.cat(list(generate(target, idx, new_tokens, **kwargs))).tolist()
+                    start = time.perf_counter()
+                    gptkit_run(target, idx, new_tokens, **kwargs)
+                    runs[impl].append(time.perf_counter() - start)
+                    if stats.get("proposed"):
+                        acceptance.append(stats["accepted"] / stats["proposed"])
+            for impl, seconds in runs.items():
+                rate = summary([new_tokens / s for s in seconds[1:]])
+                rows.append({"mode": mode, "impl": impl, "tokens/s": rate["median"], "tokens/s min": rate["min"],
+                             "tokens/s max": rate["max"]})  # fmt: skip
+            rows[-1]["acceptance"] = statistics.median(acceptance)
+            rows[-1]["speed-up"] = rows[-1]["tokens/s"] / rows[-2]["tokens/s"]
+            if mode == "greedy":
+                rows[-1]["same text"] = texts["target + draft"] == texts["target alone"]
+        tokens, _ = validation_split(target_path, quiet=True)
+        losses = {}
+        for name, dtype, int8 in (("float32", torch.float32, False), ("bfloat16", torch.bfloat16, False),
+                                  ("int8", torch.float32, True)):  # fmt: skip
+            model = load_checkpoint(target_path)
+            if int8:
+                quantize_int8(model)
+            losses[name] = evaluate_lm(model, tokens, max_tokens=8192 if quick else 32768, dtype=dtype)["loss"]
+        rows.append({"mode": "eval", "losses": losses})
+    return rows
+
+
+def speculative_markdown(rows: list[dict], draft_tokens: int = 4) -> str:
+    lines = ["| decoding | impl | tokens/s (median [min, max]) | draft acceptance | speed-up | same text as alone |"]
+    lines.append("|---|---|---|---|---|---|")
+    for r in rows:
+        if r["mode"] == "eval":
+            continue
+        acceptance = f"{r['acceptance']:.0%} (k={draft_tokens})" if "acceptance" in r else ""
+        speedup = f"{r['speed-up']:.2f}x" if "speed-up" in r else ""
+        same = {True: "yes", False: "NO"}.get(r.get("same text"), "")
+        lines.append(f"| {r['mode']} | {r['impl']} | {r['tokens/s']:.1f} [{r['tokens/s min']:.1f}, "
+                     f"{r['tokens/s max']:.1f}] | {acceptance} | {speedup} | {same} |")  # fmt: skip
+    losses = next(r["losses"] for r in rows if r["mode"] == "eval")
+    lines += ["", "| target's validation loss | float32 | bfloat16 | int8 weights | int8 vs bf16 |", "|---|---|---|---|---|"]
+    lines.append(f"| mini, trained here | {losses['float32']:.4f} | {losses['bfloat16']:.4f} | {losses['int8']:.4f} | "
+                 f"{losses['int8'] / losses['bfloat16'] - 1:+.2%} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="50 new tokens, 2 repeats")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, help="runs of each (default: 5, or 2 with --quick)")
+    parser.add_argument("--skip-speculative", action="store_true", help="leave out speculative decoding")
     args = parser.parse_args()
-    print(markdown(bench_sample(args.quick, batch_sizes=args.batch_sizes, repeats=args.repeats)))
+    dtypes = [getattr(torch, name) for name in args.dtypes]
+    print(markdown(bench_sample(args.quick, dtypes, args.batch_sizes, args.repeats)), flush=True)
+    if not args.skip_speculative:
+        print("\n" + speculative_markdown(bench_speculative(args.quick, repeats=args.repeats)))

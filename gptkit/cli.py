@@ -33,6 +33,7 @@ EVALUATION_AND_SAVING = "Evaluation and saving"
 HARDWARE = "Hardware"
 LOGGING = "Logging"
 SAMPLING = "Sampling"
+SPEED = "Speed"
 SCORING = "Scoring"
 OUTPUT = "Output"
 
@@ -454,14 +455,41 @@ def sample(
     ] = None,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.", rich_help_panel=HARDWARE)] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=HARDWARE)] = "auto",
+    quantize: Annotated[
+        Optional[str],
+        typer.Option(help="int8: weight-only int8 (per-channel scales), quantized at load.", rich_help_panel=SPEED),
+    ] = None,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="torch.compile the one-token decoding step (compiling takes a while).",
+            rich_help_panel=SPEED,
+        ),
+    ] = False,
+    draft: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Speculative decoding: a smaller checkpoint with the same tokenizer proposes tokens.",
+            rich_help_panel=SPEED,
+        ),
+    ] = None,
+    draft_tokens: Annotated[
+        int, typer.Option(help="Tokens the --draft model proposes per step.", rich_help_panel=SPEED)
+    ] = 4,
 ):
     """Generate text from a checkpoint, streaming it as it comes."""
     from gptkit.options import check_sample
 
-    check_sample(ckpt, max_new_tokens, temperature, top_k, top_p, num_samples, dtype, device)
+    check_sample(
+        ckpt, max_new_tokens, temperature, top_k, top_p, num_samples, dtype, device, quantize, draft, draft_tokens
+    )
     from gptkit.sample import sample as run_sample
 
-    run_sample(prompt, ckpt, max_new_tokens, temperature, top_k, top_p, num_samples, seed, stop, dtype, device)
+    run_sample(
+        prompt, ckpt, max_new_tokens, temperature, top_k, top_p, num_samples, seed, stop, dtype, device, quantize,
+        compile, draft, draft_tokens,
+    )  # fmt: skip
 
 
 # --- eval ------------------------------------------------------------------------------------------------------------
@@ -507,14 +535,18 @@ def eval(
     ] = False,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.", rich_help_panel=HARDWARE)] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=HARDWARE)] = "auto",
+    quantize: Annotated[
+        Optional[str],
+        typer.Option(help="int8: weight-only int8 (per-channel scales), quantized at load.", rich_help_panel=HARDWARE),
+    ] = None,
 ):
     """Loss, perplexity and bits per byte of a text, and HellaSwag accuracy; appended to the checkpoint's evals.jsonl."""
     from gptkit.options import check_eval
 
-    check_eval(ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, dtype, device)
+    check_eval(ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, dtype, device, quantize)
     from gptkit.eval import run_eval
 
-    run_eval(ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, json_output, dtype, device)
+    run_eval(ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, json_output, dtype, device, quantize)
 
 
 # --- plot ------------------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from gptkit.model import GPT
 from gptkit.options import EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S, check_eval, check_hellaswag_file, check_window
 from gptkit.prepare import PrepareProgress, input_files
 from gptkit.runlock import folder_lock
+from gptkit.quantize import quantize_int8
 from gptkit.runtime import autocast, keep_freed_memory, pick_device, pick_dtype
 from gptkit.tokenizer import EOT_TOKEN, get_tokenizer
 
@@ -368,7 +369,10 @@ def render(record: dict):
         table.add_row("acc", f"{hs['acc']:.4f} ({hs['correct']}/{hs['n']})")
         table.add_row("acc_norm", f"{hs['acc_norm']:.4f} ({hs['correct_norm']}/{hs['n']})")
     s = record["settings"]
-    table.add_row("settings", f"block size {s['block_size']}, stride {s['stride']}, {s['dtype']} on {s['device']}")
+    quantized = f", {s['quantize']} weights" if s.get("quantize") else ""
+    table.add_row(
+        "settings", f"block size {s['block_size']}, stride {s['stride']}, {s['dtype']}{quantized} on {s['device']}"
+    )
     Console().print(table)
 
 
@@ -383,9 +387,12 @@ def run_eval(
     json_output: bool = False,
     dtype_name: str = "auto",
     device_name: str = "auto",
+    quantize: str | None = None,
 ):
     """`gptkit eval`: check everything the user gave before loading the model, evaluate, print, record."""
-    check_eval(ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, dtype_name, device_name)
+    check_eval(
+        ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, dtype_name, device_name, quantize
+    )
     ckpt = Path(ckpt)
     folder = ckpt if ckpt.is_dir() else ckpt.parent
     context = read_config(ckpt).block_size
@@ -406,6 +413,8 @@ def run_eval(
 
     keep_freed_memory()
     model = load_checkpoint(ckpt, device)  # float32 weights; bf16/fp16 runs under autocast
+    if quantize == "int8":
+        quantize_int8(model)
     record = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "gptkit_version": __version__,
@@ -417,6 +426,7 @@ def run_eval(
             "max_tokens": max_tokens,
             "dtype": str(dtype).removeprefix("torch."),
             "device": str(device),
+            "quantize": quantize,
         },
     }
     with progress_bar(enabled=not json_output) as bar:

@@ -51,8 +51,13 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, H, T, D) at positions pos..pos+T-1; return all keys and values up to there."""
+    def update(self, pos: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H, T, D) at positions pos..pos+T-1; return all keys and values up to there. With pos a
+        1-element tensor (one token, T = 1), return the whole cache: the caller masks what lies past pos."""
+        if isinstance(pos, torch.Tensor):
+            self.k.index_copy_(2, pos, k)
+            self.v.index_copy_(2, pos, v)
+            return self.k, self.v
         end = pos + k.size(2)
         self.k[:, :, pos:end] = k
         self.v[:, :, pos:end] = v
@@ -114,12 +119,15 @@ class LinearCrossEntropy(torch.autograd.Function):
         return column.clamp(0, width - 1)[:, None], (column >= 0) & (column < width)
 
 
-def causal_attention_by_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
-    """Causal attention as two matmuls around a softmax. For training in bf16 on the CPU: the fused CPU kernel of
-    scaled_dot_product_attention is the faster forward there, but its backward is about three times slower."""
-    T = q.size(-2)
+def attention_by_matmul(q, k, v, visible: torch.Tensor | None, dropout: float = 0.0) -> torch.Tensor:
+    """Attention as two matmuls around a softmax; visible (bool, broadcast to (T, S); None: all) says which keys each
+    query sees.
+
+    Used where the fused kernel of scaled_dot_product_attention is slow on the CPU: its bf16 backward (training) is
+    about three times slower, and for a single query (a decoding step) its fixed cost exceeds the arithmetic."""
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
-    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    if visible is not None:
+        scores = scores.masked_fill(~visible, float("-inf"))
     weights = F.dropout(F.softmax(scores, dim=-1), dropout)
     return weights.to(v.dtype) @ v
 
@@ -136,21 +144,28 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, pos: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: int | torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         mask, is_causal = None, True
         if pos is not None:  # incremental decoding: attend to everything cached so far
             k, v = self.kv_cache.update(pos, k, v)
-            if T == 1:
+            if isinstance(pos, torch.Tensor):  # one token over the whole cache, masked past pos (see KVCache)
+                mask = torch.arange(k.size(2), device=x.device) <= pos
+                is_causal = False
+            elif T == 1:
                 is_causal = False
             elif pos > 0:  # a chunk after a cached prefix: causal within the chunk, full over the prefix
                 mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
                 is_causal = False
         dropout = self.dropout if self.training else 0.0
-        if pos is None and q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled():
-            y = causal_attention_by_matmul(q, k, v, dropout)
+        on_cpu = q.device.type == "cpu"
+        if on_cpu and T == 1 and pos is not None:
+            y = attention_by_matmul(q, k, v, mask)
+        elif pos is None and on_cpu and q.dtype == torch.bfloat16 and torch.is_grad_enabled():
+            causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+            y = attention_by_matmul(q, k, v, causal, dropout)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
@@ -177,7 +192,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, pos: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: int | torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), pos)
         return x + self.mlp(self.ln_2(x))
 
@@ -224,7 +239,7 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         *,
-        pos: int | None = None,
+        pos: int | torch.Tensor | None = None,
         last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return (logits, None), or (None, loss) when targets are given.
@@ -233,13 +248,17 @@ class GPT(nn.Module):
         loss: the mean cross-entropy against targets (B, T), where targets of -1 are ignored; the logits are not
         returned with it, since not keeping them all at once is what makes training fast (LinearCrossEntropy).
         pos: with caches set up (setup_kv_cache), idx holds the tokens at positions pos..pos+T-1 and attends to
-        the cached keys and values of the earlier positions.
+        the cached keys and values of the earlier positions. A 1-element tensor pos (with T = 1) keeps every
+        step's shapes the same, for a compiled decoding step.
         """
         B, T = idx.size()
-        start = 0 if pos is None else pos
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than the context of {self.config.block_size}")
-        positions = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        if isinstance(pos, torch.Tensor):  # one token at a position held in a tensor: the same shapes at every step
+            positions = pos
+        else:
+            start = 0 if pos is None else pos
+            if start + T > self.config.block_size:
+                raise ValueError(f"sequence of {start + T} tokens is longer than the context of {self.config.block_size}")
+            positions = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
         for block in self.transformer.h:
             x = block(x, pos)

@@ -24,6 +24,7 @@ DTYPE_NAMES = {
     "fp16": "float16",
 }
 DEVICE_NAME = re.compile(r"auto|cpu|(cuda|mps)(:\d+)?")
+QUANTIZATIONS = ("int8",)
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 # What to do when eval's checkpoint folder is held (runlock): by another eval's append for milliseconds (so eval waits
 # EVAL_LOCK_WAIT_S), or by a training run until it ends.
@@ -76,6 +77,13 @@ def check_window(block_size: int | None, stride: int | None, context: int | None
         )
 
 
+def check_quantize(name: str | None):
+    fail_if(
+        name is not None and name not in QUANTIZATIONS,
+        f"--quantize {name} is not supported: use --quantize int8 (weight-only, per channel)",
+    )
+
+
 def check_hellaswag_file(path: Path):
     path = Path(path)
     if not path.is_file():
@@ -92,16 +100,23 @@ def check_sample(
     num_samples: int,
     dtype: str,
     device: str,
+    quantize: str | None = None,
+    draft: Path | None = None,
+    draft_tokens: int = 4,
 ):
     fail_if(max_new_tokens < 1, f"--max-new-tokens must be at least 1, not {max_new_tokens}")
     fail_if(temperature < 0, f"--temperature must be 0 (greedy) or more, not {temperature}")
     fail_if(top_k < 0, f"--top-k must be 0 (off) or more, not {top_k}")
     fail_if(top_p is not None and not 0 < top_p <= 1, f"--top-p must be in (0, 1], not {top_p}")
     fail_if(num_samples < 1, f"--num-samples must be at least 1, not {num_samples}")
+    fail_if(draft_tokens < 1, f"--draft-tokens must be at least 1, not {draft_tokens}")
+    check_quantize(quantize)
     check_dtype(dtype)
     check_device(device)
     if ckpt is not None:
         resolve(ckpt)
+    if draft is not None:
+        resolve(draft)
 
 
 def check_eval(
@@ -114,10 +129,12 @@ def check_eval(
     hellaswag: Path | None,
     dtype: str,
     device: str,
+    quantize: str | None = None,
 ):
     fail_if(batch_size < 1, f"--batch-size must be at least 1, got {batch_size}")
     fail_if(max_tokens is not None and max_tokens < 1, f"--max-tokens must be at least 1, got {max_tokens}")
     check_window(block_size, stride)
+    check_quantize(quantize)
     check_dtype(dtype)
     check_device(device)
     resolve(ckpt)

@@ -18,23 +18,38 @@ from gptkit.options import check_sample
 from gptkit.tokenizer import EOT_TOKEN, encode, get_tokenizer
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator=None):
-    """Draw the next token of each row from logits (B, vocab_size): temperature (0 = greedy), then top-k, then
-    top-p (the smallest set of most likely tokens whose probability reaches top_p), as Hugging Face orders them."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
+def candidates(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None):
+    """(probabilities, token ids) of each row's candidates under temperature (> 0), top-k, then top-p (the smallest
+    set of most likely tokens whose probability reaches top_p), as Hugging Face orders them; ids None: all tokens."""
     # Only the candidates are upcast and sorted: top-k first (it is unchanged by the temperature), else a full sort.
     if top_k:
-        logits, candidates = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits, ids = torch.topk(logits, min(top_k, logits.size(-1)))
     elif top_p is not None and top_p < 1:
-        logits, candidates = torch.sort(logits, descending=True)
+        logits, ids = torch.sort(logits, descending=True)
     else:
-        candidates = None
+        ids = None
     probs = F.softmax(logits.float() / temperature, dim=-1)
     if top_p is not None and top_p < 1:
         probs = probs.masked_fill(probs.cumsum(dim=-1) - probs >= top_p, 0.0)  # always keeps the first
+    return probs, ids
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator=None):
+    """Draw the next token of each row from logits (B, vocab_size); temperature 0 is greedy (see candidates())."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs, ids = candidates(logits, temperature, top_k, top_p)
     choice = torch.multinomial(probs, 1, generator=generator)
-    return (choice if candidates is None else candidates.gather(-1, choice)).squeeze(-1)
+    return (choice if ids is None else ids.gather(-1, choice)).squeeze(-1)
+
+
+def next_token_distribution(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None):
+    """The distribution sample_next draws from, (B, vocab_size) probabilities (speculative decoding needs them)."""
+    if temperature == 0:
+        return F.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()
+    probs, ids = candidates(logits, temperature, top_k, top_p)
+    probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs if ids is None else torch.zeros_like(logits, dtype=probs.dtype).scatter_(-1, ids, probs)
 
 
 class InputMajorLinear(nn.Module):
@@ -52,15 +67,35 @@ class InputMajorLinear(nn.Module):
         return torch.addmm(self.bias, x.flatten(0, -2), self.weight_t).unflatten(0, x.shape[:-1])
 
 
-def prepare_for_decoding(model: GPT) -> GPT:
-    """Switch an fp32 model on the CPU, in place, to the weight layout it decodes fastest with (for inference only)."""
+def prepare_for_decoding(model: GPT, compile: bool = False) -> GPT:
+    """Make model decode fast (in place; for inference only): on the CPU in fp32, switch to the weight layout
+    matrix-vector products run fastest with; with compile, torch.compile its one-token step (decode_step)."""
     weight = model.transformer.wte.weight
     if weight.dtype == torch.float32 and weight.device.type == "cpu":
         for name, module in list(model.named_modules()):
             if isinstance(module, nn.Linear):
                 parent, _, child = name.rpartition(".")
                 setattr(model.get_submodule(parent), child, InputMajorLinear(module))
+    if compile:
+        # Static shapes (a preallocated cache, the position in a tensor): one graph serves every step of a sample.
+        model.compiled_step = torch.compile(one_token_logits, dynamic=False, fullgraph=True)
     return model
+
+
+def one_token_logits(model: GPT, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Logits (B, vocab_size) of the next token after token (B, 1) at position pos (a 1-element tensor)."""
+    return model(token, pos=pos)[0][:, -1]
+
+
+def decode_step(model: GPT, token: torch.Tensor, pos: int) -> torch.Tensor:
+    """One decoding step: one_token_logits, compiled if prepare_for_decoding(compile=True) compiled it."""
+    step = getattr(model, "compiled_step", None) or one_token_logits
+    return step(model, token, torch.tensor([pos], device=token.device))
+
+
+def prefill(model: GPT, tokens: torch.Tensor) -> torch.Tensor:
+    """Run tokens (B, T) from position 0 into the cache; the logits (B, vocab_size) of what follows them."""
+    return model(tokens, pos=0, last_only=True)[0][:, -1]
 
 
 @torch.inference_mode()
@@ -73,23 +108,33 @@ def generate(
     top_p: float | None = None,
     stop_tokens: tuple[int, ...] = (),
     generator: torch.Generator | None = None,
+    draft: GPT | None = None,
+    draft_tokens: int = 4,
+    stats: dict | None = None,
 ):
     """Yield the next token of every row of idx (B, T), as a (B,) tensor, for max_new_tokens steps, or until every
     row has produced one of stop_tokens (a row's tokens after its stop token are to be ignored).
 
     The prompt runs through the model once, filling a preallocated key/value cache; each step then runs only the
     newest token. When the context is full, the cache is refilled with its last half (a sliding window).
+    With a draft model, decoding is speculative (see speculate()); stats then receives the counts of draft tokens
+    proposed and accepted.
     """
     batch_size, prompt_len = idx.shape
     block_size = model.config.block_size
     if prompt_len > block_size:
         raise ValueError(f"the prompt has {prompt_len} tokens, more than the context of {block_size}")
+    if draft is not None:
+        yield from speculate(
+            model, draft, idx, max_new_tokens, draft_tokens, temperature, top_k, top_p, stop_tokens, generator, stats
+        )
+        return
     model.setup_kv_cache(batch_size, min(prompt_len + max_new_tokens, block_size))
     stop = torch.tensor(stop_tokens, dtype=idx.dtype, device=idx.device)
     done = torch.zeros(batch_size, dtype=torch.bool, device=idx.device)
     history = [idx]  # the tokens in the cache, for refilling it when the window slides
     try:
-        logits = model(idx, pos=0, last_only=True)[0][:, -1]
+        logits = prefill(model, idx)
         pos = prompt_len
         for step in range(max_new_tokens):
             next_token = sample_next(logits, temperature, top_k, top_p, generator)
@@ -104,13 +149,103 @@ def generate(
             if pos == block_size:  # the context is full: slide the window, refilling the cache from its last half
                 context = torch.cat(history, dim=1)[:, -(block_size // 2) :]
                 history = [context]
-                logits = model(context, pos=0, last_only=True)[0][:, -1]
+                logits = prefill(model, context)
                 pos = context.size(1)
             else:
-                logits = model(next_token[:, None], pos=pos)[0][:, -1]
+                logits = decode_step(model, next_token[:, None], pos)
                 pos += 1
     finally:
         model.clear_kv_cache()
+
+
+def speculate(model, draft, idx, max_new_tokens, k, temperature, top_k, top_p, stop_tokens, generator, stats):
+    """Speculative decoding (Leviathan et al., 2023; gpt-fast's speculative_decode), for generate().
+
+    Each round the draft proposes up to k tokens one at a time and the model scores them all in one forward pass;
+    the proposal i is accepted with probability min(1, p(x_i) / q(x_i)) (p the model's distribution, q the draft's),
+    and the first rejected one is replaced by a draw from max(p - q, 0), normalised; when all are accepted a bonus
+    token comes from the model's next distribution. Every token is so distributed exactly as the model's own
+    sampling; greedy (temperature 0) yields exactly the model's greedy tokens. In a batch, the rows advance together
+    by the fewest tokens any row accepted: a row that accepted more keeps its accepted proposal at that place,
+    which is still a draw from p.
+    """
+    batch_size, prompt_len = idx.shape
+    block_size = model.config.block_size
+    for m in (model, draft):
+        m.setup_kv_cache(batch_size, min(prompt_len + max_new_tokens, block_size))
+    stop = torch.tensor(stop_tokens, dtype=idx.dtype, device=idx.device)
+    done = torch.zeros(batch_size, dtype=torch.bool, device=idx.device)
+    rows = torch.arange(batch_size, device=idx.device)
+    stats = {} if stats is None else stats
+    stats.update(proposed=0, accepted=0, rounds=0)
+
+    def start(context):  # both caches hold context but its last token, which the next round feeds
+        if context.size(1) > 1:
+            for m in (model, draft):
+                prefill(m, context[:, :-1])
+        return context[:, -1:], context.size(1) - 1
+
+    history = [idx]  # the tokens so far, for refilling the caches when the window slides
+    token, pos = start(idx)
+    produced = 0
+    try:
+        while True:
+            if pos == block_size:  # the context is full: slide the window, as generate() does
+                history = [torch.cat(history, dim=1)[:, -(block_size // 2) :]]
+                token, pos = start(history[0])
+            n_draft = min(k, block_size - 1 - pos, max_new_tokens - produced - 1)
+            proposals, draft_probs, current = [], [], token
+            for i in range(n_draft):
+                q = next_token_distribution(decode_step(draft, current, pos + i), temperature, top_k, top_p)
+                current = q.argmax(dim=-1, keepdim=True) if temperature == 0 else torch.multinomial(q, 1, generator=generator)
+                proposals.append(current)
+                draft_probs.append(q)
+            proposed = torch.cat([token, *proposals], dim=1)  # (B, 1 + n_draft)
+            logits = model(proposed, pos=pos)[0]  # the model's next-token logits after each of them
+            if temperature == 0:
+                target = logits.argmax(dim=-1)  # (B, 1 + n_draft)
+                accepted = (target[:, :n_draft] == proposed[:, 1:]).int().cumprod(dim=1).sum(dim=1)
+                n = int(accepted.min())
+                last = target[:, n]  # the model's own token where the first row disagrees (or the bonus token)
+            else:
+                p = torch.stack([next_token_distribution(logits[:, i], temperature, top_k, top_p)
+                                 for i in range(n_draft + 1)], dim=1)  # fmt: skip
+                if n_draft:
+                    q = torch.stack(draft_probs, dim=1)
+                    drafted = proposed[:, 1:, None]
+                    p_x, q_x = p[:, :n_draft].gather(-1, drafted)[..., 0], q.gather(-1, drafted)[..., 0]
+                    u = torch.rand(p_x.shape, generator=generator, device=p_x.device)
+                    accepted = (u * q_x < p_x).int().cumprod(dim=1).sum(dim=1)
+                else:
+                    accepted = torch.zeros(batch_size, dtype=torch.long, device=idx.device)
+                n = int(accepted.min())
+                if n < n_draft:  # the rows rejected at n draw from the residual; the others keep their proposal
+                    residual = (p[:, n] - q[:, n]).clamp(min=0)
+                    residual = torch.where(residual.sum(dim=-1, keepdim=True) > 0, residual, p[:, n])
+                    drawn = torch.multinomial(residual, 1, generator=generator)[:, 0]
+                    last = torch.where(accepted > n, proposed[rows, n + 1], drawn)
+                else:
+                    last = torch.multinomial(p[:, n], 1, generator=generator)[:, 0]
+            stats["proposed"] += n_draft * batch_size
+            stats["accepted"] += int(accepted.sum())
+            stats["rounds"] += 1
+            if n == n_draft and n_draft:  # the draft never ran its last proposal: cache it for the next round
+                decode_step(draft, proposed[:, -1:], pos + n_draft)
+            new = [*proposed[:, 1 : n + 1].unbind(dim=1), last]
+            for next_token in new:
+                yield next_token
+                produced += 1
+                if stop_tokens:
+                    done |= torch.isin(next_token, stop)
+                    if done.all():
+                        return
+                if produced == max_new_tokens:
+                    return
+            history.append(torch.stack(new, dim=1))
+            token, pos = last[:, None], pos + n + 1
+    finally:
+        for m in (model, draft):
+            m.clear_kv_cache()
 
 
 class TextStream:
@@ -152,6 +287,30 @@ class TextStream:
         return text
 
 
+def check_draft(draft_config, config, draft: Path):
+    """A draft must share the model's vocabulary and see at least the model's context."""
+    if draft_config.vocab_size != config.vocab_size:
+        raise GptkitError(
+            f"the draft {draft} has a vocabulary of {draft_config.vocab_size} tokens, the model {config.vocab_size}: "
+            "a draft must use the same tokenizer"
+        )
+    if draft_config.block_size < config.block_size:
+        raise GptkitError(
+            f"the draft {draft} has a context of {draft_config.block_size} tokens, shorter than the model's "
+            f"{config.block_size}: use a draft with at least the model's context"
+        )
+
+
+def load_for_decoding(ckpt: Path, device, dtype, quantize: str | None, compile: bool) -> GPT:
+    from gptkit.checkpoint import load_checkpoint
+    from gptkit.quantize import quantize_int8
+
+    model = load_checkpoint(ckpt, device, dtype)
+    if quantize == "int8":
+        quantize_int8(model)
+    return prepare_for_decoding(model, compile)
+
+
 def sample(
     prompt: str,
     ckpt: Path | None = None,
@@ -164,14 +323,20 @@ def sample(
     stop: str | None = None,
     dtype: str = "auto",
     device: str = "auto",
+    quantize: str | None = None,
+    compile: bool = False,
+    draft: Path | None = None,
+    draft_tokens: int = 4,
 ):
     """`gptkit sample`: stream num_samples continuations of prompt to standard output, one after another."""
     from rich.console import Console
 
-    from gptkit.checkpoint import find_latest_checkpoint, load_checkpoint
+    from gptkit.checkpoint import find_latest_checkpoint, read_config
     from gptkit.runtime import pick_device, pick_dtype
 
-    check_sample(ckpt, max_new_tokens, temperature, top_k, top_p, num_samples, dtype, device)
+    check_sample(
+        ckpt, max_new_tokens, temperature, top_k, top_p, num_samples, dtype, device, quantize, draft, draft_tokens
+    )
     if prompt == "-":
         prompt = sys.stdin.read()
     if ckpt is None:
@@ -181,8 +346,12 @@ def sample(
                 "no checkpoint under checkpoints/: train one (gptkit train data/input.txt) "
                 "or download one (gptkit download gpt2), or give --ckpt DIR"
             )
+    if draft is not None:
+        check_draft(read_config(draft), read_config(ckpt), draft)
     torch_device = pick_device(device)
-    model = prepare_for_decoding(load_checkpoint(ckpt, torch_device, pick_dtype(dtype, torch_device)))
+    torch_dtype = pick_dtype(dtype, torch_device)
+    model = load_for_decoding(ckpt, torch_device, torch_dtype, quantize, compile)
+    draft_model = None if draft is None else load_for_decoding(draft, torch_device, torch_dtype, quantize, compile)
     prompt_tokens = encode(prompt) if prompt else [EOT_TOKEN]
     block_size = model.config.block_size
     if len(prompt_tokens) > block_size:
@@ -223,7 +392,12 @@ def sample(
     out.write(header(0))
     start = time.perf_counter()
     first_token_s = None
-    for tokens in generate(model, idx, max_new_tokens, temperature, top_k or None, top_p, generator=generator):
+    stats = {}
+    tokens_out = generate(
+        model, idx, max_new_tokens, temperature, top_k or None, top_p, generator=generator, draft=draft_model,
+        draft_tokens=draft_tokens, stats=stats,
+    )  # fmt: skip
+    for tokens in tokens_out:
         first_token_s = first_token_s or time.perf_counter() - start
         for i, token in enumerate(tokens.tolist()):
             if not streams[i].done:
@@ -239,10 +413,18 @@ def sample(
     out.write("\n")
     out.flush()
     total = sum(counts)
+    settings = [str(torch_dtype).removeprefix("torch."), str(torch_device)]
+    settings += [f"{quantize} weights"] if quantize else []
+    settings += ["compiled"] if compile else []
+    speculation = ""
+    if stats.get("proposed"):
+        speculation = (
+            f", draft acceptance {stats['accepted'] / stats['proposed']:.0%} "
+            f"({stats['accepted']}/{stats['proposed']} proposed, {stats['rounds']} model passes)"
+        )
     Console(stderr=True).print(
         f"[dim]{total} tokens in {elapsed:.2f} s: {total / elapsed:.1f} tokens/s, "
-        f"first token after {first_token_s * 1000:.0f} ms ({str(model.transformer.wte.weight.dtype).removeprefix('torch.')}, "
-        f"{torch_device})[/dim]",
+        f"first token after {first_token_s * 1000:.0f} ms{speculation} ({', '.join(settings)})[/dim]",
         highlight=False,
         soft_wrap=True,
     )

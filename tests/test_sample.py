@@ -4,8 +4,8 @@ from typer.testing import CliRunner
 
 from gptkit.checkpoint import save_checkpoint
 from gptkit.cli import app
-from gptkit.model import GPT
-from gptkit.sample import TextStream, generate, prepare_for_decoding, sample_next
+from gptkit.model import GPT, GPTConfig
+from gptkit.sample import TextStream, generate, next_token_distribution, prepare_for_decoding, sample_next
 from gptkit.tokenizer import EOT_TOKEN, encode, get_tokenizer
 
 runner = CliRunner()
@@ -108,6 +108,94 @@ def test_top_k_and_top_p_keep_only_their_candidates():
     assert set(sample_next(logits, 0.0, None, None, gen).tolist()) == {1}
 
 
+def test_next_token_distribution_is_what_sample_next_draws_from():
+    logits = torch.log(torch.tensor([[0.05, 0.5, 0.15, 0.3]]))
+    expected = {(None, None): [0.05, 0.5, 0.15, 0.3], (2, None): [0, 0.625, 0, 0.375], (None, 0.7): [0, 0.625, 0, 0.375]}
+    for (top_k, top_p), probs in expected.items():
+        torch.testing.assert_close(next_token_distribution(logits, 1.0, top_k, top_p)[0], torch.tensor(probs))
+    torch.testing.assert_close(next_token_distribution(logits, 0, None, None)[0], torch.tensor([0.0, 1, 0, 0]))
+
+
+def test_compiled_decoding_gives_the_same_tokens(tiny_model, tiny_config):
+    idx = prompt_batch()
+    compiled = GPT(tiny_config).eval()
+    compiled.load_state_dict(tiny_model.state_dict())
+    prepare_for_decoding(compiled, compile=True)
+    greedy = generated(tiny_model, idx, 12, temperature=0)
+    assert torch.equal(generated(compiled, idx, 12, temperature=0), greedy)
+    seeded = generated(tiny_model, idx, 12, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(generated(compiled, idx, 12, generator=torch.Generator().manual_seed(5)), seeded)
+
+
+# --- speculative decoding --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def draft_model() -> GPT:
+    torch.manual_seed(1)
+    return GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=64)).eval()
+
+
+@pytest.mark.parametrize("draft_tokens", [1, 4, 7])
+def test_speculative_greedy_is_the_models_greedy(tiny_model, draft_model, draft_tokens):
+    idx = prompt_batch()
+    greedy = generated(tiny_model, idx, 100, temperature=0)  # past the context of 64: the window slides
+    for draft in (tiny_model, draft_model):
+        stats = {}
+        out = generated(tiny_model, idx, 100, temperature=0, draft=draft, draft_tokens=draft_tokens, stats=stats)
+        assert torch.equal(out, greedy)
+        assert stats["proposed"] > 0 and 0 <= stats["accepted"] <= stats["proposed"]
+        if draft is tiny_model:
+            assert stats["accepted"] == stats["proposed"]  # the model agrees with itself
+
+
+def test_speculative_sampling_is_seeded_and_stops(tiny_model, draft_model):
+    idx = prompt_batch()
+    runs = [generated(tiny_model, idx, 30, draft=draft_model, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    first = generated(tiny_model, idx, 1, temperature=0)[:, 0]
+    stopped = list(generate(tiny_model, idx, 10, temperature=0, stop_tokens=tuple(first.tolist()), draft=draft_model))
+    assert len(stopped) == 1
+
+
+def token_frequencies(model, draft, runs: int) -> torch.Tensor:
+    """Frequencies (3, vocab) of the first three sampled tokens from a one-token prompt, speculative with draft."""
+    counts = torch.zeros(3, model.config.vocab_size)
+    generator = torch.Generator().manual_seed(0)
+    idx = torch.zeros(4, 1, dtype=torch.long)  # 4 rows a run: rows advance by their fewest accepted tokens
+    for _ in range(runs):
+        for i, tokens in enumerate(generate(model, idx, 3, top_k=None, generator=generator, draft=draft, draft_tokens=2)):
+            counts[i].index_add_(0, tokens, torch.ones(4))
+    return counts / counts.sum(dim=1, keepdim=True)
+
+
+def exact_token_probabilities(model) -> torch.Tensor:
+    """The model's probabilities (3, vocab) of each of the first three tokens after a one-token prompt."""
+    vocab = model.config.vocab_size
+    paths, probs, marginals = torch.zeros(1, 1, dtype=torch.long), torch.ones(1), []
+    with torch.inference_mode():
+        for _ in range(3):
+            joint = probs[:, None] * torch.softmax(model(paths)[0][:, -1], dim=-1)  # (paths, vocab)
+            marginals.append(joint.sum(dim=0))
+            paths = torch.cat([paths.repeat_interleave(vocab, dim=0), torch.arange(vocab).repeat(len(paths))[:, None]], 1)
+            probs = joint.flatten()
+    return torch.stack(marginals)
+
+
+def test_speculative_sampling_draws_from_the_models_distribution():
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=4)
+    model, draft = GPT(config).eval(), GPT(config).eval()
+    for seed, m in ((0, model), (3, draft)):  # large random weights: distributions far from uniform and each other
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for parameter in m.parameters():
+                parameter.normal_(0, 0.5)
+    exact = exact_token_probabilities(model)
+    distance = lambda freq: (freq - exact).abs().sum(dim=1).max() / 2  # noqa: E731 (worst total variation)
+    assert distance(exact_token_probabilities(draft)) > 0.25  # the draft alone samples something else...
+    assert distance(token_frequencies(model, draft, 150)) < 0.07  # ...but corrected by the acceptance rule, the model's
+
+
 # --- streaming text --------------------------------------------------------------------------------------------------
 
 
@@ -185,6 +273,9 @@ def test_cli_reads_the_prompt_from_stdin(workdir):
         (["--num-samples", "0"], "--num-samples must be at least 1"),
         (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
         (["--ckpt", "nowhere"], "checkpoint nowhere does not exist"),
+        (["--draft", "nowhere"], "checkpoint nowhere does not exist"),
+        (["--draft-tokens", "0"], "--draft-tokens must be at least 1"),
+        (["--quantize", "int4"], "--quantize int4 is not supported"),
     ],
 )
 def test_cli_bad_options(workdir, args, message):
@@ -206,3 +297,30 @@ def test_cli_without_any_checkpoint(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "no checkpoint under checkpoints/" in result.stderr and "gptkit download gpt2" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_cli_speculative(workdir, tiny_model):
+    args = ["A", "--temperature", "0", "--max-new-tokens", "20", "--dtype", "float32"]
+    plain = run(*args)
+    draft = str(workdir / "checkpoints" / "tiny")
+    result = run(*args, "--draft", draft, "--draft-tokens", "3")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == plain.stdout
+    assert "draft acceptance 100%" in result.stderr
+    sampled = [run("A", "--max-new-tokens", "20", "--num-samples", "2", "--seed", "4", "--draft", draft) for _ in range(2)]
+    assert sampled[0].exit_code == 0 and sampled[0].stdout == sampled[1].stdout
+    assert "sample 2/2" in sampled[0].stdout
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=64, vocab_size=50304), "vocabulary of 50304 tokens"),
+        (GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32), "context of 32 tokens, shorter than the model's 64"),
+    ],
+)
+def test_cli_draft_that_does_not_fit(workdir, config, message):
+    save_checkpoint(GPT(config), workdir / "draft")
+    result = run("Hi", "--ckpt", str(workdir / "checkpoints" / "tiny"), "--draft", str(workdir / "draft"))
+    assert result.exit_code == 1
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
