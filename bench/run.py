@@ -82,9 +82,15 @@ def train_section(quick: bool) -> str:
 
 
 def sample_section(quick: bool) -> str:
-    rows = sample_bench.bench_sample(quick)
+    rows = sample_bench.bench_sample(quick, compile=not quick)
     new_tokens = 50 if quick else 200
-    return f"### Sampling ({new_tokens} new tokens, top-k 50, KV cache)\n\n" + sample_bench.markdown(rows)
+    speculative = sample_bench.speculative_markdown(sample_bench.bench_speculative(quick))
+    return (
+        f"### Sampling ({new_tokens} new tokens, top-k 50, KV cache)\n\n"
+        + sample_bench.markdown(rows)
+        + "\n\n#### Speculative decoding (mini target, nano draft, trained here; fp32, batch 1)\n\n"
+        + speculative
+    )
 
 
 def eval_section(quick: bool) -> str:

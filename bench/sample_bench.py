@@ -95,7 +95,11 @@ def decoding_model(state: dict, dtype: torch.dtype, int8: bool = False, compile:
 
 
 def bench_sample(
-    quick: bool = False, dtypes=(torch.float32, torch.bfloat16), batch_sizes=(1, 4), repeats: int | None = None
+    quick: bool = False,
+    dtypes=(torch.float32, torch.bfloat16),
+    batch_sizes=(1, 4),
+    repeats: int | None = None,
+    compile: bool = True,
 ) -> list[dict]:
     """Rows of impl, dtype, batch, tokens/s (median, min, max over repeats), ttft_ms, for gptkit (as is, with int8
     weights, and compiled at batch 1) and transformers; plus 'bound' rows: batch-1 tokens/s if a step only had to
@@ -114,13 +118,13 @@ def bench_sample(
         for dtype in dtypes:
             name = str(dtype).removeprefix("torch.")
             models = {"gptkit": decoding_model(state, dtype), "gptkit int8": decoding_model(state, dtype, int8=True)}
-            compiled = decoding_model(state, dtype, compile=True)
+            compiled = decoding_model(state, dtype, compile=True) if compile else None
             hf = GPT2LMHeadModel.from_pretrained(tmp, dtype=dtype).eval()
             bandwidths = [copy_bandwidth_gbs()]
             for batch in batch_sizes:
                 idx = torch.tensor([encode(PROMPT)] * batch)
                 impls = dict(models)
-                if batch == 1:
+                if batch == 1 and compile:
                     start = time.perf_counter()
                     gptkit_run(compiled, idx, 5)  # compiles the step
                     compile_s = time.perf_counter() - start - gptkit_run(models["gptkit"], idx, 5)[1]
@@ -164,7 +168,7 @@ def bench_sample(
                             "fraction": ours[0]["tokens/s"] / bound,
                         }
                     )
-            if 1 in batch_sizes:
+            if 1 in batch_sizes and compile:
                 rows.append({"impl": "compile", "dtype": name, "batch": 1, "compile_s": compile_s})
             del models, compiled, hf
     return rows
@@ -195,7 +199,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def train_pair(data: Path, out: Path, quick: bool) -> tuple[Path, Path]:
+def train_pair(data: Path, out: Path, steps: tuple[int, int]) -> tuple[Path, Path]:
     """A target (the mini preset) and a draft (nano, with the same context of 256) trained briefly on data."""
     from rich.console import Console
 
@@ -203,7 +207,7 @@ def train_pair(data: Path, out: Path, quick: bool) -> tuple[Path, Path]:
 
     quiet = Console(file=io.StringIO())
     paths = []
-    for preset, steps in (("mini", 20 if quick else 80), ("nano", 20 if quick else 120)):
+    for preset, steps in zip(("mini", "nano"), steps):
         path = out / preset
         config = TrainConfig(data=str(data), model=preset, out=str(path), steps=steps, block_size=256, dtype="float32",
                              eval_every=0, save_every=0)  # fmt: skip
@@ -214,7 +218,9 @@ def train_pair(data: Path, out: Path, quick: bool) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def bench_speculative(quick: bool = False, draft_tokens: int = 4, repeats: int | None = None) -> list[dict]:
+def bench_speculative(
+    quick: bool = False, draft_tokens: int = 4, repeats: int | None = None, train_steps: tuple[int, int] | None = None
+) -> list[dict]:
     """Speculative decoding of a trained mini (30M) with a trained nano (3M) draft, batch 1, fp32, against the
     target alone, greedy and sampled (top-k 50), alternating; plus the int8 eval loss of the target against fp32 and
     bf16 on its validation split."""
@@ -226,7 +232,7 @@ def bench_speculative(quick: bool = False, draft_tokens: int = 4, repeats: int |
     data = Path(__file__).resolve().parent.parent / "data" / "input.txt"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        target_path, draft_path = train_pair(data, Path(tmp), quick)
+        target_path, draft_path = train_pair(data, Path(tmp), train_steps or ((20, 20) if quick else (80, 120)))
         target = prepare_for_decoding(load_checkpoint(target_path))
         draft = prepare_for_decoding(load_checkpoint(draft_path))
         idx = torch.tensor([encode("ROMEO:\nWhat say you,")])
@@ -290,8 +296,11 @@ if __name__ == "__main__":
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, help="runs of each (default: 5, or 2 with --quick)")
     parser.add_argument("--skip-speculative", action="store_true", help="leave out speculative decoding")
+    parser.add_argument("--skip-compile", action="store_true", help="leave out the compiled step (slow to compile)")
+    parser.add_argument("--train-steps", type=int, nargs=2, help="steps of the target and the draft (default: 80 120)")
     args = parser.parse_args()
     dtypes = [getattr(torch, name) for name in args.dtypes]
-    print(markdown(bench_sample(args.quick, dtypes, args.batch_sizes, args.repeats)), flush=True)
+    print(markdown(bench_sample(args.quick, dtypes, args.batch_sizes, args.repeats, not args.skip_compile)), flush=True)
     if not args.skip_speculative:
-        print("\n" + speculative_markdown(bench_speculative(args.quick, repeats=args.repeats)))
+        rows = bench_speculative(args.quick, repeats=args.repeats, train_steps=args.train_steps)
+        print("\n" + speculative_markdown(rows))

@@ -136,13 +136,13 @@ def draft_model() -> GPT:
     return GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=64)).eval()
 
 
-@pytest.mark.parametrize("draft_tokens", [1, 4, 7])
+@pytest.mark.parametrize("draft_tokens", [1, 4])
 def test_speculative_greedy_is_the_models_greedy(tiny_model, draft_model, draft_tokens):
     idx = prompt_batch()
-    greedy = generated(tiny_model, idx, 100, temperature=0)  # past the context of 64: the window slides
+    greedy = generated(tiny_model, idx, 70, temperature=0)  # past the context of 64: the window slides
     for draft in (tiny_model, draft_model):
         stats = {}
-        out = generated(tiny_model, idx, 100, temperature=0, draft=draft, draft_tokens=draft_tokens, stats=stats)
+        out = generated(tiny_model, idx, 70, temperature=0, draft=draft, draft_tokens=draft_tokens, stats=stats)
         assert torch.equal(out, greedy)
         assert stats["proposed"] > 0 and 0 <= stats["accepted"] <= stats["proposed"]
         if draft is tiny_model:
