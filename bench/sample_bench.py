@@ -184,11 +184,17 @@ def markdown(rows: list[dict]) -> str:
                 for impl in ("gptkit", "gptkit compiled")
             )
             per_token_saved = 1 / gptkit["tokens/s"] - 1 / compiled["tokens/s"]
-            pays_off = f"pays off after {r['compile_s'] / per_token_saved:,.0f} tokens" if per_token_saved > 0 else "never pays off"
+            pays_off = (
+                f"pays off after {r['compile_s'] / per_token_saved:,.0f} tokens"
+                if per_token_saved > 0
+                else "never pays off"
+            )
             lines.append(f"| compiling the step | {r['dtype']} | 1 | {r['compile_s']:.0f} s | | {pays_off} |")
             continue
         if "fraction" in r:
-            lines.append(f"| {r['impl']} | {r['dtype']} | 1 | {r['tokens/s']:.1f} | | median at {r['fraction']:.0%} of it |")
+            lines.append(
+                f"| {r['impl']} | {r['dtype']} | 1 | {r['tokens/s']:.1f} | | median at {r['fraction']:.0%} of it |"
+            )
             continue
         same = (r["dtype"], r["batch"])
         hf = next(h for h in rows if h["impl"] == "transformers" and (h["dtype"], h["batch"]) == same)
@@ -283,7 +289,11 @@ def speculative_markdown(rows: list[dict], draft_tokens: int = 4) -> str:
         lines.append(f"| {r['mode']} | {r['impl']} | {r['tokens/s']:.1f} [{r['tokens/s min']:.1f}, "
                      f"{r['tokens/s max']:.1f}] | {acceptance} | {speedup} | {same} |")  # fmt: skip
     losses = next(r["losses"] for r in rows if r["mode"] == "eval")
-    lines += ["", "| target's validation loss | float32 | bfloat16 | int8 weights | int8 vs bf16 |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| target's validation loss | float32 | bfloat16 | int8 weights | int8 vs bf16 |",
+        "|---|---|---|---|---|",
+    ]
     lines.append(f"| mini, trained here | {losses['float32']:.4f} | {losses['bfloat16']:.4f} | {losses['int8']:.4f} | "
                  f"{losses['int8'] / losses['bfloat16'] - 1:+.2%} |")  # fmt: skip
     return "\n".join(lines)

@@ -390,9 +390,7 @@ def run_eval(
     quantize: str | None = None,
 ):
     """`gptkit eval`: check everything the user gave before loading the model, evaluate, print, record."""
-    check_eval(
-        ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, dtype_name, device_name, quantize
-    )
+    check_eval(ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, dtype_name, device_name, quantize)
     ckpt = Path(ckpt)
     folder = ckpt if ckpt.is_dir() else ckpt.parent
     context = read_config(ckpt).block_size

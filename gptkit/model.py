@@ -257,7 +257,9 @@ class GPT(nn.Module):
         else:
             start = 0 if pos is None else pos
             if start + T > self.config.block_size:
-                raise ValueError(f"sequence of {start + T} tokens is longer than the context of {self.config.block_size}")
+                raise ValueError(
+                    f"sequence of {start + T} tokens is longer than the context of {self.config.block_size}"
+                )
             positions = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
         for block in self.transformer.h:

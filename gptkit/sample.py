@@ -197,7 +197,9 @@ def speculate(model, draft, idx, max_new_tokens, k, temperature, top_k, top_p, s
             proposals, draft_probs, current = [], [], token
             for i in range(n_draft):
                 q = next_token_distribution(decode_step(draft, current, pos + i), temperature, top_k, top_p)
-                current = q.argmax(dim=-1, keepdim=True) if temperature == 0 else torch.multinomial(q, 1, generator=generator)
+                current = (
+                    q.argmax(dim=-1, keepdim=True) if temperature == 0 else torch.multinomial(q, 1, generator=generator)
+                )
                 proposals.append(current)
                 draft_probs.append(q)
             proposed = torch.cat([token, *proposals], dim=1)  # (B, 1 + n_draft)

@@ -59,7 +59,9 @@ def test_sample_and_eval_with_int8(tiny_checkpoint, tmp_path):
     text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
     losses = {}
     for quantize in ([], ["--quantize", "int8"]):
-        result = runner.invoke(app, ["eval", str(tiny_checkpoint), str(text), "--json", "--dtype", "float32", *quantize])
+        result = runner.invoke(
+            app, ["eval", str(tiny_checkpoint), str(text), "--json", "--dtype", "float32", *quantize]
+        )
         assert result.exit_code == 0, result.output
         record = json.loads(result.stdout)
         losses[record["settings"]["quantize"]] = record["lm"]["loss"]

@@ -110,7 +110,11 @@ def test_top_k_and_top_p_keep_only_their_candidates():
 
 def test_next_token_distribution_is_what_sample_next_draws_from():
     logits = torch.log(torch.tensor([[0.05, 0.5, 0.15, 0.3]]))
-    expected = {(None, None): [0.05, 0.5, 0.15, 0.3], (2, None): [0, 0.625, 0, 0.375], (None, 0.7): [0, 0.625, 0, 0.375]}
+    expected = {
+        (None, None): [0.05, 0.5, 0.15, 0.3],
+        (2, None): [0, 0.625, 0, 0.375],
+        (None, 0.7): [0, 0.625, 0, 0.375],
+    }
     for (top_k, top_p), probs in expected.items():
         torch.testing.assert_close(next_token_distribution(logits, 1.0, top_k, top_p)[0], torch.tensor(probs))
     torch.testing.assert_close(next_token_distribution(logits, 0, None, None)[0], torch.tensor([0.0, 1, 0, 0]))
@@ -151,7 +155,9 @@ def test_speculative_greedy_is_the_models_greedy(tiny_model, draft_model, draft_
 
 def test_speculative_sampling_is_seeded_and_stops(tiny_model, draft_model):
     idx = prompt_batch()
-    runs = [generated(tiny_model, idx, 30, draft=draft_model, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
+    runs = [
+        generated(tiny_model, idx, 30, draft=draft_model, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)
+    ]
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
     first = generated(tiny_model, idx, 1, temperature=0)[:, 0]
     stopped = list(generate(tiny_model, idx, 10, temperature=0, stop_tokens=tuple(first.tolist()), draft=draft_model))
@@ -164,7 +170,9 @@ def token_frequencies(model, draft, runs: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     idx = torch.zeros(4, 1, dtype=torch.long)  # 4 rows a run: rows advance by their fewest accepted tokens
     for _ in range(runs):
-        for i, tokens in enumerate(generate(model, idx, 3, top_k=None, generator=generator, draft=draft, draft_tokens=2)):
+        for i, tokens in enumerate(
+            generate(model, idx, 3, top_k=None, generator=generator, draft=draft, draft_tokens=2)
+        ):
             counts[i].index_add_(0, tokens, torch.ones(4))
     return counts / counts.sum(dim=1, keepdim=True)
 
@@ -177,7 +185,9 @@ def exact_token_probabilities(model) -> torch.Tensor:
         for _ in range(3):
             joint = probs[:, None] * torch.softmax(model(paths)[0][:, -1], dim=-1)  # (paths, vocab)
             marginals.append(joint.sum(dim=0))
-            paths = torch.cat([paths.repeat_interleave(vocab, dim=0), torch.arange(vocab).repeat(len(paths))[:, None]], 1)
+            paths = torch.cat(
+                [paths.repeat_interleave(vocab, dim=0), torch.arange(vocab).repeat(len(paths))[:, None]], 1
+            )
             probs = joint.flatten()
     return torch.stack(marginals)
 
@@ -307,7 +317,9 @@ def test_cli_speculative(workdir, tiny_model):
     assert result.exit_code == 0, result.output
     assert result.stdout == plain.stdout
     assert "draft acceptance 100%" in result.stderr
-    sampled = [run("A", "--max-new-tokens", "20", "--num-samples", "2", "--seed", "4", "--draft", draft) for _ in range(2)]
+    sampled = [
+        run("A", "--max-new-tokens", "20", "--num-samples", "2", "--seed", "4", "--draft", draft) for _ in range(2)
+    ]
     assert sampled[0].exit_code == 0 and sampled[0].stdout == sampled[1].stdout
     assert "sample 2/2" in sampled[0].stdout
 
