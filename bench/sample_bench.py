@@ -75,11 +75,17 @@ def hf_run(model, idx, new_tokens: int) -> tuple[float, float]:
 
 
 def weight_bytes_per_token(model: GPT) -> int:
-    """Bytes of weights a decoding step reads: every parameter and buffer but the position embeddings, and the token
-    embedding only where it is also the output head (a step looks up one row of it)."""
-    tensors = {t.data_ptr(): t for t in (*model.parameters(), *model.buffers())}
+    """Bytes of weights a decoding step reads: every weight but the position embeddings, and the token embedding
+    only where it is also the output head (a step looks up one row of it)."""
+    tensors = {}
+    for module in model.modules():  # parameters, buffers, and the plain tensors of InputMajorLinear
+        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        own += [t for t in vars(module).values() if isinstance(t, torch.Tensor)]
+        tensors.update((t.data_ptr(), t) for t in own)
     skip = {model.transformer.wpe.weight.data_ptr()}
-    if model.lm_head.weight.data_ptr() != model.transformer.wte.weight.data_ptr():
+    head = {t.data_ptr() for t in vars(model.lm_head).values() if isinstance(t, torch.Tensor)}
+    head |= {t.data_ptr() for t in (*model.lm_head.parameters(), *model.lm_head.buffers())}
+    if model.transformer.wte.weight.data_ptr() not in head:
         skip.add(model.transformer.wte.weight.data_ptr())
     return sum(t.numel() * t.itemsize for ptr, t in tensors.items() if ptr not in skip)
 

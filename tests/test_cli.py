@@ -141,7 +141,7 @@ def test_train_help_groups_the_options_in_panels():
     assert "--tensorboard" in logging_panel and "--wandb" in logging_panel
 
 
-@pytest.mark.parametrize("command, panels", [("sample", ["Model", "Sampling", "Hardware"]),
+@pytest.mark.parametrize("command, panels", [("sample", ["Model", "Sampling", "Hardware", "Speed"]),
                                              ("eval", ["Scoring", "Output", "Hardware"])])  # fmt: skip
 def test_help_panels_of_sample_and_eval(command, panels):
     result = subprocess.run(
