@@ -9,8 +9,10 @@ from rich.console import Console
 
 from gptkit.checkpoint import load_checkpoint
 from gptkit.eval import evaluate_lm
+from gptkit.model import GPT
+from gptkit.quantize import quantize_int8
 from gptkit.runtime import pick_device, pick_dtype
-from gptkit.sample import generate
+from gptkit.sample import generate, prepare_for_decoding
 from gptkit.train import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -34,6 +36,28 @@ def test_greedy_generation_matches_cpu(tiny_model):
     cpu = torch.stack(list(generate(tiny_model, idx, 20, temperature=0)), dim=1)
     gpu = torch.stack(list(generate(tiny_model.cuda(), idx.cuda(), 20, temperature=0)), dim=1)
     assert torch.equal(gpu.cpu(), cpu)
+
+
+def test_int8_decoding_matches_cpu(tiny_model, tiny_config):
+    int8 = GPT(tiny_config).eval()
+    int8.load_state_dict(tiny_model.state_dict())
+    quantize_int8(int8)  # the CPU's int8 kernel (bf16 activations)
+    idx = torch.randint(0, 50257, (2, 10))
+    cpu_logits, _ = int8(idx[:, :1])
+    gpu_logits, _ = quantize_int8(tiny_model.cuda())(idx[:, :1].cuda())  # dequantized on CUDA
+    torch.testing.assert_close(gpu_logits.cpu(), cpu_logits, atol=0.02 * cpu_logits.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_speculative_and_compiled_greedy_on_cuda(tiny_model, tiny_config, compile):
+    idx = torch.randint(0, 50257, (2, 10), device="cuda")
+    model = tiny_model.cuda()
+    greedy = torch.stack(list(generate(model, idx, 20, temperature=0)), dim=1)
+    fast = GPT(tiny_config).eval().cuda()
+    fast.load_state_dict(model.state_dict())
+    prepare_for_decoding(fast, compile)
+    speculative = torch.stack(list(generate(fast, idx, 20, temperature=0, draft=fast, draft_tokens=3)), dim=1)
+    assert torch.equal(speculative, greedy)
 
 
 def test_eval_matches_cpu(tiny_model):
