@@ -88,7 +88,7 @@ def sample_section(quick: bool) -> str:
     return (
         f"### Sampling ({new_tokens} new tokens, top-k 50, KV cache)\n\n"
         + sample_bench.markdown(rows)
-        + "\n\n#### Speculative decoding (mini target, nano draft, trained here; fp32, batch 1)\n\n"
+        + "\n\n#### Speculative decoding (mini target, micro draft, trained here; fp32, batch 1)\n\n"
         + speculative
     )
 

@@ -212,14 +212,14 @@ def markdown(rows: list[dict]) -> str:
 
 
 def train_pair(data: Path, out: Path, steps: tuple[int, int]) -> tuple[Path, Path]:
-    """A target (the mini preset) and a draft (nano, with the same context of 256) trained briefly on data."""
+    """A target (the mini preset, 30M) and a draft (micro, 7M; both with a context of 256) trained briefly on data."""
     from rich.console import Console
 
     from gptkit.train import TrainConfig, train
 
     quiet = Console(file=io.StringIO())
     paths = []
-    for preset, steps in zip(("mini", "nano"), steps):
+    for preset, steps in zip(("mini", "micro"), steps):
         path = out / preset
         config = TrainConfig(data=str(data), model=preset, out=str(path), steps=steps, block_size=256, dtype="float32",
                              eval_every=0, save_every=0)  # fmt: skip
@@ -233,7 +233,7 @@ def train_pair(data: Path, out: Path, steps: tuple[int, int]) -> tuple[Path, Pat
 def bench_speculative(
     quick: bool = False, draft_tokens: int = 4, repeats: int | None = None, train_steps: tuple[int, int] | None = None
 ) -> list[dict]:
-    """Speculative decoding of a trained mini (30M) with a trained nano (3M) draft, batch 1, fp32, against the
+    """Speculative decoding of a trained mini (30M) with a trained micro (7M) draft, batch 1, fp32, against the
     target alone, greedy and sampled (top-k 50), alternating; plus the int8 eval loss of the target against fp32 and
     bf16 on its validation split."""
     from gptkit.checkpoint import load_checkpoint
