@@ -145,7 +145,7 @@ def test_find_latest_checkpoint(tiny_model, tmp_path):
     assert checkpoint.find_latest_checkpoint(tmp_path) == newer
 
 
-def test_saved_files_get_the_usual_mode(tmp_path):
+def test_saved_files_get_the_usual_mode(tiny_model, tmp_path):
     """Atomic saves give files the mode a plain open() would (0666 less the umask), not mkstemp's owner-only 0600."""
     import os
 
@@ -155,6 +155,8 @@ def test_saved_files_get_the_usual_mode(tmp_path):
     try:
         with atomic_path(tmp_path / "f.json") as tmp:
             tmp.write_text("{}")
+        save_checkpoint(tiny_model, tmp_path / "ckpt")
     finally:
         os.umask(old)
-    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644
+    for path in [tmp_path / "f.json", *(tmp_path / "ckpt").iterdir()]:
+        assert path.stat().st_mode & 0o777 == 0o644, path
