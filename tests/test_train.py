@@ -124,6 +124,24 @@ def train_command(text, model, out, launcher=()) -> list[str]:
     return [sys.executable, "-m", *launcher, "gptkit", "train", str(text), "--model", str(model), "--out", str(out)]
 
 
+def run_torchrun(command: list[str]):
+    """Run a torchrun command line to the end (3 minutes at most), one thread per process; fail on a non-zero exit."""
+    child = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    try:
+        _, stderr = child.communicate(timeout=180)
+    finally:
+        if child.poll() is None:  # timed out: stop torchrun and its workers
+            os.killpg(child.pid, signal.SIGKILL)
+    assert child.returncode == 0, stderr[-3000:]
+
+
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(text, tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
     command = [
@@ -164,20 +182,7 @@ def test_two_processes_match_one_with_the_same_global_batch(text, tiny_checkpoin
         "2",
         *options,
     ]
-    child = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        env=os.environ | {"OMP_NUM_THREADS": "1"},
-    )
-    try:
-        _, stderr = child.communicate(timeout=180)
-    finally:
-        if child.poll() is None:  # timed out: stop torchrun and its workers
-            os.killpg(child.pid, signal.SIGKILL)
-    assert child.returncode == 0, stderr[-3000:]
+    run_torchrun(command)
     run(
         text,
         tiny_checkpoint,
@@ -429,20 +434,7 @@ def test_two_processes_from_shards_match_one(shards, tiny_checkpoint, tmp_path):
     two = tmp_path / "two"
     launcher = ["torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
     command = [*train_command(shards, tiny_checkpoint, two, launcher=launcher), "--batch-size", "2", *options]
-    child = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        env=os.environ | {"OMP_NUM_THREADS": "1"},
-    )
-    try:
-        _, stderr = child.communicate(timeout=180)
-    finally:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-    assert child.returncode == 0, stderr[-3000:]
+    run_torchrun(command)
     run(shards, tiny_checkpoint, tmp_path / "one", steps=3, batch_size=4)
     assert losses(two) == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
     assert read_metadata(two)["data"]["format"] == "gptkit"
