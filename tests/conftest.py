@@ -5,6 +5,20 @@ from gptkit.checkpoint import save_checkpoint
 from gptkit.model import GPT, GPTConfig
 
 
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    """Every test tokenizes into a cache of its own, never the user's ~/.cache/gptkit."""
+    monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def text(tmp_path):
+    """The first 40 KB of Shakespeare: about 11k tokens."""
+    path = tmp_path / "shakespeare.txt"
+    path.write_text(open("data/input.txt", encoding="utf-8").read()[:40_000])
+    return path
+
+
 @pytest.fixture
 def tiny_config() -> GPTConfig:
     """A GPT-2 shaped model small enough for tests: the real vocabulary, 2 layers, 64 dims, 64 positions."""

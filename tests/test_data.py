@@ -10,11 +10,6 @@ from gptkit.tokenizer import encode
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def test_tokens_are_cached_by_content(tmp_path, monkeypatch):
     path = tmp_path / "a.txt"
     path.write_text(TEXT)

@@ -25,11 +25,6 @@ DOCS = [
 ] * 20
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def ordinary(text: str) -> list[int]:
     return get_tokenizer().encode_ordinary(text)
 

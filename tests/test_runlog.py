@@ -18,18 +18,6 @@ from gptkit.runlog import (
 )
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def text(tmp_path):
-    path = tmp_path / "shakespeare.txt"
-    path.write_text(open("data/input.txt", encoding="utf-8").read()[:40_000])
-    return path
-
-
 def events(out) -> EventAccumulator:
     accumulator = EventAccumulator(str(out / "tensorboard"))
     accumulator.Reload()

@@ -20,19 +20,6 @@ from gptkit.runfolder import STATE_TENSORS
 from gptkit.train import Interrupted, TrainConfig, train
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def text(tmp_path):
-    """The first 40 KB of Shakespeare: about 11k tokens."""
-    path = tmp_path / "shakespeare.txt"
-    path.write_text(open("data/input.txt", encoding="utf-8").read()[:40_000])
-    return path
-
-
 def run(text, model, out, **options) -> dict:
     settings = dict(
         steps=4,
