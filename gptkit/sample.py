@@ -87,6 +87,19 @@ def one_token_logits(model: GPT, token: torch.Tensor, pos: torch.Tensor) -> torc
     return model(token, pos=pos)[0][:, -1]
 
 
+# A compiled step's graph is specialised to the length of the cache: with --compile the cache is allocated in
+# multiples of this many positions, so that samples of different lengths in one process share a graph (and stay
+# under dynamo's limit on recompilations) at the cost of masking up to 255 unused positions.
+COMPILED_CACHE_MULTIPLE = 256
+
+
+def cache_length(model: GPT, tokens: int) -> int:
+    """Positions of the key/value cache for a sample of tokens (prompt and new ones) on model."""
+    if getattr(model, "compiled_step", None) is not None:
+        tokens = -(-tokens // COMPILED_CACHE_MULTIPLE) * COMPILED_CACHE_MULTIPLE
+    return min(tokens, model.config.block_size)
+
+
 def decode_step(model: GPT, token: torch.Tensor, pos: int) -> torch.Tensor:
     """One decoding step: one_token_logits, compiled if prepare_for_decoding(compile=True) compiled it."""
     step = getattr(model, "compiled_step", None) or one_token_logits
@@ -129,7 +142,7 @@ def generate(
             model, draft, idx, max_new_tokens, draft_tokens, temperature, top_k, top_p, stop_tokens, generator, stats
         )
         return
-    model.setup_kv_cache(batch_size, min(prompt_len + max_new_tokens, block_size))
+    model.setup_kv_cache(batch_size, cache_length(model, prompt_len + max_new_tokens))
     stop = torch.tensor(stop_tokens, dtype=idx.dtype, device=idx.device)
     done = torch.zeros(batch_size, dtype=torch.bool, device=idx.device)
     history = [idx]  # the tokens in the cache, for refilling it when the window slides
@@ -172,7 +185,7 @@ def speculate(model, draft, idx, max_new_tokens, k, temperature, top_k, top_p, s
     batch_size, prompt_len = idx.shape
     block_size = model.config.block_size
     for m in (model, draft):
-        m.setup_kv_cache(batch_size, min(prompt_len + max_new_tokens, block_size))
+        m.setup_kv_cache(batch_size, cache_length(m, prompt_len + max_new_tokens))
     stop = torch.tensor(stop_tokens, dtype=idx.dtype, device=idx.device)
     done = torch.zeros(batch_size, dtype=torch.bool, device=idx.device)
     rows = torch.arange(batch_size, device=idx.device)

@@ -131,6 +131,17 @@ def test_compiled_decoding_gives_the_same_tokens(tiny_model, tiny_config):
     assert torch.equal(generated(compiled, idx, 12, generator=torch.Generator().manual_seed(5)), seeded)
 
 
+def test_compiled_decoding_reuses_its_graph_for_other_lengths(tiny_model, tiny_config):
+    from torch._dynamo.utils import counters
+
+    compiled = prepare_for_decoding(GPT(tiny_config).eval(), compile=True)
+    generated(compiled, prompt_batch(), 12)
+    graphs = counters["stats"]["unique_graphs"]
+    for prompt_length, new_tokens in ((5, 30), (20, 3)):  # other cache lengths, up to the same multiple
+        generated(compiled, prompt_batch(length=prompt_length), new_tokens)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
 # --- speculative decoding --------------------------------------------------------------------------------------------
 
 
