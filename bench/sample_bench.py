@@ -212,17 +212,18 @@ def markdown(rows: list[dict]) -> str:
 
 
 def train_pair(data: Path, out: Path, steps: tuple[int, int]) -> tuple[Path, Path]:
-    """A target (the mini preset, 30M) and a draft (micro, 7M; both with a context of 256) trained briefly on data."""
+    """A target (the mini preset, 30M) and a draft (micro, 7M; both with a context of 256) trained on data, as
+    `gptkit train DATA --model PRESET --block-size 256 --batch-size 4 --lr LR --steps STEPS` does."""
     from rich.console import Console
 
     from gptkit.train import TrainConfig, train
 
     quiet = Console(file=io.StringIO())
     paths = []
-    for preset, steps in zip(("mini", "micro"), steps):
+    for preset, lr, steps in zip(("mini", "micro"), (1e-3, 2e-3), steps):
         path = out / preset
-        config = TrainConfig(data=str(data), model=preset, out=str(path), steps=steps, block_size=256, dtype="float32",
-                             eval_every=0, save_every=0)  # fmt: skip
+        config = TrainConfig(data=str(data), model=preset, out=str(path), steps=steps, block_size=256, batch_size=4,
+                             lr=lr, dtype="float32", eval_every=0, save_every=0)  # fmt: skip
         start = time.perf_counter()
         train(config, console=quiet)
         print(f"trained {preset} for {steps} steps in {time.perf_counter() - start:.0f} s", file=sys.stderr)
@@ -231,11 +232,15 @@ def train_pair(data: Path, out: Path, steps: tuple[int, int]) -> tuple[Path, Pat
 
 
 def bench_speculative(
-    quick: bool = False, draft_tokens: int = 4, repeats: int | None = None, train_steps: tuple[int, int] | None = None
+    quick: bool = False,
+    draft_tokens: tuple[int, ...] = (2, 4),
+    repeats: int | None = None,
+    train_steps: tuple[int, int] | None = None,
+    pair: tuple[Path, Path] | None = None,
 ) -> list[dict]:
-    """Speculative decoding of a trained mini (30M) with a trained micro (7M) draft, batch 1, fp32, against the
-    target alone, greedy and sampled (top-k 50), alternating; plus the int8 eval loss of the target against fp32 and
-    bf16 on its validation split."""
+    """Speculative decoding of a target with a draft (pair, or a mini (30M) and a micro (7M) trained here briefly),
+    batch 1, fp32, against the target alone, greedy and sampled (top-k 50), for each number of draft tokens,
+    alternating; plus the int8 eval loss of the target against fp32 and bf16 on its validation split."""
     from gptkit.checkpoint import load_checkpoint
     from gptkit.eval import evaluate_lm, validation_split
 
@@ -244,33 +249,40 @@ def bench_speculative(
     data = Path(__file__).resolve().parent.parent / "data" / "input.txt"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        target_path, draft_path = train_pair(data, Path(tmp), train_steps or ((20, 20) if quick else (80, 120)))
+        if pair is None:
+            pair = train_pair(data, Path(tmp), train_steps or ((20, 20) if quick else (80, 120)))
+        target_path, draft_path = pair
         target = prepare_for_decoding(load_checkpoint(target_path))
         draft = prepare_for_decoding(load_checkpoint(draft_path))
         idx = torch.tensor([encode("ROMEO:\nWhat say you,")])
+        impls = {"target alone": None, **{f"target + draft, k={k}": k for k in draft_tokens}}
         for mode, settings in (("greedy", {"temperature": 0}), ("top-k 50", {"generator": None})):
-            runs = {"target alone": [], "target + draft": []}
-            acceptance = []
+            runs = {impl: [] for impl in impls}
+            acceptance = {impl: [] for impl in impls}
             texts = {}
             for _ in range(repeats + 1):  # the first round warms up
-                for impl in runs:
+                for impl, k in impls.items():
                     stats = {}
-                    kwargs = {**settings, "draft": draft if impl == "target + draft" else None, "stats": stats}
+                    kwargs = {**settings, "draft": draft if k else None, "draft_tokens": k or 4, "stats": stats}
                     if mode == "greedy" and impl not in texts:
                         texts[impl] = torch.cat(list(generate(target, idx, new_tokens, **kwargs))).tolist()
                     start = time.perf_counter()
                     gptkit_run(target, idx, new_tokens, **kwargs)
                     runs[impl].append(time.perf_counter() - start)
                     if stats.get("proposed"):
-                        acceptance.append(stats["accepted"] / stats["proposed"])
+                        acceptance[impl].append(stats["accepted"] / stats["proposed"])
             for impl, seconds in runs.items():
                 rate = summary([new_tokens / s for s in seconds[1:]])
-                rows.append({"mode": mode, "impl": impl, "tokens/s": rate["median"], "tokens/s min": rate["min"],
-                             "tokens/s max": rate["max"]})  # fmt: skip
-            rows[-1]["acceptance"] = statistics.median(acceptance)
-            rows[-1]["speed-up"] = rows[-1]["tokens/s"] / rows[-2]["tokens/s"]
-            if mode == "greedy":
-                rows[-1]["same text"] = texts["target + draft"] == texts["target alone"]
+                row = {"mode": mode, "impl": impl, "tokens/s": rate["median"], "tokens/s min": rate["min"],
+                       "tokens/s max": rate["max"]}  # fmt: skip
+                if impls[impl]:
+                    row["acceptance"] = statistics.median(acceptance[impl])
+                    row["speed-up"] = row["tokens/s"] / alone["tokens/s"]
+                    if mode == "greedy":
+                        row["same text"] = texts[impl] == texts["target alone"]
+                else:
+                    alone = row
+                rows.append(row)
         tokens, _ = validation_split(target_path, quiet=True)
         losses = {}
         for name, dtype, int8 in (("float32", torch.float32, False), ("bfloat16", torch.bfloat16, False),
@@ -283,13 +295,13 @@ def bench_speculative(
     return rows
 
 
-def speculative_markdown(rows: list[dict], draft_tokens: int = 4) -> str:
+def speculative_markdown(rows: list[dict]) -> str:
     lines = ["| decoding | impl | tokens/s (median [min, max]) | draft acceptance | speed-up | same text as alone |"]
     lines.append("|---|---|---|---|---|---|")
     for r in rows:
         if r["mode"] == "eval":
             continue
-        acceptance = f"{r['acceptance']:.0%} (k={draft_tokens})" if "acceptance" in r else ""
+        acceptance = f"{r['acceptance']:.0%}" if "acceptance" in r else ""
         speedup = f"{r['speed-up']:.2f}x" if "speed-up" in r else ""
         same = {True: "yes", False: "NO"}.get(r.get("same text"), "")
         lines.append(f"| {r['mode']} | {r['impl']} | {r['tokens/s']:.1f} [{r['tokens/s min']:.1f}, "
@@ -300,7 +312,7 @@ def speculative_markdown(rows: list[dict], draft_tokens: int = 4) -> str:
         "| target's validation loss | float32 | bfloat16 | int8 weights | int8 vs bf16 |",
         "|---|---|---|---|---|",
     ]
-    lines.append(f"| mini, trained here | {losses['float32']:.4f} | {losses['bfloat16']:.4f} | {losses['int8']:.4f} | "
+    lines.append(f"| the target | {losses['float32']:.4f} | {losses['bfloat16']:.4f} | {losses['int8']:.4f} | "
                  f"{losses['int8'] / losses['bfloat16'] - 1:+.2%} |")  # fmt: skip
     return "\n".join(lines)
 
@@ -314,9 +326,11 @@ if __name__ == "__main__":
     parser.add_argument("--skip-speculative", action="store_true", help="leave out speculative decoding")
     parser.add_argument("--skip-compile", action="store_true", help="leave out the compiled step (slow to compile)")
     parser.add_argument("--train-steps", type=int, nargs=2, help="steps of the target and the draft (default: 80 120)")
+    parser.add_argument("--pair", type=Path, nargs=2, metavar=("TARGET", "DRAFT"), help="checkpoints to use instead")
+    parser.add_argument("--draft-tokens", type=int, nargs="+", default=[2, 4], help="values of k to compare")
     args = parser.parse_args()
     dtypes = [getattr(torch, name) for name in args.dtypes]
     print(markdown(bench_sample(args.quick, dtypes, args.batch_sizes, args.repeats, not args.skip_compile)), flush=True)
     if not args.skip_speculative:
-        rows = bench_speculative(args.quick, repeats=args.repeats, train_steps=args.train_steps)
+        rows = bench_speculative(args.quick, tuple(args.draft_tokens), args.repeats, args.train_steps, args.pair)
         print("\n" + speculative_markdown(rows))
