@@ -7,6 +7,13 @@ A gptkit checkpoint is a directory that is also a Hugging Face GPT-2 model direc
 Other files (a training run's state) may sit beside them. Every file is written atomically: to a temporary
 file in the same directory, then renamed over the old one.
 
+The int8 variant (written by `gptkit quantize`): every Linear's weight, the output head's included, is int8 in
+nn.Linear's (out, in) layout (Int8Linear's, which torch's int8 kernel reads as it is), with `<module>.scales` beside
+it, one float32 per output channel (weight ~= int8 * scale). The embeddings, layer norms and biases stay float, so the
+output head (int8) is stored apart from the token embedding. config.json's quantization_config says so;
+transformers, which does not know it, refuses the file (the (out, in) shapes do not fit Conv1D's) rather than read
+int8 numbers as weights.
+
 torch is imported inside the functions that need it, so that `gptkit inspect` can read headers without it.
 """
 
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import tempfile
 from contextlib import contextmanager
@@ -41,6 +49,16 @@ IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 SUPPORTED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 EOT_TOKEN = 50256  # <|endoftext|>, GPT-2's bos and eos
+SCALES_SUFFIX = ".scales"
+INT8_QUANTIZATION = {
+    "quant_method": "gptkit_int8",
+    "bits": 8,
+    "granularity": "per_output_channel",
+    "modules": "every Linear and lm_head; embeddings, layer norms and biases stay float",
+    "weight_layout": "(out_features, in_features), scales in <module>.scales",
+}
+# safetensors' names of the float dtypes a checkpoint may store.
+FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 # --- atomic writes -------------------------------------------------------------------------------------------------
@@ -73,6 +91,28 @@ def atomic_path(path: Path):
 def write_json(path: Path, data: dict):
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+@contextmanager
+def atomic_dir(path: Path):
+    """Yield a temporary folder beside `path` to write files into; once the block succeeds, it becomes `path` (one
+    rename), or, where `path` exists, its files replace those of `path` one by one (model.safetensors first, as
+    save_checkpoint writes them); else it is deleted. So an interrupted write leaves nothing half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's folder is owner-only
+        if not path.exists():
+            os.rename(tmp, path)
+            return
+        for file in sorted(tmp.iterdir(), key=lambda f: f.name != WEIGHTS_FILE):
+            os.replace(file, path / file.name)
+        tmp.rmdir()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
@@ -154,6 +194,30 @@ def resolve(path: str | Path) -> tuple[Path, Path | None]:
     raise GptkitError(f"checkpoint {path} does not exist")
 
 
+def checkpoint_files(path: str | Path) -> list[Path]:
+    """The files that make the checkpoint at path (weights, config.json, gptkit.json: those present)."""
+    weights, config = resolve(path)
+    metadata = Path(path) / METADATA_FILE if Path(path).is_dir() else None
+    return [p for p in (weights, config, metadata) if p is not None and p.is_file()]
+
+
+def is_int8(header: dict) -> bool:
+    """Whether a safetensors header is that of an int8 checkpoint (gptkit quantize's variant of the format)."""
+    return any(isinstance(info, dict) and info.get("dtype") == "I8" for info in header.values())
+
+
+def quantization_of(path: str | Path) -> str | None:
+    """The quantization of a checkpoint's weights: "int8" (written by gptkit quantize) or None; needs no torch."""
+    return "int8" if is_int8(read_safetensors_header(resolve(path)[0])) else None
+
+
+def stored_float_dtype(path: str | Path) -> str:
+    """The float dtype a checkpoint stores its token embedding in (float32, float16 or bfloat16); needs no torch."""
+    header = read_safetensors_header(resolve(path)[0])
+    wte = header.get("transformer.wte.weight", header.get("wte.weight", {}))
+    return FLOAT_DTYPES.get(wte.get("dtype"), "float32")
+
+
 def is_checkpoint(path: Path) -> bool:
     return (path / WEIGHTS_FILE).is_file() and (path / CONFIG_FILE).is_file()
 
@@ -183,8 +247,9 @@ def read_json(path: Path, remedy: str = "restore it from a good copy") -> dict:
     return data
 
 
-def hf_config(config: GPTConfig, dtype: str = "float32") -> dict:
-    """config.json in the form of transformers' GPT2Config."""
+def hf_config(config: GPTConfig, dtype: str = "float32", int8: bool = False) -> dict:
+    """config.json in the form of transformers' GPT2Config (with a quantization_config for int8 weights)."""
+    quantization = {"quantization_config": INT8_QUANTIZATION} if int8 else {}
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -206,6 +271,7 @@ def hf_config(config: GPTConfig, dtype: str = "float32") -> dict:
         "bos_token_id": EOT_TOKEN if config.vocab_size > EOT_TOKEN else None,
         "eos_token_id": EOT_TOKEN if config.vocab_size > EOT_TOKEN else None,
         "dtype": dtype,
+        **quantization,
     }
 
 
@@ -280,47 +346,64 @@ def strip_prefix(name: str) -> str:
 
 
 def to_hf_tensors(model: GPT) -> dict[str, torch.Tensor]:
-    """The model's weights under GPT2LMHeadModel's names and orientation (lm_head left out: it is tied)."""
+    """The model's weights under GPT2LMHeadModel's names and orientation (a float lm_head left out: it is tied).
+    An int8 model's int8 weights keep Int8Linear's (out, in) layout, and its int8 output head is kept."""
     out = {}
     for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight":
+        if name == "lm_head.weight" and tensor.is_floating_point():
             continue
-        out[name] = tensor.t() if name.endswith(TRANSPOSED) else tensor
+        out[name] = tensor.t() if name.endswith(TRANSPOSED) and tensor.is_floating_point() else tensor
     return out
 
 
-def from_hf_tensors(tensors: dict[str, torch.Tensor], config: GPTConfig, source) -> dict[str, torch.Tensor]:
-    """Map a GPT-2 checkpoint's tensors onto gptkit's state-dict names, checking every name and shape."""
-    from gptkit.model import GPT
-
+def expected_tensors(config: GPTConfig, int8: bool) -> dict[str, tuple[torch.Size, bool]]:
+    """gptkit's state-dict names of a model of config, each with its shape and whether it is int8."""
     import torch
 
+    from gptkit.model import GPT
+    from gptkit.quantize import quantize_int8
+
     with torch.device("meta"):
-        expected = {k: v.shape for k, v in GPT(config).state_dict().items()}
+        model = quantize_int8(GPT(config)) if int8 else GPT(config)
+        return {k: (v.shape, v.dtype == torch.int8) for k, v in model.state_dict().items()}
+
+
+def from_hf_tensors(
+    tensors: dict[str, torch.Tensor], config: GPTConfig, source, int8: bool = False
+) -> dict[str, torch.Tensor]:
+    """Map a GPT-2 checkpoint's tensors (of the int8 variant with int8) onto gptkit's state-dict names, checking
+    every name, shape and, for int8, which tensors are int8."""
+    import torch
+
+    expected = expected_tensors(config, int8)
     out = {}
     for name, tensor in tensors.items():
         short = strip_prefix(name)
         if short.endswith(IGNORED_SUFFIXES):
             continue
-        if short == "lm_head.weight":
+        if short == "lm_head.weight" and not int8:
             wte = tensors.get("transformer.wte.weight", tensors.get("wte.weight"))
             if wte is not None and not torch.equal(tensor, wte):
                 raise GptkitError(f"{source}: lm_head.weight is not tied to wte.weight, which gptkit requires")
             continue
-        key = "transformer." + short
+        key = short if short.startswith("lm_head.") else "transformer." + short
         if key not in expected:
             raise GptkitError(f"{source}: unexpected tensor '{name}' for a GPT-2 of this config")
-        out[key] = tensor.t().contiguous() if short.endswith(TRANSPOSED) else tensor
-        if out[key].shape != expected[key]:
+        shape, want_int8 = expected[key]
+        if int8 and (tensor.dtype == torch.int8) != want_int8:
+            kind = "int8" if want_int8 else "float"
+            raise GptkitError(f"{source}: tensor '{name}' is {tensor.dtype}, expected {kind} in an int8 checkpoint")
+        out[key] = tensor.t().contiguous() if short.endswith(TRANSPOSED) and not int8 else tensor
+        if out[key].shape != shape:
             raise GptkitError(
-                f"{source}: tensor '{name}' has shape {tuple(tensor.shape)}, expected {tuple(expected[key])} "
-                "for this config"
+                f"{source}: tensor '{name}' has shape {tuple(tensor.shape)}, expected {tuple(shape)} for this config"
             )
-    missing = sorted(k for k in expected if k not in out and k != "lm_head.weight")
+    missing = sorted(k for k in expected if k not in out and (int8 or k != "lm_head.weight"))
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise GptkitError(f"{source}: missing tensors {', '.join(missing[:3])}{more}")
-    out["lm_head.weight"] = out["transformer.wte.weight"]
+    if not int8:
+        out["lm_head.weight"] = out["transformer.wte.weight"]
     return out
 
 
@@ -351,13 +434,14 @@ def save_checkpoint(
     import torch
 
     out_dir = Path(out_dir)
-    dtype = str(model.lm_head.weight.dtype).removeprefix("torch.")
+    dtype = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
     tensors, model_config = to_hf_tensors(model), model.config
+    int8 = any(t.dtype == torch.int8 for t in tensors.values())
     if extra_positions is not None and len(extra_positions):
         wpe = tensors["transformer.wpe.weight"]
         tensors["transformer.wpe.weight"] = torch.cat([wpe, extra_positions.to(wpe.device, wpe.dtype)])
         model_config = replace(model_config, block_size=model_config.block_size + len(extra_positions))
-    config = hf_config(model_config, dtype)
+    config = hf_config(model_config, dtype, int8)
     save_tensors(out_dir / WEIGHTS_FILE, tensors, {"gptkit_config": json.dumps(config)})
     write_json(out_dir / CONFIG_FILE, config)
     info = {
@@ -371,20 +455,32 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path, device="cpu", dtype=None) -> GPT:
-    """A GPT (eval mode) from a checkpoint directory or a bare .safetensors file; dtype defaults to float32."""
+    """A GPT (eval mode) from a checkpoint directory or a bare .safetensors file; dtype defaults to float32. An int8
+    checkpoint's Linears (and output head) become Int8Linear, from the stored int8 weights and scales; dtype is then
+    that of the activations, the scales and the float tensors."""
     import torch
 
     from gptkit.model import GPT
+    from gptkit.quantize import Int8Linear, replace_linears
 
     weights, _ = resolve(path)
     config = read_config(path)
-    tensors = from_hf_tensors(load_tensors(weights, device), config, weights)
+    int8 = is_int8(read_safetensors_header(weights))
+    tensors = from_hf_tensors(load_tensors(weights, device), config, weights, int8)
     dtype = dtype or torch.float32
     with torch.device("meta"):
         model = GPT(config)
-    state = {k: v.to(dtype) for k, v in tensors.items()}
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    if int8:
+        replace_linears(
+            model,
+            lambda name, _: Int8Linear.from_int8(
+                state[f"{name}.weight"], state[f"{name}{SCALES_SUFFIX}"], state.get(f"{name}.bias")
+            ),
+        )
     model.load_state_dict(state, assign=True)
-    model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied parameter
+    if not int8:
+        model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied parameter
     return model.eval()
 
 

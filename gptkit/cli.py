@@ -549,6 +549,27 @@ def eval(
     run_eval(ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, json_output, dtype, device, quantize)
 
 
+# --- quantize --------------------------------------------------------------------------------------------------------
+
+
+@command
+def quantize(
+    ckpt: Annotated[Path, typer.Argument(help="A checkpoint directory or .safetensors file (float weights).")],
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Checkpoint directory to write (default: <name>-int8 beside CKPT)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the checkpoint --out holds.")] = False,
+):
+    """Write CKPT with int8 weights (one scale per output channel) as a checkpoint for sample and eval."""
+    from gptkit.options import check_quantize_command
+
+    check_quantize_command(ckpt, out, overwrite)
+    from gptkit.quantize import quantize_checkpoint
+
+    quantize_checkpoint(ckpt, out, overwrite)
+
+
 # --- plot ------------------------------------------------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from gptkit import __version__
-from gptkit.checkpoint import load_checkpoint, read_config, read_metadata
+from gptkit.checkpoint import load_checkpoint, quantization_of, read_config, read_metadata
 from gptkit.data import data_hash, load_tokens, open_data, read_utf8
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
@@ -424,7 +424,7 @@ def run_eval(
             "max_tokens": max_tokens,
             "dtype": str(dtype).removeprefix("torch."),
             "device": str(device),
-            "quantize": quantize,
+            "quantize": quantize or quantization_of(ckpt),  # an int8 checkpoint is int8 without --quantize
         },
     }
     with progress_bar(enabled=not json_output) as bar:

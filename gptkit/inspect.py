@@ -7,8 +7,11 @@ from collections import Counter
 from pathlib import Path
 
 from gptkit.checkpoint import (
+    FLOAT_DTYPES,
     IGNORED_SUFFIXES,
-    METADATA_FILE,
+    SCALES_SUFFIX,
+    checkpoint_files,
+    is_int8,
     read_json,
     read_metadata,
     read_safetensors_header,
@@ -74,12 +77,14 @@ def inspect_checkpoint(path: str | Path) -> dict:
     ]
     config = read_json(config_file) if config_file else json.loads(file_metadata.get("gptkit_config", "{}"))
 
-    params = {strip_prefix(t["name"]): numel(t["shape"]) for t in tensors if not t["name"].endswith(IGNORED_SUFFIXES)}
+    # The scales of int8 weights are not parameters (the float model has none), nor is the output head, tied to wte
+    # (an int8 checkpoint stores it apart, quantized, but it is the same parameters)
+    not_parameters = IGNORED_SUFFIXES + (SCALES_SUFFIX,)
+    params = {strip_prefix(t["name"]): numel(t["shape"]) for t in tensors if not t["name"].endswith(not_parameters)}
     if config.get("tie_word_embeddings", True):
         params.pop("lm_head.weight", None)  # the same numbers as wte.weight
     total = sum(params.values())
     folder = path if path.is_dir() else None
-    files = [p for p in (weights, config_file, folder and folder / METADATA_FILE) if p and p.is_file()]
     return {
         "path": str(path),
         "config": {k: config[k] for k in CONFIG_KEYS if k in config},
@@ -87,12 +92,27 @@ def inspect_checkpoint(path: str | Path) -> dict:
             "total": total,
             "non_embedding": total - params.get("wte.weight", 0) - params.get("wpe.weight", 0),
         },
-        "size_on_disk": sum(p.stat().st_size for p in files),
+        "size_on_disk": sum(p.stat().st_size for p in checkpoint_files(path)),
+        "quantization": quantization(header, tensors),
         "dtypes": dict(Counter(t["dtype"] for t in tensors)),
         "tensor_count": len(tensors),
         "tensors": tensors,
         "metadata": read_metadata(path) if folder else {},
         "metrics": metrics_summary(folder / "metrics.jsonl") if folder else None,
+    }
+
+
+def quantization(header: dict, tensors: list[dict]) -> dict | None:
+    """How an int8 checkpoint's weights are stored (None for float weights)."""
+    if not is_int8(header):
+        return None
+    scales = [t for t in tensors if t["name"].endswith(SCALES_SUFFIX)]
+    return {
+        "method": "int8",
+        "granularity": "per output channel",
+        "int8_tensors": sum(t["dtype"] == "I8" for t in tensors),
+        "int8_parameters": sum(numel(t["shape"]) for t in tensors if t["dtype"] == "I8"),
+        "scales_dtype": scales[0]["dtype"] if scales else None,
     }
 
 
@@ -173,6 +193,14 @@ def render(info: dict, console) -> None:
     summary.add_row("parameters", f"{human_count(p['total'])} ({p['total']:,})")
     summary.add_row("without embeddings", f"{human_count(p['non_embedding'])} ({p['non_embedding']:,})")
     summary.add_row("size on disk", human_bytes(info["size_on_disk"]))
+    q = info["quantization"]
+    if q:
+        summary.add_row(
+            "quantization",
+            f"int8 weights, one {FLOAT_DTYPES.get(q['scales_dtype'], q['scales_dtype'])} scale per output channel: "
+            f"{q['int8_tensors']} Linear layers (the output head included), {human_count(q['int8_parameters'])} "
+            "int8 weights; embeddings, layer norms and biases float",
+        )
     summary.add_row("dtypes", ", ".join(f"{d} ({n} tensors)" for d, n in info["dtypes"].items()))
     console.print(summary)
 

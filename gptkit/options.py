@@ -8,7 +8,7 @@ within the model's context) is checked later, where those are known. train's che
 import re
 from pathlib import Path
 
-from gptkit.checkpoint import resolve
+from gptkit.checkpoint import METADATA_FILE, quantization_of, read_json, resolve
 from gptkit.errors import GptkitError
 from gptkit.runlock import check_not_held
 
@@ -81,6 +81,42 @@ def check_quantize(name: str | None):
     fail_if(
         name is not None and name not in QUANTIZATIONS,
         f"--quantize {name} is not supported: use --quantize int8 (weight-only, per channel)",
+    )
+
+
+def default_quantized_out(ckpt: Path) -> Path:
+    """`gptkit quantize`'s default output: `<name>-int8` beside the checkpoint folder (or .safetensors file)."""
+    path = Path(ckpt)
+    path = path.resolve() if path.name in ("", ".", "..") else path
+    return path.parent / f"{path.stem if path.is_file() else path.name}-int8"
+
+
+def check_not_int8(ckpt: Path, what: str, remedy: str):
+    """Refuse an int8 checkpoint (gptkit quantize's) for what needs float weights, naming the float one it came from."""
+    if quantization_of(ckpt) != "int8":
+        return
+    folder = Path(ckpt) if Path(ckpt).is_dir() else Path(ckpt).parent
+    meta = read_json(folder / METADATA_FILE) if (folder / METADATA_FILE).is_file() else {}
+    source = (meta.get("quantization") or {}).get("source")
+    made_from = f" ({source})" if source else ""
+    raise GptkitError(f"{ckpt} holds int8 weights (written by gptkit quantize), which {what}: {remedy}{made_from}")
+
+
+def check_quantize_command(ckpt: Path, out: Path | None, overwrite: bool):
+    """gptkit quantize's input (a float checkpoint) and output (a folder that is not the input, and that exists only
+    with --overwrite)."""
+    resolve(ckpt)
+    check_not_int8(ckpt, "are quantized already", "quantize the float checkpoint it was made from")
+    out = Path(out) if out is not None else default_quantized_out(ckpt)
+    folder = Path(ckpt) if Path(ckpt).is_dir() else Path(ckpt).parent
+    fail_if(
+        out.resolve() == folder.resolve(),
+        f"--out {out} is the checkpoint being quantized: give another folder, the float weights stay where they are",
+    )
+    fail_if(out.exists() and not out.is_dir(), f"--out {out} is a file: give a folder")
+    fail_if(
+        out.is_dir() and any(out.iterdir()) and not overwrite,
+        f"{out} exists: add --overwrite to replace the checkpoint in it, or give another --out",
     )
 
 

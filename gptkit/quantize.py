@@ -1,7 +1,12 @@
 """Weight-only int8 quantization (`--quantize int8`): every Linear and the output head keep their weights as int8,
 one scale per output channel, quantized when the checkpoint is loaded. A decoding step reads every weight once, so
 a quarter of fp32's bytes (half of bf16's) is that much less memory traffic; activations stay in floating point.
+
+`gptkit quantize` (quantize_checkpoint) does the same once and writes the result as an int8 checkpoint (the format's
+int8 variant, see checkpoint.py), which loads straight into Int8Linear layers.
 """
+
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -58,14 +63,75 @@ class Int8Linear(nn.Module):
     def dequantized(self) -> torch.Tensor:
         return self.weight.to(self.scales.dtype) * self.scales[:, None]
 
+    @classmethod
+    def from_int8(cls, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None) -> "Int8Linear":
+        """An Int8Linear of weights quantized already (int8, (out, in); scales (out,)), as an int8 checkpoint holds
+        them: they are used as they are, not quantized again."""
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module.register_buffer("weight", weight)
+        module.register_buffer("scales", scales)
+        module.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        module.kernel_dtype = torch.bfloat16 if has_int8_kernel(weight.device) else None
+        return module
+
+
+def replace_linears(model: nn.Module, make) -> nn.Module:
+    """Replace every nn.Linear of model, in place, by make(its name, it)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, make(name, module))
+    return model
+
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Replace every nn.Linear of model (the output head included), in place, by an Int8Linear; for inference.
 
     GPT-2 ties the output head to the token embedding: the embedding stays in floating point (a step reads one row
     of it), the head becomes int8 (a step reads all of it)."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, Int8Linear(module.weight, module.bias))
-    return model
+    return replace_linears(model, lambda _, linear: Int8Linear(linear.weight, linear.bias))
+
+
+def quantize_checkpoint(ckpt: Path, out: Path | None = None, overwrite: bool = False) -> Path:
+    """`gptkit quantize`: write ckpt as an int8 checkpoint in out (default: `<name>-int8` beside it), all at once.
+
+    The weights are quantized from float32 (as `--quantize int8` does with a float32 load), so loading the result
+    gives the same Int8Linear weights and scales; the float tensors keep the dtype ckpt stores them in."""
+    from rich.console import Console
+
+    from gptkit.checkpoint import (
+        atomic_dir,
+        checkpoint_files,
+        load_checkpoint,
+        read_metadata,
+        save_checkpoint,
+        stored_float_dtype,
+    )
+    from gptkit.inspect import human_bytes
+    from gptkit.options import check_quantize_command, default_quantized_out
+
+    check_quantize_command(ckpt, out, overwrite)
+    out = Path(out) if out is not None else default_quantized_out(ckpt)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    float_dtype = stored_float_dtype(ckpt)
+    with console.status(f"quantizing {ckpt}"):
+        model = quantize_int8(load_checkpoint(ckpt))
+        for module in model.modules():  # the float tensors back to the dtype they were stored in (exact)
+            for name, param in module.named_parameters(recurse=False):
+                setattr(module, name, nn.Parameter(param.detach().to(getattr(torch, float_dtype)), requires_grad=False))
+        source = read_metadata(ckpt)
+        metadata = {k: v for k, v in source.items() if k not in ("gptkit_version", "created", "torch_version")}
+        metadata["quantization"] = {
+            "method": "int8",
+            "granularity": "per output channel",
+            "source": str(Path(ckpt).resolve()),
+        }
+        with atomic_dir(out) as tmp:
+            save_checkpoint(model, tmp, metadata)
+    before, after = (sum(f.stat().st_size for f in checkpoint_files(p)) for p in (ckpt, out))
+    console.print(
+        f"wrote {out}: {human_bytes(after)}, {after / before:.0%} of {ckpt}'s {human_bytes(before)} "
+        f"(int8 weights; embeddings, layer norms and biases {float_dtype})"
+    )
+    return out

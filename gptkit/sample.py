@@ -346,7 +346,7 @@ def sample(
     """`gptkit sample`: stream num_samples continuations of prompt to standard output, one after another."""
     from rich.console import Console
 
-    from gptkit.checkpoint import find_latest_checkpoint, read_config
+    from gptkit.checkpoint import find_latest_checkpoint, quantization_of, read_config
     from gptkit.runtime import pick_device, pick_dtype
 
     check_sample(
@@ -429,7 +429,8 @@ def sample(
     out.flush()
     total = sum(counts)
     settings = [str(torch_dtype).removeprefix("torch."), str(torch_device)]
-    settings += [f"{quantize} weights"] if quantize else []
+    weights = quantize or quantization_of(ckpt)  # an int8 checkpoint is int8 without --quantize
+    settings += [f"{weights} weights"] if weights else []
     settings += ["compiled"] if compile else []
     speculation = ""
     if stats.get("proposed"):

@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING
 
 from gptkit.checkpoint import resolve as resolve_checkpoint
 from gptkit.errors import GptkitError
-from gptkit.options import DTYPE_NAMES, HELLASWAG_URL, PRESET_NAMES, check_device, check_dtype, check_text, fail_if
+from gptkit.options import (
+    DTYPE_NAMES,
+    HELLASWAG_URL,
+    PRESET_NAMES,
+    check_device,
+    check_dtype,
+    check_not_int8,
+    check_text,
+    fail_if,
+)
 from gptkit.runlock import check_not_held
 
 if TYPE_CHECKING:
@@ -108,6 +117,7 @@ def check(cfg: TrainConfig):
                 f"unknown model '{cfg.model}': use a preset ({', '.join(PRESET_NAMES)}) or a checkpoint directory"
             )
         resolve_checkpoint(cfg.model)
+        check_not_int8(cfg.model, "cannot be trained", "fine-tune the float checkpoint it was made from")
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     fail_if(
         cfg.resume and not out.is_dir(), f"{out} does not exist: there is no run to resume (start one without --resume)"
