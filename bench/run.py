@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import cli_bench, eval_bench, runlog_bench, sample_bench, train_bench  # noqa: E402
+from bench import cli_bench, eval_bench, quantize_bench, runlog_bench, sample_bench, train_bench  # noqa: E402
 from bench.common import copy_bandwidth_gbs, matmul_peak_gflops  # noqa: E402
 
 
@@ -111,6 +111,10 @@ def eval_section(quick: bool) -> str:
     return "### Eval (GPT-2 124M, windows of 1024 tokens)\n\n" + table(header, body)
 
 
+def quantize_section(quick: bool) -> str:
+    return "### int8 checkpoints (gptkit quantize)\n\n" + quantize_bench.report(quantize_bench.bench_quantize(quick))
+
+
 def cli_section(quick: bool) -> str:
     body = [
         [r["command"], f"{r['median']:.2f} s", f"{r['min']:.2f} s", f"{r['max']:.2f} s", f"{r['vs --help']:.2f}x"]
@@ -145,7 +149,16 @@ def main():
         f"`uv run python -m bench.run{' --quick' if args.quick else ''}`."
     )
     sections = [header]
-    for section in (machine_section, train_section, sample_section, eval_section, cli_section, runlog_section):
+    sections_in_order = (
+        machine_section,
+        train_section,
+        sample_section,
+        eval_section,
+        quantize_section,
+        cli_section,
+        runlog_section,
+    )
+    for section in sections_in_order:
         print(f"[{time.perf_counter() - start:6.0f} s] {section.__name__.removesuffix('_section')}", file=sys.stderr)
         sections.append(section(args.quick) if section is not machine_section else section())
     sections.append(f"Whole run: {(time.perf_counter() - start) / 60:.1f} minutes.")
