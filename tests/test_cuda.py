@@ -10,7 +10,7 @@ from rich.console import Console
 from gptkit.checkpoint import load_checkpoint
 from gptkit.eval import evaluate_lm
 from gptkit.model import GPT
-from gptkit.quantize import quantize_int8
+from gptkit.quantize import quantize_checkpoint, quantize_int8
 from gptkit.runtime import pick_device, pick_dtype
 from gptkit.sample import generate, prepare_for_decoding
 from gptkit.train import TrainConfig, train
@@ -46,6 +46,16 @@ def test_int8_decoding_matches_cpu(tiny_model, tiny_config):
     cpu_logits, _ = int8(idx[:, :1])
     gpu_logits, _ = quantize_int8(tiny_model.cuda())(idx[:, :1].cuda())  # dequantized on CUDA
     torch.testing.assert_close(gpu_logits.cpu(), cpu_logits, atol=0.02 * cpu_logits.abs().max().item(), rtol=0)
+
+
+def test_int8_checkpoint_on_cuda(tiny_checkpoint):
+    stored = load_checkpoint(quantize_checkpoint(tiny_checkpoint), "cuda")
+    at_load = quantize_int8(load_checkpoint(tiny_checkpoint, "cuda"))
+    assert stored.lm_head.weight.is_cuda and stored.lm_head.kernel_dtype == at_load.lm_head.kernel_dtype
+    assert torch.equal(stored.lm_head.weight, at_load.lm_head.weight)
+    idx = torch.randint(0, 50257, (2, 10), device="cuda")
+    greedy = [torch.stack(list(generate(m, idx, 20, temperature=0)), dim=1) for m in (stored, at_load)]
+    assert torch.equal(*greedy)
 
 
 @pytest.mark.parametrize("compile", [False, True])
