@@ -6,8 +6,16 @@ import torch
 from typer.testing import CliRunner
 
 from gptkit import checkpoint
-from gptkit.checkpoint import is_checkpoint, load_checkpoint, read_safetensors_header, save_checkpoint
+from gptkit.checkpoint import (
+    is_checkpoint,
+    load_checkpoint,
+    read_metadata,
+    read_safetensors_header,
+    save_checkpoint,
+    write_json,
+)
 from gptkit.cli import app
+from gptkit.data import load_tokens
 from gptkit.model import GPT, GPTConfig
 from gptkit.quantize import DEQUANTIZE_ABOVE_ROWS, Int8Linear, quantize_int8
 from gptkit.sample import generate, prepare_for_decoding
@@ -146,6 +154,24 @@ def test_eval_of_an_int8_checkpoint_is_eval_quantize_int8(tiny_checkpoint, int8_
         records.append(json.loads(result.stdout))
     assert records[1]["lm"]["loss"] == records[0]["lm"]["loss"] == records[2]["lm"]["loss"]
     assert [r["settings"]["quantize"] for r in records] == ["int8"] * 3
+
+
+def test_eval_without_text_uses_the_validation_split_the_float_checkpoint_records(tiny_checkpoint, text):
+    _, sha256 = load_tokens(text)
+    meta = read_metadata(tiny_checkpoint)
+    meta["data"] = {"path": str(text), "sha256": sha256, "tokens": 0, "val_fraction": 0.25, "split": "tail"}
+    write_json(tiny_checkpoint / "gptkit.json", meta)
+    assert quantize_command(tiny_checkpoint).exit_code == 0
+    losses = []
+    for ckpt, options in ((tiny_checkpoint, ["--quantize", "int8"]), (tiny_checkpoint.parent / "tiny-int8", [])):
+        result = runner.invoke(
+            app, ["eval", str(ckpt), "--json", "--dtype", "float32", "--max-tokens", "500", *options]
+        )
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.stdout)["lm"]
+        assert record["evaluated"]["validation_split_of"] == str(text)
+        losses.append(record["loss"])
+    assert losses[0] == losses[1]
 
 
 def test_inspect_shows_an_int8_checkpoint(tiny_checkpoint, int8_checkpoint):
