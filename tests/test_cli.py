@@ -61,6 +61,11 @@ def files(tmp_path_factory):
     header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
     (ckpt / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
     (ckpt / "config.json").write_text("{}")
+    int8 = root / "int8"  # gptkit quantize's variant: int8 tensors
+    int8.mkdir()
+    header = json.dumps({"lm_head.weight": {"dtype": "I8", "shape": [0], "data_offsets": [0, 0]}}).encode()
+    (int8 / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    (int8 / "config.json").write_text("{}")
     (root / "folder").mkdir()
     return root
 
@@ -91,10 +96,16 @@ BAD_OPTIONS = [
     (["train", "{root}/text.txt", "--model", "gpt5"], "unknown model 'gpt5': use a preset (gpt2, gpt2-medium"),
     (["train", "{root}/text.txt", "--model", "{root}/folder"], "is not a checkpoint"),
     (["train", "{root}/text.txt", "--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
+    (["train", "{root}/text.txt", "--model", "{root}/int8"], "cannot be trained: fine-tune the float checkpoint"),
     (["prepare", "{root}/missing.txt"], "{root}/missing.txt does not exist"),
     (["prepare", "{root}/text.txt", "--val-fraction", "-0.5"], "--val-fraction must be in [0, 1)"),
     (["prepare", "{root}/text.txt", "--shard-tokens", "0"], "--shard-tokens must be at least 1"),
     (["download", "gpt3"], "unknown model 'gpt3'"),
+    (["quantize", "{root}/nowhere"], "checkpoint {root}/nowhere does not exist"),
+    (["quantize", "{root}/int8", "--out", "{root}/new"], "holds int8 weights (written by gptkit quantize)"),
+    (["quantize", "{root}/ckpt", "--out", "{root}/ckpt", "--overwrite"], "is the checkpoint being quantized"),
+    (["quantize", "{root}/ckpt", "--out", "{root}/text.txt"], "{root}/text.txt is a file: give a folder"),
+    (["quantize", "{root}/ckpt", "--out", "{root}"], "{root} exists: add --overwrite"),
     (["inspect", "{root}/nowhere"], "checkpoint {root}/nowhere does not exist"),
 ]
 
