@@ -474,7 +474,7 @@ def load_checkpoint(path: str | Path, device="cpu", dtype=None) -> GPT:
     if int8:
         replace_linears(
             model,
-            lambda name, _: Int8Linear.from_int8(
+            lambda name, _: Int8Linear(
                 state[f"{name}.weight"], state[f"{name}{SCALES_SUFFIX}"], state.get(f"{name}.bias")
             ),
         )

@@ -33,14 +33,22 @@ class Int8Linear(nn.Module):
     dequantized and multiplied as usual (under torch.compile the two fuse).
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None):
+        """weight: int8, (out, in); scales: (out,), float."""
         super().__init__()
-        w = weight.detach().float()
-        scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127
-        self.register_buffer("weight", (w / scales[:, None]).round().clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scales", scales.to(weight.dtype))
+        self.register_buffer("weight", weight)
+        self.register_buffer("scales", scales)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.kernel_dtype = torch.bfloat16 if has_int8_kernel(weight.device) else None
+        if self.kernel_dtype is not None:  # converted once here: inductor cannot lower a conversion feeding the kernel
+            self.register_buffer("kernel_scales", scales.to(self.kernel_dtype), persistent=False)
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "Int8Linear":
+        """An Int8Linear of a float weight (out, in): scales max |w| / 127 per output channel, weight rounded."""
+        w = weight.detach().float()
+        scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+        return cls((w / scales[:, None]).round().clamp(-127, 127).to(torch.int8), scales.to(weight.dtype), bias)
 
     @property
     def in_features(self) -> int:
@@ -54,7 +62,7 @@ class Int8Linear(nn.Module):
         rows = x.shape[:-1].numel()
         if self.kernel_dtype is not None and rows <= DEQUANTIZE_ABOVE_ROWS:
             flat = x.reshape(rows, x.size(-1)).to(self.kernel_dtype)
-            y = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales.to(self.kernel_dtype))
+            y = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.kernel_scales.to(self.kernel_dtype))
             y = y.to(x.dtype).view(*x.shape[:-1], -1)
         else:
             y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
@@ -62,18 +70,6 @@ class Int8Linear(nn.Module):
 
     def dequantized(self) -> torch.Tensor:
         return self.weight.to(self.scales.dtype) * self.scales[:, None]
-
-    @classmethod
-    def from_int8(cls, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None) -> "Int8Linear":
-        """An Int8Linear of weights quantized already (int8, (out, in); scales (out,)), as an int8 checkpoint holds
-        them: they are used as they are, not quantized again."""
-        module = cls.__new__(cls)
-        nn.Module.__init__(module)
-        module.register_buffer("weight", weight)
-        module.register_buffer("scales", scales)
-        module.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
-        module.kernel_dtype = torch.bfloat16 if has_int8_kernel(weight.device) else None
-        return module
 
 
 def replace_linears(model: nn.Module, make) -> nn.Module:
@@ -90,7 +86,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
     GPT-2 ties the output head to the token embedding: the embedding stays in floating point (a step reads one row
     of it), the head becomes int8 (a step reads all of it)."""
-    return replace_linears(model, lambda _, linear: Int8Linear(linear.weight, linear.bias))
+    return replace_linears(model, lambda _, linear: Int8Linear.quantize(linear.weight, linear.bias))
 
 
 def quantize_checkpoint(ckpt: Path, out: Path | None = None, overwrite: bool = False) -> Path:

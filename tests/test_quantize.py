@@ -60,6 +60,17 @@ def test_int8_decoding_follows_fp32_greedy(tiny_model, tiny_config):
     assert (int8 == fp32).float().mean() >= 0.9
 
 
+def test_compiled_int8_decoding_gives_the_same_tokens(tiny_model, tiny_config):
+    idx = torch.randint(0, 50257, (2, 8), generator=torch.Generator().manual_seed(1))
+    eager = prepare_for_decoding(quantized_copy(tiny_model, tiny_config))
+    compiled = prepare_for_decoding(quantized_copy(tiny_model, tiny_config), compile=True)
+    for kwargs in ({"temperature": 0}, {"generator": torch.Generator().manual_seed(3)}):
+        expected = torch.stack(list(generate(eager, idx, 12, **kwargs)), dim=1)
+        if "generator" in kwargs:
+            kwargs["generator"].manual_seed(3)
+        assert torch.equal(torch.stack(list(generate(compiled, idx, 12, **kwargs)), dim=1), expected)
+
+
 def test_sample_and_eval_with_int8(tiny_checkpoint, tmp_path):
     result = runner.invoke(
         app, ["sample", "Hi", "--ckpt", str(tiny_checkpoint), "--quantize", "int8", "--max-new-tokens", "5"]
