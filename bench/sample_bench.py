@@ -108,9 +108,9 @@ def bench_sample(
     compile: bool = True,
 ) -> list[dict]:
     """Rows of impl, dtype, batch, tokens/s (median, min, max over repeats), ttft_ms, for gptkit (as is, with int8
-    weights, and compiled at batch 1) and transformers; plus 'bound' rows: batch-1 tokens/s if a step only had to
+    weights, and both compiled at batch 1) and transformers; plus 'bound' rows: batch-1 tokens/s if a step only had to
     read the weights at the measured copy bandwidth (the best of measurements taken between the runs), and the
-    fraction of it gptkit's batch-1 median reaches; and a row with the compile time."""
+    fraction of it gptkit's batch-1 median reaches; and rows with the compile times."""
     from transformers import GPT2LMHeadModel
 
     new_tokens, default_repeats = (50, 2) if quick else (200, 5)
@@ -124,17 +124,22 @@ def bench_sample(
         for dtype in dtypes:
             name = str(dtype).removeprefix("torch.")
             models = {"gptkit": decoding_model(state, dtype), "gptkit int8": decoding_model(state, dtype, int8=True)}
-            compiled = decoding_model(state, dtype, compile=True) if compile else None
+            compiled = {}
+            if compile:
+                compiled = {"gptkit compiled": decoding_model(state, dtype, compile=True),
+                            "gptkit int8 compiled": decoding_model(state, dtype, int8=True, compile=True)}  # fmt: skip
+            compile_s = {}
             hf = GPT2LMHeadModel.from_pretrained(tmp, dtype=dtype).eval()
             bandwidths = [copy_bandwidth_gbs()]
             for batch in batch_sizes:
                 idx = torch.tensor([encode(PROMPT)] * batch)
                 impls = dict(models)
-                if batch == 1 and compile:
+                for impl, model in compiled.items() if batch == 1 else ():
+                    eager = models[impl.removesuffix(" compiled")]
                     start = time.perf_counter()
-                    gptkit_run(compiled, idx, 5)  # compiles the step
-                    compile_s = time.perf_counter() - start - gptkit_run(models["gptkit"], idx, 5)[1]
-                    impls["gptkit compiled"] = compiled
+                    gptkit_run(model, idx, 5)  # compiles the step
+                    compile_s[impl] = time.perf_counter() - start - gptkit_run(eager, idx, 5)[1]
+                    impls[impl] = model
                 runs = {impl: [] for impl in (*impls, "transformers")}
                 for m in impls.values():
                     gptkit_run(m, idx, 5)  # warm-up
@@ -161,10 +166,10 @@ def bench_sample(
                         }
                     )
             bandwidth = max(bandwidths)
-            for impl in ("gptkit", "gptkit int8"):
+            for impl in ("gptkit", "gptkit int8", *compiled):
                 ours = [r for r in rows if r["impl"] == impl and r["dtype"] == name and r["batch"] == 1]
                 if ours:
-                    bound = bandwidth * 1e9 / weight_bytes_per_token(models[impl])
+                    bound = bandwidth * 1e9 / weight_bytes_per_token(models[impl.removesuffix(" compiled")])
                     rows.append(
                         {
                             "impl": f"bound of {impl} ({bandwidth:.1f} GB/s copy)",
@@ -174,8 +179,8 @@ def bench_sample(
                             "fraction": ours[0]["tokens/s"] / bound,
                         }
                     )
-            if 1 in batch_sizes and compile:
-                rows.append({"impl": "compile", "dtype": name, "batch": 1, "compile_s": compile_s})
+            for impl, seconds in compile_s.items():
+                rows.append({"impl": impl, "dtype": name, "batch": 1, "compile_s": seconds})
             del models, compiled, hf
     return rows
 
@@ -185,17 +190,17 @@ def markdown(rows: list[dict]) -> str:
     lines.append("|---|---|---|---|---|---|")
     for r in rows:
         if "compile_s" in r:
-            gptkit, compiled = (
+            eager, compiled = (
                 next(h for h in rows if h["impl"] == impl and h["dtype"] == r["dtype"] and h["batch"] == 1)
-                for impl in ("gptkit", "gptkit compiled")
+                for impl in (r["impl"].removesuffix(" compiled"), r["impl"])
             )
-            per_token_saved = 1 / gptkit["tokens/s"] - 1 / compiled["tokens/s"]
+            per_token_saved = 1 / eager["tokens/s"] - 1 / compiled["tokens/s"]
             pays_off = (
                 f"pays off after {r['compile_s'] / per_token_saved:,.0f} tokens"
                 if per_token_saved > 0
                 else "never pays off"
             )
-            lines.append(f"| compiling the step | {r['dtype']} | 1 | {r['compile_s']:.0f} s | | {pays_off} |")
+            lines.append(f"| compiling {r['impl']}'s step | {r['dtype']} | 1 | {r['compile_s']:.0f} s | | {pays_off} |")
             continue
         if "fraction" in r:
             lines.append(
