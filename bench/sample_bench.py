@@ -225,13 +225,13 @@ def train_pair(data: Path, out: Path, steps: tuple[int, int]) -> tuple[Path, Pat
 
     quiet = Console(file=io.StringIO())
     paths = []
-    for preset, lr, steps in zip(("mini", "micro"), (1e-3, 2e-3), steps):
+    for preset, lr, preset_steps in zip(("mini", "micro"), (1e-3, 2e-3), steps):
         path = out / preset
-        config = TrainConfig(data=str(data), model=preset, out=str(path), steps=steps, block_size=256, batch_size=4,
+        config = TrainConfig(data=str(data), model=preset, out=str(path), steps=preset_steps, block_size=256, batch_size=4,
                              lr=lr, dtype="float32", eval_every=0, save_every=0)  # fmt: skip
         start = time.perf_counter()
         train(config, console=quiet)
-        print(f"trained {preset} for {steps} steps in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        print(f"trained {preset} for {preset_steps} steps in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         paths.append(path)
     return paths[0], paths[1]
 
@@ -276,17 +276,16 @@ def bench_speculative(
                     runs[impl].append(time.perf_counter() - start)
                     if stats.get("proposed"):
                         acceptance[impl].append(stats["accepted"] / stats["proposed"])
+            alone = new_tokens / statistics.median(runs["target alone"][1:])
             for impl, seconds in runs.items():
                 rate = summary([new_tokens / s for s in seconds[1:]])
                 row = {"mode": mode, "impl": impl, "tokens/s": rate["median"], "tokens/s min": rate["min"],
                        "tokens/s max": rate["max"]}  # fmt: skip
                 if impls[impl]:
                     row["acceptance"] = statistics.median(acceptance[impl])
-                    row["speed-up"] = row["tokens/s"] / alone["tokens/s"]
+                    row["speed-up"] = row["tokens/s"] / alone
                     if mode == "greedy":
                         row["same text"] = texts[impl] == texts["target alone"]
-                else:
-                    alone = row
                 rows.append(row)
         tokens, _ = validation_split(target_path, quiet=True)
         losses = {}
