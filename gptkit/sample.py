@@ -406,18 +406,18 @@ def sample(
 
     out.write(header(0))
     start = time.perf_counter()
-    first_token_s = None
+    arrivals = []  # (seconds since start, tokens printed so far) after each step
     stats = {}
     tokens_out = generate(
         model, idx, max_new_tokens, temperature, top_k or None, top_p, generator=generator, draft=draft_model,
         draft_tokens=draft_tokens, stats=stats,
     )  # fmt: skip
     for tokens in tokens_out:
-        first_token_s = first_token_s or time.perf_counter() - start
         for i, token in enumerate(tokens.tolist()):
             if not streams[i].done:
                 counts[i] += 1
                 buffers[i] += streams[i].finish() if token == EOT_TOKEN else streams[i].add(token)
+        arrivals.append((time.perf_counter() - start, sum(counts)))
         flush()
         if current == num_samples:
             break
@@ -438,9 +438,16 @@ def sample(
             f", draft acceptance {stats['accepted'] / stats['proposed']:.0%} "
             f"({stats['accepted']}/{stats['proposed']} proposed, {stats['rounds']} model passes)"
         )
+    compiling = ""
+    if compile and draft is None and len(arrivals) > 2:  # the prompt's pass gives the first token; the next step compiles
+        (first_s, _), (second_s, printed) = arrivals[:2]
+        compiling = (
+            f", {second_s - first_s:.1f} s of it compiling the step, "
+            f"{(total - printed) / (elapsed - second_s):.1f} tokens/s after"
+        )
     Console(stderr=True).print(
         f"[dim]{total} tokens in {elapsed:.2f} s: {total / elapsed:.1f} tokens/s, "
-        f"first token after {first_token_s * 1000:.0f} ms{speculation} ({', '.join(settings)})[/dim]",
+        f"first token after {arrivals[0][0] * 1000:.0f} ms{compiling}{speculation} ({', '.join(settings)})[/dim]",
         highlight=False,
         soft_wrap=True,
     )

@@ -265,6 +265,14 @@ def test_cli_streams_from_the_newest_checkpoint(workdir):
     assert run("Hello", "--top-k", "50", "--max-new-tokens", "8", "--seed", "3").stdout == result.stdout
 
 
+def test_cli_compile_gives_the_same_text_and_says_what_compiling_took(workdir):
+    plain = run("Hello", "--max-new-tokens", "8", "--seed", "3", "--quantize", "int8")
+    compiled = run("Hello", "--max-new-tokens", "8", "--seed", "3", "--quantize", "int8", "--compile")
+    assert compiled.exit_code == 0, compiled.output
+    assert compiled.stdout == plain.stdout
+    assert "of it compiling the step" in compiled.stderr and "compiling" not in plain.stderr
+
+
 def test_cli_options(workdir):
     args = ["--ckpt", str(workdir / "checkpoints" / "tiny"), "--dtype", "float32", "--device", "cpu"]
     result = run("", *args, "--max-new-tokens", "6", "--num-samples", "3", "--temperature", "0.8", "--top-p", "0.9")
