@@ -8,7 +8,7 @@ within the model's context) is checked later, where those are known. train's che
 import re
 from pathlib import Path
 
-from gptkit.checkpoint import METADATA_FILE, quantization_of, read_json, resolve
+from gptkit.checkpoint import quantization_of, read_metadata, resolve
 from gptkit.errors import GptkitError
 from gptkit.runlock import check_not_held
 
@@ -95,9 +95,7 @@ def check_not_int8(ckpt: Path, what: str, remedy: str):
     """Refuse an int8 checkpoint (gptkit quantize's) for what needs float weights, naming the float one it came from."""
     if quantization_of(ckpt) != "int8":
         return
-    folder = Path(ckpt) if Path(ckpt).is_dir() else Path(ckpt).parent
-    meta = read_json(folder / METADATA_FILE) if (folder / METADATA_FILE).is_file() else {}
-    source = (meta.get("quantization") or {}).get("source")
+    source = (read_metadata(ckpt).get("quantization") or {}).get("source")
     made_from = f" ({source})" if source else ""
     raise GptkitError(f"{ckpt} holds int8 weights (written by gptkit quantize), which {what}: {remedy}{made_from}")
 
