@@ -465,8 +465,9 @@ def load_checkpoint(path: str | Path, device="cpu", dtype=None) -> GPT:
 
     weights, _ = resolve(path)
     config = read_config(path)
-    int8 = is_int8(read_safetensors_header(weights))
-    tensors = from_hf_tensors(load_tensors(weights, device), config, weights, int8)
+    stored = load_tensors(weights, device)
+    int8 = any(t.dtype == torch.int8 for t in stored.values())
+    tensors = from_hf_tensors(stored, config, weights, int8)
     dtype = dtype or torch.float32
     with torch.device("meta"):
         model = GPT(config)
