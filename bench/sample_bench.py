@@ -78,7 +78,7 @@ def weight_bytes_per_token(model: GPT) -> int:
     """Bytes of weights a decoding step reads: every weight but the position embeddings, and the token embedding
     only where it is also the output head (a step looks up one row of it)."""
     tensors = {}
-    for module in model.modules():  # parameters, buffers, and the plain tensors of InputMajorLinear
+    for module in model.modules():  # parameters, buffers, and the plain tensors of BlockedLinear
         own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
         own += [t for t in vars(module).values() if isinstance(t, torch.Tensor)]
         tensors.update((t.data_ptr(), t) for t in own)

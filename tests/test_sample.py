@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 from gptkit.checkpoint import save_checkpoint
 from gptkit.cli import app
 from gptkit.model import GPT, GPTConfig
-from gptkit.sample import TextStream, generate, next_token_distribution, prepare_for_decoding, sample_next
+from gptkit.sample import BlockedLinear, TextStream, generate, next_token_distribution, prepare_for_decoding, sample_next
 from gptkit.tokenizer import EOT_TOKEN, encode, get_tokenizer
 
 runner = CliRunner()
@@ -58,6 +58,17 @@ def test_decoding_layout_gives_the_same_logits(tiny_model, tiny_config):
         prepare_for_decoding(prepared)
         assert all(not isinstance(m, torch.nn.Linear) for m in prepared.modules())
         torch.testing.assert_close(prepared(idx)[0], expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3])
+@pytest.mark.parametrize("in_features, out_features, bias", [(16, 50, True), (40, 16, True), (16, 37, False)])
+def test_blocked_linear_matches_linear(blocks, in_features, out_features, bias):
+    # Wide and deep layers (two layouts), outputs not a multiple of the blocks (padding), no bias (a zero one).
+    linear = torch.nn.Linear(in_features, out_features, bias=bias)
+    blocked = BlockedLinear(linear, blocks)
+    for shape in [(1, 1), (4, 1), (2, 5)]:  # a decoding step, a batch of them, a prefill
+        x = torch.randn(*shape, in_features)
+        torch.testing.assert_close(blocked(x), linear(x), atol=1e-5, rtol=1e-5)
 
 
 def test_sliding_window_continues_past_the_context(tiny_model):
