@@ -5,7 +5,14 @@ from typer.testing import CliRunner
 from gptkit.checkpoint import save_checkpoint
 from gptkit.cli import app
 from gptkit.model import GPT, GPTConfig
-from gptkit.sample import BlockedLinear, TextStream, generate, next_token_distribution, prepare_for_decoding, sample_next
+from gptkit.sample import (
+    BlockedLinear,
+    TextStream,
+    generate,
+    next_token_distribution,
+    prepare_for_decoding,
+    sample_next,
+)
 from gptkit.tokenizer import EOT_TOKEN, encode, get_tokenizer
 
 runner = CliRunner()
