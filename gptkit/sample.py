@@ -57,7 +57,8 @@ class BlockedLinear(nn.Module):
     batched product (baddbmm), so that a matrix-vector product (a decoding step) reads its weight on every core.
 
     MKL runs a one-row product on a single core (measured: no faster on two threads than on one), at about half the
-    read bandwidth of the machine; one block per thread brings GPT-2's layers from 11-19 GB/s to 19-30 GB/s.
+    read bandwidth of the machine; one block per thread brings GPT-2's layers from 11-17 GB/s to 18-26 (the
+    head from 20 to 28-30) on a 2-core AMD EPYC.
     Layers wider than they are deep keep each block input-major, (in, out / blocks), which reads fastest there;
     the others keep nn.Linear's layout, as views of its weight. The output is padded to a multiple of the blocks
     (GPT-2's 50257-wide head) and a missing bias is a zero one: compiled, a one-row bmm becomes a generated loop
@@ -66,13 +67,18 @@ class BlockedLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear, blocks: int):
         super().__init__()
-        weight, bias = linear.weight.detach(), linear.bias
-        self.out_features, pad = weight.size(0), -weight.size(0) % blocks
-        bias = torch.zeros_like(weight[:, 0]) if bias is None else bias.detach()
-        weight, bias = F.pad(weight, (0, 0, 0, pad)), F.pad(bias, (0, pad))
-        weight = weight.view(blocks, -1, weight.size(1)).transpose(1, 2)  # (blocks, in, out / blocks)
-        self.weight = weight.contiguous() if weight.size(2) * blocks > weight.size(1) else weight
-        self.bias = bias.view(blocks, 1, -1)
+        weight = linear.weight.detach()
+        self.out_features, in_features = weight.shape
+        width = -(-self.out_features // blocks)  # outputs per block, the last one padded with zeros
+        bias = torch.zeros_like(weight[:, 0]) if linear.bias is None else linear.bias.detach()
+        self.bias = F.pad(bias, (0, blocks * width - self.out_features)).view(blocks, 1, width)
+        if blocks * width > in_features:  # input-major blocks, (blocks, in, width), filled without a full copy
+            self.weight = weight.new_zeros(blocks, in_features, width)
+            for block, rows in zip(self.weight, weight.split(width)):
+                block[:, : rows.size(0)] = rows.t()
+        else:  # views of nn.Linear's (out, in) weight
+            weight = F.pad(weight, (0, 0, 0, blocks * width - self.out_features)) if self.out_features % blocks else weight
+            self.weight = weight.view(blocks, width, in_features).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(1, -1, x.size(-1)).expand(self.weight.size(0), -1, -1)
