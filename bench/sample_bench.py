@@ -1,6 +1,7 @@
 """gptkit's sampler against transformers' generate() on the same GPT-2 124M weights (random ones will do), and
 gptkit's faster ways to decode: int8 weights (--quantize int8), a compiled step (--compile) and speculative decoding
-(--draft, with a draft/target pair trained here on data/input.txt).
+(--draft, with a draft/target pair trained here on data/input.txt). First, the step's fp32 matrix-vector products
+alone, nn.Linear against the blocked layout that fp32 decoding on the CPU uses (sample.BlockedLinear).
 
 All generate exactly the same number of tokens (no stopping at <|endoftext|>), with top-k 50 sampling and a cache;
 runs alternate between the variants so that the machine's other load falls on all alike.
@@ -16,12 +17,13 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from bench.common import copy_bandwidth_gbs, summary
 from gptkit.checkpoint import save_checkpoint
 from gptkit.model import GPT, PRESETS
 from gptkit.quantize import quantize_int8
-from gptkit.sample import generate, prepare_for_decoding
+from gptkit.sample import BlockedLinear, generate, prepare_for_decoding
 from gptkit.tokenizer import EOT_TOKEN, encode
 
 PROMPT = "The quick brown fox jumps over the lazy dog. In the beginning"
@@ -216,6 +218,43 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# GPT-2 124M's matrices as (in, out), and how many of each a step reads.
+GPT2_PRODUCTS = {"attn.c_attn": (768, 2304, 12), "attn.c_proj": (768, 768, 12), "mlp.c_fc": (768, 3072, 12),
+                 "mlp.c_proj": (3072, 768, 12), "lm_head": (768, 50257, 1)}  # fmt: skip
+
+
+def bench_products(repeats: int = 25) -> list[dict]:
+    """GB/s of the fp32 one-row products of a decoding step, nn.Linear against BlockedLinear (one block per thread),
+    over distinct matrices (too large together for the caches), alternating: whether the blocked layout pays on this
+    machine."""
+    torch.manual_seed(0)
+    rows = []
+    with torch.inference_mode():
+        for name, (n_in, n_out, count) in GPT2_PRODUCTS.items():
+            linears = [nn.Linear(n_in, n_out, bias=name != "lm_head") for _ in range(max(count, 3))]
+            blocked = [BlockedLinear(linear, torch.get_num_threads()) for linear in linears]
+            x = torch.randn(1, 1, n_in)
+            seconds = {"nn.Linear": [], "blocked": []}
+            for _ in range(repeats):
+                for impl, layers in (("nn.Linear", linears), ("blocked", blocked)):
+                    start = time.perf_counter()
+                    for layer in layers:
+                        layer(x)
+                    seconds[impl].append(time.perf_counter() - start)
+            gbs = {impl: len(linears) * n_in * n_out * 4 / statistics.median(t) / 1e9 for impl, t in seconds.items()}
+            rows.append({"matrix": name, "shape": f"{n_in} x {n_out}", **gbs})
+    return rows
+
+
+def products_markdown(rows: list[dict]) -> str:
+    lines = [f"| matrix (in x out) | nn.Linear GB/s | BlockedLinear GB/s ({torch.get_num_threads()} blocks) | speed-up |"]
+    lines.append("|---|---|---|---|")
+    for r in rows:
+        lines.append(f"| {r['matrix']} ({r['shape']}) | {r['nn.Linear']:.1f} | {r['blocked']:.1f} | "
+                     f"{r['blocked'] / r['nn.Linear']:.2f}x |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def train_pair(data: Path, out: Path, steps: tuple[int, int]) -> tuple[Path, Path]:
     """A target (the mini preset, 30M) and a draft (micro, 7M; both with a context of 256) trained on data, as
     `gptkit train DATA --model PRESET --block-size 256 --batch-size 4 --lr LR --steps STEPS` does."""
@@ -334,6 +373,7 @@ if __name__ == "__main__":
     parser.add_argument("--draft-tokens", type=int, nargs="+", default=[2, 4], help="values of k to compare")
     args = parser.parse_args()
     dtypes = [getattr(torch, name) for name in args.dtypes]
+    print(products_markdown(bench_products(5 if args.quick else 25)) + "\n", flush=True)
     print(markdown(bench_sample(args.quick, dtypes, args.batch_sizes, args.repeats, not args.skip_compile)), flush=True)
     if not args.skip_speculative:
         rows = bench_speculative(args.quick, tuple(args.draft_tokens), args.repeats, args.train_steps, args.pair)
