@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
 # Rows of input above which the weight is dequantized for a plain matmul (prefill, eval): there the product is
 # compute-bound and the float matmul is faster than the int8 kernels, and dequantizing costs little per row.
 DEQUANTIZE_ABOVE_ROWS = 32
@@ -62,7 +61,7 @@ class Int8Linear(nn.Module):
         rows = x.shape[:-1].numel()
         if self.kernel_dtype is not None and rows <= DEQUANTIZE_ABOVE_ROWS:
             flat = x.reshape(rows, x.size(-1)).to(self.kernel_dtype)
-            y = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.kernel_scales.to(self.kernel_dtype))
+            y = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.kernel_scales)
             y = y.to(x.dtype).view(*x.shape[:-1], -1)
         else:
             y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)

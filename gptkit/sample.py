@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
 from gptkit.options import check_sample
+from gptkit.quantize import quantize_int8, replace_linears
 from gptkit.tokenizer import EOT_TOKEN, encode, get_tokenizer
 
 
@@ -91,10 +92,7 @@ def prepare_for_decoding(model: GPT, compile: bool = False) -> GPT:
     over the threads (BlockedLinear); with compile, torch.compile its one-token step (decode_step)."""
     weight = model.transformer.wte.weight
     if weight.dtype == torch.float32 and weight.device.type == "cpu":
-        for name, module in list(model.named_modules()):
-            if isinstance(module, nn.Linear):
-                parent, _, child = name.rpartition(".")
-                setattr(model.get_submodule(parent), child, BlockedLinear(module, torch.get_num_threads()))
+        replace_linears(model, lambda _, linear: BlockedLinear(linear, torch.get_num_threads()))
     if compile:
         # Static shapes (a preallocated cache, the position in a tensor): one graph serves every step of a sample.
         model.compiled_step = torch.compile(one_token_logits, dynamic=False, fullgraph=True)
@@ -337,7 +335,6 @@ def check_draft(draft_config, config, draft: Path):
 
 def load_for_decoding(ckpt: Path, device, dtype, quantize: str | None, compile: bool) -> GPT:
     from gptkit.checkpoint import load_checkpoint
-    from gptkit.quantize import quantize_int8
 
     model = load_checkpoint(ckpt, device, dtype)
     if quantize == "int8":
