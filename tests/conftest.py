@@ -1,8 +1,38 @@
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
 from gptkit.checkpoint import save_checkpoint
 from gptkit.model import GPT, GPTConfig
+
+SHAKESPEARE_PATH = Path(__file__).resolve().parents[1] / "data" / "input.txt"
+
+
+def assert_one_line_error(result, message: str):
+    """result, a failed command (a typer CliRunner result or a subprocess.CompletedProcess), exited non-zero with
+    exactly one line on stderr, 'error: ...' containing message, and no traceback anywhere."""
+    if isinstance(result, subprocess.CompletedProcess):
+        code, stdout, stderr = result.returncode, result.stdout or "", result.stderr or ""
+    else:
+        code, stdout, stderr = result.exit_code, result.stdout, result.stderr
+    stdout, stderr = (s.decode() if isinstance(s, bytes) else s for s in (stdout, stderr))
+    lines = stderr.splitlines()
+    assert code != 0, f"exit code {code}\n{stdout}{stderr}"
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
+    assert "Traceback" not in stdout + stderr, stdout + stderr
+
+
+@pytest.fixture(scope="session", autouse=True)
+def inductor_cache_dir(tmp_path_factory):
+    """torch.compile's on-disk cache (Inductor's, with Triton's inside it) of this session alone, never the user's
+    /tmp/torchinductor_<user>: set in the environment, so that the commands tests start as subprocesses use it too."""
+    path = tmp_path_factory.mktemp("torchinductor")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TORCHINDUCTOR_CACHE_DIR", str(path))
+        env.delenv("TRITON_CACHE_DIR", raising=False)
+        yield path
 
 
 @pytest.fixture(autouse=True)
@@ -15,7 +45,7 @@ def cache_dir(tmp_path, monkeypatch):
 def text(tmp_path):
     """The first 40 KB of Shakespeare: about 11k tokens."""
     path = tmp_path / "shakespeare.txt"
-    path.write_text(open("data/input.txt", encoding="utf-8").read()[:40_000])
+    path.write_text(SHAKESPEARE_PATH.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
     return path
 
 
