@@ -11,7 +11,7 @@ import math
 import torch
 
 from gptkit.model import GPT
-from gptkit.runtime import cpu_has_fast_bf16
+from gptkit.runtime import cpu_prefers_bf16
 
 ADAMW_BETAS = (0.9, 0.95)
 MUON_MOMENTUM = 0.95
@@ -39,12 +39,12 @@ class Optimizers:
 
 class Muon(torch.optim.Muon):
     """torch.optim.Muon (Keller Jordan's update and learning-rate scaling, decoupled weight decay), with its
-    Newton-Schulz iteration in fp32 on CPUs without bf16 instructions, where torch's bf16 iteration runs emulated
-    (3x slower there, and slower than the forward and backward of the model's blocks)."""
+    Newton-Schulz iteration in fp32 on CPUs where bf16 is not the faster (runtime.cpu_prefers_bf16): there torch's
+    bf16 iteration runs emulated, slower than the forward and backward of the model's blocks."""
 
     def __init__(self, params, device: torch.device, **options):
         super().__init__(params, **options)
-        self.fp32_iteration = device.type == "cpu" and not cpu_has_fast_bf16()
+        self.fp32_iteration = device.type == "cpu" and not cpu_prefers_bf16()
 
     @torch.no_grad()
     def step(self):

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gptkit.runtime import cpu_level
+
 # Rows of input above which the weight is dequantized for a plain matmul (prefill, eval): there the product is
 # compute-bound and the float matmul is faster than the int8 kernels, and dequantizing costs little per row.
 DEQUANTIZE_ABOVE_ROWS = 32
@@ -23,13 +25,19 @@ def has_int8_kernel(device: torch.device) -> bool:
     return device.type == "cpu" and torch._C._dispatch_has_kernel_for_dispatch_key("aten::_weight_int8pack_mm", "CPU")
 
 
+def kernel_dtype_for_level(level: str) -> torch.dtype:
+    """The activations' dtype for torch's int8 CPU kernel at a CPU level (runtime.cpu_level): its bf16 path is
+    vectorized at AVX2 and above, where it runs several times faster than its fp32 path; at the DEFAULT level both
+    are scalar loops and fp32 saves the conversions (bench/choices_bench.py measures both on each level)."""
+    return torch.float32 if level == "DEFAULT" else torch.bfloat16
+
+
 class Int8Linear(nn.Module):
     """A Linear whose weight is int8, with one scale per output channel: weight ~= int8_weight * scales[:, None].
 
-    Few rows (a decoding step) go through torch's int8 weight-only kernel, which reads the int8 weight directly. On
-    the CPU it runs with bf16 activations: torch 2.15's kernel is several times faster for bf16 input than for fp32
-    (a GPT-2 124M layer: 0.13 ms against 1.4 ms on a 2-core AVX2 CPU). Elsewhere, or for many rows, the weight is
-    dequantized and multiplied as usual (under torch.compile the two fuse).
+    Few rows (a decoding step) go through torch's int8 weight-only kernel, which reads the int8 weight directly, with
+    activations in kernel_dtype_for_level's dtype. Elsewhere, or for many rows, the weight is dequantized and
+    multiplied as usual (under torch.compile the two fuse).
     """
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None):
@@ -38,7 +46,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", weight)
         self.register_buffer("scales", scales)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
-        self.kernel_dtype = torch.bfloat16 if has_int8_kernel(weight.device) else None
+        self.kernel_dtype = kernel_dtype_for_level(cpu_level()) if has_int8_kernel(weight.device) else None
         if self.kernel_dtype is not None:  # converted once here: inductor cannot lower a conversion feeding the kernel
             self.register_buffer("kernel_scales", scales.to(self.kernel_dtype), persistent=False)
 

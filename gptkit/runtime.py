@@ -34,14 +34,52 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cpu_level() -> str:
+    """The instruction set torch's own CPU kernels run at: DEFAULT, AVX2, AVX512 (x86), or an ARM level. A machine
+    runs at most what it has; ATEN_CPU_CAPABILITY=default|avx2|avx512 makes torch run lower."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+# x86's levels from the highest down, as ATEN_CPU_CAPABILITY names them.
+X86_LEVELS = ("avx512", "avx2", "default")
+
+
+def lower_cpu_levels() -> list[str]:
+    """The ATEN_CPU_CAPABILITY values below the level this process runs at (what tests and benches also run under)."""
+    level = cpu_level().lower()
+    if level in X86_LEVELS:
+        return list(X86_LEVELS[X86_LEVELS.index(level) + 1 :])
+    return [] if level == "default" else ["default"]
+
+
 @cache
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 beats fp32."""
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return frozenset(line.split(":", 1)[1].split())
     except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+        pass
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX) and torch uses it.
+
+    Matrix products run in oneDNN, which picks its instructions itself (ONEDNN_MAX_CPU_ISA caps it;
+    ATEN_CPU_CAPABILITY does not), so torch.ops.mkldnn._is_mkldnn_bf16_supported() says whether bf16 products take
+    oneDNN's path at all; the flags say whether that path is native rather than emulated with AVX-512 conversions."""
+    native = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return native and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def cpu_prefers_bf16() -> bool:
+    """--dtype auto's choice on the CPU, and whether Muon's Newton-Schulz iteration runs in bf16: native bf16 matrix
+    products, and torch's own kernels (the element-wise work around them) vectorized, at AVX2 or above. At the
+    DEFAULT level every element-wise bf16 operation is a scalar loop converting each number (bench/choices_bench.py
+    measures the rule on each level)."""
+    return cpu_has_native_bf16() and cpu_level() != "DEFAULT"
 
 
 def available_memory() -> int | None:
@@ -56,11 +94,11 @@ def available_memory() -> int | None:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto' is bf16 where the device runs it well (CUDA with bf16, CPUs with bf16 instructions), else fp32."""
+    """'auto' is bf16 where the device runs it well (CUDA with bf16, CPUs as cpu_prefers_bf16 says), else fp32."""
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
-        if device.type == "cpu" and cpu_has_fast_bf16():
+        if device.type == "cpu" and cpu_prefers_bf16():
             return torch.bfloat16
         return torch.float32
     check_dtype(name)
