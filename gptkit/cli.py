@@ -52,8 +52,8 @@ def unexpected_error(e: Exception) -> str:
     world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
     where = f" on rank {os.environ.get('RANK', '?')}" if world_size > 1 else ""
     return (
-        f"gptkit hit an unexpected error{where}: {what}; this is a bug, please report it; "
-        "set GPTKIT_DEBUG=1 for the traceback"
+        f"gptkit hit an unexpected error{where}: {what}; this is a bug, please report it with the output of "
+        "`gptkit env`; set GPTKIT_DEBUG=1 for the traceback"
     )
 
 
@@ -621,6 +621,25 @@ def inspect(
     from gptkit.inspect import inspect_checkpoint, render
 
     info = inspect_checkpoint(ckpt)
+    if json_output:
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+    else:
+        render(info, Console())
+
+
+# --- env -------------------------------------------------------------------------------------------------------------
+
+
+@command
+def env(json_output: Annotated[bool, typer.Option("--json", help="Print it as JSON.")] = False):
+    """Show versions, the CPU and its level, GPUs, and what --device/--dtype auto pick: paste it into a bug report."""
+    import json
+
+    from rich.console import Console
+
+    from gptkit.env import environment, render
+
+    info = environment()
     if json_output:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
     else:
