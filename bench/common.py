@@ -1,9 +1,21 @@
 """Machine figures the benchmarks compare against: a measured matmul peak and copy bandwidth, and timing helpers."""
 
+import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def timed(fn, repeats: int) -> list[float]:

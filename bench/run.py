@@ -9,7 +9,6 @@ Ratios (gptkit / transformers) are the figures that matter; the targets are in t
 
 import argparse
 import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -19,17 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import cli_bench, eval_bench, quantize_bench, runlog_bench, sample_bench, train_bench  # noqa: E402
-from bench.common import copy_bandwidth_gbs, matmul_peak_gflops  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from bench.common import copy_bandwidth_gbs, cpu_name, matmul_peak_gflops  # noqa: E402
 
 
 def table(header: list[str], rows: list[list]) -> str:
