@@ -274,7 +274,7 @@ def download(name: str, out: Path | None = None, revision: str | None = None, fo
 
 def fetch_weights(repo_id, commit, out: Path, endpoint, offline, force) -> tuple[str, Path, bool]:
     """(file name, local path, whether it is the hub cache's) of the repo's weights, fetched if need be."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     from gptkit.data import data_hash  # imports numpy: not for the failures that come before
@@ -290,7 +290,10 @@ def fetch_weights(repo_id, commit, out: Path, endpoint, offline, force) -> tuple
     for filename in (WEIGHTS_FILE, BIN_FILE):
         url = hf_hub_url(repo_id, filename, revision=commit, endpoint=endpoint)
         try:
-            meta = get_hf_file_metadata(url, endpoint=endpoint, retry_on_errors=True)
+            # the timeout is get_hf_file_metadata's default, read now rather than when huggingface_hub was imported
+            meta = get_hf_file_metadata(
+                url, endpoint=endpoint, retry_on_errors=True, timeout=constants.HF_HUB_ETAG_TIMEOUT
+            )
         except EntryNotFoundError:
             continue
         part = out / f".{filename}.{meta.etag}.incomplete"

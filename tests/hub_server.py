@@ -1,10 +1,13 @@
 """A stand-in for the Hugging Face hub, for tests: serves model repos on 127.0.0.1 the way huggingface_hub downloads
 them (HEAD and GET on /{org}/{name}/resolve/{revision}/{path}, with ETag, X-Repo-Commit and Range; no xet headers, so
-the plain HTTP path is taken), logs every request with the bytes it sent, and fails on demand."""
+the plain HTTP path is taken), logs every request with the bytes it sent, and fails on demand: HTTP errors, reset
+connections, stalled answers, connections cut mid-body, bytes that differ from the announced sha256."""
 
 import hashlib
 import re
+import select
 import socket
+import struct
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,13 +15,16 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 RESOLVE = re.compile(r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<path>.+)")
+RESET = "reset"  # the connection is reset (TCP RST) before any answer
+STALL = "stall"  # no answer at all, until the client gives up (or STALL_LIMIT_S passes)
+STALL_LIMIT_S = 30
 
 
 @dataclass
 class Repo:
     files: dict[str, Path]  # path in the repo -> file on disk
     commit: str
-    gated: bool = False
+    token: str | None = None  # a gated repo: only requests with this bearer token are answered
     etags: dict[str, str] = field(default_factory=dict)
 
 
@@ -27,9 +33,10 @@ class Request:
     method: str
     repo: str | None
     path: str  # the file's path in the repo, or the URL path when it is not a resolve URL
-    status: int
+    status: int | str  # an HTTP status, RESET or STALL
     range: str | None
     sent: int  # body bytes
+    authorization: str | None = None
 
 
 class HubServer:
@@ -39,7 +46,9 @@ class HubServer:
         self.drop_at: dict[str, int] = {}  # file path -> bytes to send before cutting the connection (once)
         self.fail_after_drop: int | None = None  # HTTP status every request gets once a connection was cut
         self.failing: int | None = None
-        self.fail_once: dict[tuple[str, str], int] = {}  # (method, file path) -> HTTP status of its next answer
+        # (method, file path) -> what its next requests get, one each in turn: an HTTP status, RESET or STALL
+        self.failures: dict[tuple[str, str], list[int | str]] = {}
+        self.corrupt: set[str] = set()  # file paths served with one byte changed (same size, another sha256)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.httpd.hub = self
@@ -50,16 +59,18 @@ class HubServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def add_repo(self, repo_id: str, files: dict[str, Path], gated: bool = False) -> Repo:
-        commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    def add_repo(self, repo_id: str, files: dict[str, Path], token: str | None = None) -> Repo:
+        """Serve files as repo_id (again: a new commit of it); with a token, the repo is gated."""
         etags = {path: hashlib.sha256(Path(file).read_bytes()).hexdigest() for path, file in files.items()}
-        self.repos[repo_id] = Repo({k: Path(v) for k, v in files.items()}, commit, gated, etags)
+        commit = hashlib.sha1(f"{repo_id} {sorted(etags.items())}".encode()).hexdigest()
+        self.repos[repo_id] = Repo({k: Path(v) for k, v in files.items()}, commit, token, etags)
         return self.repos[repo_id]
 
     def reset(self):
         self.log.clear()
         self.drop_at.clear()
-        self.fail_once.clear()
+        self.failures.clear()
+        self.corrupt.clear()
         self.fail_after_drop = self.failing = None
 
     def fetched(self) -> dict[str, int]:
@@ -83,9 +94,16 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         self.serve(body=True)
 
+    def logged(self, status, repo, path) -> Request:
+        request = Request(
+            self.command, repo, path, status, self.headers.get("Range"), 0, self.headers.get("Authorization")
+        )
+        self.server.hub.log.append(request)
+        return request
+
     def reply(self, status: int, headers: dict, repo=None, path=None):
         """An answer without a body (errors)."""
-        self.server.hub.log.append(Request(self.command, repo, path or self.path, status, self.headers.get("Range"), 0))
+        self.logged(status, repo, path or self.path)
         self.send_response(status)
         for k, v in {**headers, "Content-Length": "0"}.items():
             self.send_header(k, v)
@@ -99,12 +117,17 @@ class Handler(BaseHTTPRequestHandler):
         if not m:
             return self.reply(404, {})
         repo_id, revision, path = m["repo"], unquote(m["revision"]), unquote(m["path"])
-        if status := hub.fail_once.pop((self.command, path), None):
-            return self.reply(status, {}, repo_id, path)
+        if failures := hub.failures.get((self.command, path)):
+            failure = failures.pop(0)
+            if failure == RESET:
+                return self.reset(repo_id, path)
+            if failure == STALL:
+                return self.stall(repo_id, path)
+            return self.reply(failure, {}, repo_id, path)
         repo = hub.repos.get(repo_id)
         if repo is None:
             return self.reply(404, {"X-Error-Code": "RepoNotFound"}, repo_id, path)
-        if repo.gated and "Authorization" not in self.headers:
+        if repo.token and self.headers.get("Authorization") != f"Bearer {repo.token}":
             return self.reply(401, {"X-Error-Code": "GatedRepo", "X-Error-Message": "gated"}, repo_id, path)
         if revision not in ("main", repo.commit):
             return self.reply(404, {"X-Error-Code": "RevisionNotFound"}, repo_id, path)
@@ -120,8 +143,7 @@ class Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
         headers.update({"ETag": f'"{repo.etags[path]}"', "Accept-Ranges": "bytes", "Content-Length": str(size - start)})
         # Logged, and bytes counted, before they are sent: a client that has them finds them in the log.
-        request = Request(self.command, repo_id, path, status, rng, 0)
-        hub.log.append(request)
+        request = self.logged(status, repo_id, path)
         self.send_response(status)
         for k, v in headers.items():
             self.send_header(k, v)
@@ -131,6 +153,9 @@ class Handler(BaseHTTPRequestHandler):
             with open(file, "rb") as f:
                 f.seek(start)
                 while chunk := f.read(1 << 16):
+                    if path in hub.corrupt and start + request.sent <= size // 2 < start + request.sent + len(chunk):
+                        at = size // 2 - start - request.sent
+                        chunk = chunk[:at] + bytes([chunk[at] ^ 0xFF]) + chunk[at + 1 :]
                     if limit is not None and request.sent + len(chunk) >= limit:
                         chunk = chunk[: limit - request.sent]
                         request.sent = limit
@@ -142,3 +167,15 @@ class Handler(BaseHTTPRequestHandler):
                         break
                     request.sent += len(chunk)
                     self.wfile.write(chunk)
+
+    def reset(self, repo, path):
+        self.logged(RESET, repo, path)
+        # Closing with a zero linger time sends an RST instead of a FIN: the client's read fails with ECONNRESET.
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
+
+    def stall(self, repo, path):
+        self.logged(STALL, repo, path)
+        select.select([self.connection], [], [], STALL_LIMIT_S)  # readable once the client hangs up
+        self.close_connection = True

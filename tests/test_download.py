@@ -2,6 +2,7 @@
 
 import errno
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,9 +20,18 @@ from gptkit import hub
 from gptkit.checkpoint import is_checkpoint, load_checkpoint, read_config, read_metadata
 from gptkit.errors import GptkitError
 from gptkit.inspect import inspect_checkpoint
-from tests.hub_server import HubServer
+from tests.hub_server import RESET, STALL, HubServer
 
 NEEDED = {"config.json", "model.safetensors"}
+GATED_TOKEN = "hf_token_of_an_account_that_accepted_the_conditions"
+# Environment variables a test's hub client must not inherit: tokens, offline mode, proxies (only loopback is used).
+NOT_INHERITED = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_HUB_OFFLINE",
+    *(f"{name}_PROXY" for name in ("HTTP", "HTTPS", "ALL")),
+    *(f"{name}_proxy" for name in ("http", "https", "all")),
+)
 CHUNK = 1 << 16
 DROP_AT = 32 * CHUNK  # a whole number of chunks: what the client has read is all written to disk
 DECOYS = ("tf_model.h5", "flax_model.msgpack", "rust_model.ot", "onnx/decoder_model.onnx", "64-8bits.tflite")
@@ -63,22 +73,25 @@ def server(repo_files):
     s.add_repo("openai-community/gpt2", everything)
     s.add_repo("someone/gpt2-bin", {k: v for k, v in everything.items() if k != "model.safetensors"})
     s.add_repo("google-bert/bert-base-uncased", {"config.json": bert / "config.json", **{d: gpt2 / d for d in DECOYS}})
-    s.add_repo("someone/gated-gpt2", everything, gated=True)
+    s.add_repo("someone/gated-gpt2", everything, token=GATED_TOKEN)
     yield s
     s.close()
 
 
 @pytest.fixture(autouse=True)
 def hub_env(server, tmp_path, monkeypatch):
-    """Each test: a fresh hub cache, the server's endpoint, no token, online, an empty request log."""
+    """Each test: a fresh hub cache, the server's endpoint, no token, online, no proxy, an empty request log."""
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     # http_get reads 10 MB at a time and loses what it holds of a chunk when the connection drops: small chunks make
     # what reaches the disk before a drop exact.
     monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", CHUNK)
+    # Telemetry off: huggingface_hub's user agent would fetch {endpoint}/api/agent-harnesses, in this process from
+    # the endpoint read at its import, huggingface.co.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", True)
     monkeypatch.setenv("HF_ENDPOINT", server.url)
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
+    for name in NOT_INHERITED:
         monkeypatch.delenv(name, raising=False)
     server.reset()
 
@@ -245,6 +258,57 @@ def test_errors(server, tmp_path, name, message):
     assert not is_checkpoint(tmp_path / "out")
 
 
+def test_corrupted_download_is_refused(server, repo_files, tmp_path):
+    server.corrupt.add("model.safetensors")  # one byte differs from what the announced sha256 (the ETag) says
+    out = tmp_path / "gpt2"
+    with pytest.raises(GptkitError) as failure:
+        hub.download("gpt2", out)
+    assert str(failure.value) == (
+        "openai-community/gpt2/model.safetensors arrived corrupted (checksum mismatch): run again to fetch it anew"
+    )
+    assert list(out.iterdir()) == []  # no weights, no config.json, no partial file a next run would resume from
+
+    server.reset()
+    hub.download("gpt2", out)
+    assert [r.range for r in server.log if (r.method, r.path) == ("GET", "model.safetensors")] == [None]  # anew
+    assert (out / "model.safetensors").read_bytes() == (repo_files["gpt2"] / "model.safetensors").read_bytes()
+
+
+def test_partial_download_of_another_version_is_removed(server, repo_files, tmp_path, no_waiting):
+    first = {name: repo_files["gpt2"] / name for name in NEEDED}
+    changed = load_file(first["model.safetensors"])
+    changed["wte.weight"] += 1  # same size, other bytes: resuming from the first version's bytes would mix the two
+    save_file(changed, tmp_path / "changed.safetensors", metadata={"format": "pt"})
+    server.add_repo("someone/updated-gpt2", first)
+    server.drop_at["model.safetensors"] = DROP_AT
+    server.fail_after_drop = 503
+    out = tmp_path / "out"
+    with pytest.raises(GptkitError, match="run again to resume"):
+        hub.download("someone/updated-gpt2", out)
+    (stale,) = out.glob(".model.safetensors.*.incomplete")
+
+    server.reset()
+    server.add_repo("someone/updated-gpt2", {**first, "model.safetensors": tmp_path / "changed.safetensors"})
+    hub.download("someone/updated-gpt2", out)
+    assert not stale.exists() and not list(out.glob(".*"))
+    assert [r.range for r in server.log if (r.method, r.path) == ("GET", "model.safetensors")] == [None]  # whole
+    assert (out / "model.safetensors").read_bytes() == (tmp_path / "changed.safetensors").read_bytes()
+
+
+def test_gated_repo_with_hf_token(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_token_of_another_account")
+    with pytest.raises(GptkitError, match="someone/gated-gpt2 is gated: accept its conditions"):
+        hub.download("someone/gated-gpt2", tmp_path / "out")
+
+    monkeypatch.setenv("HF_TOKEN", GATED_TOKEN)
+    server.reset()
+    out = hub.download("someone/gated-gpt2", tmp_path / "out")
+    assert is_checkpoint(out) and set(server.fetched()) == NEEDED
+    asked = [r for r in server.log if r.repo == "someone/gated-gpt2"]
+    assert {(r.method, r.path) for r in asked} == {(method, f) for method in ("HEAD", "GET") for f in NEEDED}
+    assert all(r.authorization == f"Bearer {GATED_TOKEN}" for r in asked)
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -264,21 +328,48 @@ def no_waiting(monkeypatch):
     return waits
 
 
+@pytest.fixture
+def short_timeouts(monkeypatch):
+    """Requests that get no answer time out after 0.5 s instead of 10 (the loopback server answers within ms)."""
+    import huggingface_hub.constants
+
+    for name in ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"):
+        monkeypatch.setattr(huggingface_hub.constants, name, 0.5)
+
+
+UNRESOLVABLE = "hub.invalid"  # fails to resolve as a resolver would fail it, without asking one (or a proxy)
+
+
+@pytest.fixture
+def connections(monkeypatch):
+    """The host of each connection opened (each looks its host up first); UNRESOLVABLE does not resolve."""
+    hosts = []
+    getaddrinfo = socket.getaddrinfo
+
+    def lookup(host, *args, **kwargs):
+        hosts.append(host)
+        if host == UNRESOLVABLE:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    return hosts
+
+
 UNREACHABLE = {
-    "unresolvable host": (lambda: "http://hub.invalid", "its host name does not resolve"),  # .invalid never resolves
+    "unresolvable host": (lambda: f"http://{UNRESOLVABLE}", "its host name does not resolve"),
     "closed port": (lambda: f"http://127.0.0.1:{closed_port()}", "connection refused"),
 }
 
 
 @pytest.mark.parametrize("case", UNREACHABLE)
-def test_unreachable_hub_fails_at_once(case, tmp_path, monkeypatch, no_waiting, capfd):
+def test_unreachable_hub_fails_at_once(case, tmp_path, monkeypatch, no_waiting, connections, capfd):
     endpoint, reason = UNREACHABLE[case][0](), UNREACHABLE[case][1]
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
-    start = time.perf_counter()
     with pytest.raises(GptkitError) as failure:
         hub.download("gpt2", tmp_path / "gpt2")
-    assert time.perf_counter() - start < 3
-    assert no_waiting == []  # not one retry
+    assert connections == [endpoint.split("//")[1].split(":")[0]]  # the probe alone: no retry, nothing after it
+    assert no_waiting == []
     message = str(failure.value)
     assert message.startswith(f"cannot reach {endpoint} ({reason}), and openai-community/gpt2 (main) is not in")
     assert "HF_HUB_OFFLINE" in message and "HF_ENDPOINT" in message and "resume" not in message
@@ -296,45 +387,99 @@ def test_unreachable_hub_with_the_files_in_the_hub_cache(server, tmp_path, monke
     assert "connection refused): used the hub cache" in capsys.readouterr().err
 
 
+# `python -m gptkit` with the tests' seams: each wait is printed to stdout ("waited 1") instead of waited, and
+# UNRESOLVABLE does not resolve.
+RUN_CLI = f"""
+import socket, sys, time
+getaddrinfo = socket.getaddrinfo
+def lookup(host, *args, **kwargs):
+    if host == {UNRESOLVABLE!r}:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    return getaddrinfo(host, *args, **kwargs)
+socket.getaddrinfo = lookup
+time.sleep = lambda seconds: print("waited", seconds)
+from gptkit.cli import main
+main()
+"""
+
+
+def run_cli(tmp_path, endpoint: str, *args) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1")
+    command = [sys.executable, "-c", RUN_CLI, "download", *map(str, args)]
+    return subprocess.run(command, env=env, capture_output=True, text=True)
+
+
 @pytest.mark.parametrize("unreachable", UNREACHABLE)
 def test_cli_unreachable_hub_prints_one_line(unreachable, tmp_path):
-    env = {**os.environ, "HF_ENDPOINT": UNREACHABLE[unreachable][0](), "HF_HOME": str(tmp_path / "hf-home")}
-    env.pop("HF_HUB_OFFLINE", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "gptkit", "download", "gpt2-medium", "-o", tmp_path / "out"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 1 and done.stdout == ""
+    done = run_cli(tmp_path, UNREACHABLE[unreachable][0](), "gpt2-medium", "-o", tmp_path / "out")
+    assert done.returncode == 1 and done.stdout == ""  # and not one wait
     assert done.stderr.startswith("error: cannot reach ") and done.stderr.count("\n") == 1, done.stderr
 
 
+def failed_requests(server) -> list:
+    """What each request that failed got (the probe's 404 aside)."""
+    return [r.status for r in server.log if r.status not in (200, 206) and r.path != "/"]
+
+
 def test_transient_failures_are_retried(server, repo_files, tmp_path, no_waiting, capfd):
-    server.fail_once[("HEAD", "config.json")] = 503
-    server.fail_once[("HEAD", "model.safetensors")] = 502
-    server.fail_once[("GET", "model.safetensors")] = 503
+    server.failures[("HEAD", "config.json")] = [503]
+    server.failures[("HEAD", "model.safetensors")] = [502]
+    server.failures[("GET", "model.safetensors")] = [503]
     out = hub.download("gpt2", tmp_path / "gpt2")
     assert (out / "model.safetensors").read_bytes() == (repo_files["gpt2"] / "model.safetensors").read_bytes()
-    assert [r.status for r in server.log if r.status >= 500] == [503, 502, 503]
+    assert failed_requests(server) == [503, 502, 503]
     assert no_waiting == [1, 1]  # the weights' HEAD and GET each waited once; config.json is tried twice at once
     err = capfd.readouterr().err
     assert "Retry" not in err and "thrown while requesting" not in err  # no log lines of huggingface_hub's
 
 
+# The weights' request (HEAD: its metadata, retried by huggingface_hub; GET: its bytes, retried by gptkit's fetch,
+# and on a 429 or a timeout by huggingface_hub's http_get) -> what its first answers are, and the waits between tries.
+RETRIED = {
+    "HEAD 429 timeout reset 503 502": ("HEAD", [429, STALL, RESET, 503, 502], [1, 2, 4, 8, 8]),
+    "GET 503 reset 502 reset 500": ("GET", [503, RESET, 502, RESET, 500], [1, 2, 4, 8, 8]),
+    "GET 429 x5": ("GET", [429] * 5, [1, 2, 4, 8, 8]),
+    "GET timeout": ("GET", [STALL], [1]),
+}
+
+
+@pytest.mark.parametrize("case", RETRIED)
+def test_failures_that_may_pass_are_retried(case, server, repo_files, tmp_path, no_waiting, short_timeouts):
+    method, failures, waits = RETRIED[case]
+    server.failures[(method, "model.safetensors")] = list(failures)
+    out = hub.download("gpt2", tmp_path / "gpt2")
+    assert (out / "model.safetensors").read_bytes() == (repo_files["gpt2"] / "model.safetensors").read_bytes()
+    assert [r.status for r in server.log if (r.method, r.path) == (method, "model.safetensors")] == [*failures, 200]
+    assert no_waiting == waits
+
+
+GIVES_UP = {  # the weights' request, its failure, what gptkit says after the sixth
+    "HEAD 503": ("HEAD", 503, r"http://127\.0\.0\.1:\d+ answered HTTP 503 for openai-community/gpt2: run again later"),
+    "GET 503": ("GET", 503, r"http://127\.0\.0\.1:\d+ answered HTTP 503 for openai-community/gpt2: run again later"),
+    "GET reset": ("GET", RESET, r"connection to http://127\.0\.0\.1:\d+ failed \(.+\): run again later"),
+}
+
+
+@pytest.mark.parametrize("case", GIVES_UP)
+def test_gives_up_after_five_retries(case, server, tmp_path, no_waiting):
+    method, failure, message = GIVES_UP[case]
+    server.failures[(method, "model.safetensors")] = [failure] * 6  # a seventh try would get the file
+    with pytest.raises(GptkitError) as refused:
+        hub.download("gpt2", tmp_path / "gpt2")
+    assert re.fullmatch(message, str(refused.value))  # one line
+    assert [r.status for r in server.log if (r.method, r.path) == (method, "model.safetensors")] == [failure] * 6
+    assert no_waiting == [1, 2, 4, 8, 8]
+    assert not is_checkpoint(tmp_path / "gpt2")
+
+
 def test_cli_retries_on_one_status_line(server, tmp_path):
-    server.fail_once[("HEAD", "model.safetensors")] = 502  # retried by huggingface_hub, which logs it
-    server.fail_once[("GET", "model.safetensors")] = 503  # retried by gptkit
-    env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf-home")}
-    env.pop("HF_HUB_OFFLINE", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "gptkit", "download", "gpt2", "-o", tmp_path / "gpt2"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    server.failures[("HEAD", "model.safetensors")] = [502]  # retried by huggingface_hub, which logs it
+    server.failures[("GET", "model.safetensors")] = [503]  # retried by gptkit
+    done = run_cli(tmp_path, server.url, "gpt2", "-o", tmp_path / "gpt2")
     assert done.returncode == 0 and is_checkpoint(tmp_path / "gpt2"), done.stderr
-    assert [r.status for r in server.log if r.status >= 500] == [502, 503]
+    assert failed_requests(server) == [502, 503]
+    assert done.stdout == "waited 1\nwaited 1\n"
     # without a terminal the status line is not drawn; huggingface_hub's log lines never show
     assert "Retry" not in done.stderr and "thrown" not in done.stderr and "HTTP" not in done.stderr, done.stderr
 
@@ -364,22 +509,13 @@ def test_disk_full_while_downloading(tmp_path, monkeypatch):
 
 
 def test_cli(server, tmp_path):
-    env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf-home")}
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
-        env.pop(name, None)
-
-    def run(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "gptkit", "download", *args], env=env, capture_output=True, text=True
-        )
-
-    done = run("gpt2", "--out", tmp_path / "gpt2")
-    assert done.returncode == 0, done.stderr
-    start = time.perf_counter()
-    again = run("gpt2", "--out", tmp_path / "gpt2")
+    done = run_cli(tmp_path, server.url, "gpt2", "--out", tmp_path / "gpt2")
+    assert done.returncode == 0 and done.stdout == "", done.stderr
+    server.reset()
+    again = run_cli(tmp_path, server.url, "gpt2", "--out", tmp_path / "gpt2")
     assert again.returncode == 0 and "nothing to download" in again.stderr
-    assert time.perf_counter() - start < 10
-    same = run("openai-community/gpt2", "-o", tmp_path / "gpt2")
+    same = run_cli(tmp_path, server.url, "openai-community/gpt2", "-o", tmp_path / "gpt2")
     assert same.returncode == 0 and "nothing to download" in same.stderr  # the same repo, under its full id
-    bad = run("gpt3")
+    assert server.log == []  # neither asked the hub anything
+    bad = run_cli(tmp_path, server.url, "gpt3")
     assert bad.returncode == 1 and bad.stderr.startswith("error: unknown model 'gpt3'") and bad.stderr.count("\n") == 1
