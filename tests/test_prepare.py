@@ -5,19 +5,21 @@ import errno
 import gzip
 import json
 import os
+import re
 
 import numpy as np
 import pytest
+from conftest import SHAKESPEARE_PATH, assert_one_line_error
 from typer.testing import CliRunner
 
 from gptkit import prepare as prep
 from gptkit.cli import app
-from gptkit.data import BatchLoader, eval_batches, open_data
+from gptkit.data import load_tokens, open_data
 from gptkit.errors import GptkitError
 from gptkit.prepare import MANIFEST, prepare
 from gptkit.tokenizer import EOT_TOKEN, encode, get_tokenizer
 
-SHAKESPEARE = open("data/input.txt", encoding="utf-8").read()[:30_000]
+SHAKESPEARE = SHAKESPEARE_PATH.read_text(encoding="utf-8")[:30_000]
 DOCS = [
     "The quick brown fox jumps over the lazy dog.",
     "Ünïcödé text, emoji 🙂 and a literal <|endoftext|> inside a web page.",
@@ -183,7 +185,7 @@ def test_prepare_refuses_a_folder_of_other_data(tmp_path):
         prepare(b, tmp_path / "out")
 
 
-# --- pre-tokenized folders and batches -------------------------------------------------------------------------------
+# --- pre-tokenized folders ------------------------------------------------------------------------------------------
 
 
 def test_nanogpt_and_build_nanogpt_folders(tmp_path):
@@ -209,98 +211,77 @@ def test_nanogpt_and_build_nanogpt_folders(tmp_path):
     assert all(isinstance(s, np.memmap) for s in train + val) and val[0].tolist() == tokens[:5000].tolist()
 
 
-def test_batches_from_shards_never_span_them_and_cover_every_window():
-    shards = [np.arange(0, 101, dtype=np.uint16), np.arange(1000, 1051, dtype=np.uint16), np.arange(2000, 2009)]
-    loader = BatchLoader(shards, batch_size=3, block_size=10, seed=1)
-    assert loader.n_windows == 10 + 5 + 0
-    starts = []
-    for _ in range(5):
-        x, y = loader.next_batch()
-        assert (y[:, :-1] == x[:, 1:]).all() and (y[:, -1] == x[:, -1] + 1).all()  # consecutive: within a shard
-        starts += x[:, 0].tolist()
-    assert sorted(starts) == list(range(0, 100, 10)) + list(range(1000, 1050, 10))
-    assert loader.state() == {"epoch": 1, "index": 0}
-    ranks = [BatchLoader(shards, batch_size=1, block_size=10, seed=1, rank=r, world_size=3) for r in range(3)]
-    loader = BatchLoader(shards, batch_size=3, block_size=10, seed=1)
-    loader.load_state({"epoch": 2, "index": 6})
-    for r in ranks:
-        r.load_state({"epoch": 2, "index": 6})
-    for _ in range(8):
-        assert loader.next_batch()[0].tolist() == [row for r in ranks for row in r.next_batch()[0].tolist()]
-    val = [x for x, _ in eval_batches(shards, 1000, batch_size=4, block_size=30)]
-    assert [row[0] for x in val for row in x.tolist()] == [0, 30, 60, 1000]
-
-
-def test_single_array_batches_are_unchanged_by_shards():
-    """A text of one shard gives the same batches as the former one-array loader: the same windows, same order."""
-    tokens = np.arange(5001, dtype=np.uint16)
-    one = BatchLoader(tokens, batch_size=4, block_size=8, seed=3)
-    order = np.random.default_rng([3, 0]).permutation(5000 // 8)
-    assert one.next_batch()[0][:, 0].tolist() == [w * 8 for w in order[:4]]
-
-
 # --- bad input -------------------------------------------------------------------------------------------------------
 
 
-def run_cli(*args) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
+def run_cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def assert_one_line_error(args, message):
-    code, output = run_cli(*args)
-    errors = [line for line in output.splitlines() if line.startswith("error:")]
-    assert code != 0 and len(errors) == 1 and message in errors[0] and "Traceback" not in output, output
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "does not exist"),
+        (b"", "is empty"),
+        (b"ok " * 1000 + "caf\xe9".encode("latin-1"), "not UTF-8 text (invalid byte at offset 3003)"),
+    ],
+    ids=["missing", "empty", "not UTF-8"],
+)
+def test_missing_empty_and_non_utf8_text(tmp_path, small_jobs, content, message):
+    """Refused alike where train and eval read a text (through the token cache) and by gptkit prepare; the offset
+    of a bad byte counts from the start of the file, not of the read it is in."""
+    path = tmp_path / "data.txt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(GptkitError, match=re.escape(message)):
+        load_tokens(path)
+    assert_one_line_error(run_cli("prepare", path, "--out", tmp_path / "out"), message)
+    assert not (tmp_path / "out").exists() and not list((tmp_path / "cache").rglob("*.bin"))
 
 
-def test_bad_text_inputs(tmp_path):
+def test_bad_documents_and_folders(tmp_path):
     out = tmp_path / "out"
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(["prepare", tmp_path / "empty", "--out", out], "holds no .txt, .jsonl")
-    assert_one_line_error(["prepare", tmp_path / "missing.txt", "--out", out], "does not exist")
+    assert_one_line_error(run_cli("prepare", tmp_path / "empty", "--out", out), "holds no .txt, .jsonl")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n\n{"text": "fine", oops}\n')
-    assert_one_line_error(["prepare", bad, "--out", out], f"{bad} line 3: not valid JSON")
+    assert_one_line_error(run_cli("prepare", bad, "--out", out), f"{bad} line 3: not valid JSON")
     bad.write_text('{"text": "fine"}\n{"content": "no text"}\n')
-    assert_one_line_error(["prepare", bad, "--out", out], f'{bad} line 2: no "text" field')
+    assert_one_line_error(run_cli("prepare", bad, "--out", out), f'{bad} line 2: no "text" field')
     no_text = write_parquet(tmp_path / "bad.parquet", ["a", "b"], column="content")
-    assert_one_line_error(["prepare", no_text, "--out", out], 'has no "text" column (it has content, score)')
-    (tmp_path / "latin1.txt").write_bytes(b"ok " * 1000 + "caf\xe9".encode("latin-1"))
-    assert_one_line_error(
-        ["prepare", tmp_path / "latin1.txt", "--out", out], "not UTF-8 text (invalid byte at offset 3003)"
-    )
-    (tmp_path / "blank.txt").write_text("")
-    assert_one_line_error(["prepare", tmp_path / "blank.txt", "--out", out], "is empty")
+    assert_one_line_error(run_cli("prepare", no_text, "--out", out), 'has no "text" column (it has content, score)')
     assert not out.exists()  # nothing half-written by any of them
 
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     (mixed / "a.txt").write_text("text")
     np.arange(10, dtype=np.uint16).tofile(mixed / "train.bin")
-    assert_one_line_error(["prepare", mixed, "--out", out], "mixes pre-tokenized files (train.bin) with text (a.txt)")
-    assert_one_line_error(["train", mixed, "--model", "nano"], "mixes pre-tokenized files (train.bin) with text")
+    assert_one_line_error(
+        run_cli("prepare", mixed, "--out", out), "mixes pre-tokenized files (train.bin) with text (a.txt)"
+    )
+    assert_one_line_error(run_cli("train", mixed, "--model", "nano"), "mixes pre-tokenized files (train.bin) with text")
 
 
 def test_bad_token_folders(tmp_path):
     folder = tmp_path / "nanogpt"
     folder.mkdir()
     (folder / "train.bin").write_bytes(b"\x01\x00" * 100 + b"\x01")
-    assert_one_line_error(["train", folder, "--model", "nano"], "train.bin has an odd number of bytes (201)")
+    assert_one_line_error(run_cli("train", folder, "--model", "nano"), "train.bin has an odd number of bytes (201)")
     tokens = np.full(1000, 7, dtype=np.uint16)
     tokens[345] = 60_000
     tokens.tofile(folder / "train.bin")
-    assert_one_line_error(["train", folder, "--model", "nano"], "token 345 is 60000, outside GPT-2's vocabulary")
+    assert_one_line_error(run_cli("train", folder, "--model", "nano"), "token 345 is 60000, outside GPT-2's vocabulary")
 
     build = tmp_path / "build"
     build.mkdir()
     np.save(build / "x_train_000001.npy", tokens)
-    assert_one_line_error(["train", build, "--model", "nano"], "token 345 is 60000")
+    assert_one_line_error(run_cli("train", build, "--model", "nano"), "token 345 is 60000")
     np.save(build / "x_train_000001.npy", tokens.astype(np.int32))
     assert_one_line_error(
-        ["train", build, "--model", "nano"], "holds int32 of shape (1000,), not a 1-D array of uint16"
+        run_cli("train", build, "--model", "nano"), "holds int32 of shape (1000,), not a 1-D array of uint16"
     )
     (build / "x_train_000001.npy").write_bytes(b"\x93NUMPY garbage")
-    assert_one_line_error(["train", build, "--model", "nano"], "is not a readable .npy file")
+    assert_one_line_error(run_cli("train", build, "--model", "nano"), "is not a readable .npy file")
 
 
 def test_manifest_that_does_not_match_its_shards(tmp_path):
@@ -311,10 +292,12 @@ def test_manifest_that_does_not_match_its_shards(tmp_path):
     with open(out / prep.shard_name(1), "r+b") as f:
         f.truncate(100)
     assert_one_line_error(
-        ["train", out, "--model", "nano"], "does not match its shards (tokens_000001.bin has 100 bytes"
+        run_cli("train", out, "--model", "nano"), "does not match its shards (tokens_000001.bin has 100 bytes"
     )
     (out / prep.shard_name(1)).unlink()
-    assert_one_line_error(["prepare", data, "--out", out, "--shard-tokens", 2000], "tokens_000001.bin is missing")
+    assert_one_line_error(
+        run_cli("prepare", data, "--out", out, "--shard-tokens", 2000), "tokens_000001.bin is missing"
+    )
 
 
 def test_disk_full_leaves_nothing_half_written_and_the_next_prepare_resumes(tmp_path, small_jobs, monkeypatch):
@@ -330,10 +313,10 @@ def test_disk_full_leaves_nothing_half_written_and_the_next_prepare_resumes(tmp_
         write(self, *args)
 
     monkeypatch.setattr(prep.ShardWriter, "write", disk_full_at_the_20th_write)
-    assert_one_line_error(["prepare", data, "--out", out, "--shard-tokens", 1000], "no space left on the device")
+    assert_one_line_error(run_cli("prepare", data, "--out", out, "--shard-tokens", 1000), "no space left on the device")
     left = sorted(p.name for p in out.iterdir())
     assert left == [MANIFEST] + [prep.shard_name(i) for i in range(len(left) - 1)] and len(left) > 1
     monkeypatch.setattr(prep.ShardWriter, "write", write)
-    code, output = run_cli("prepare", data, "--out", out, "--shard-tokens", 1000)
-    assert code == 0, output
+    result = run_cli("prepare", data, "--out", out, "--shard-tokens", 1000)
+    assert result.exit_code == 0, result.output
     assert all_tokens(out) == encode(SHAKESPEARE)
