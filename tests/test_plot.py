@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import assert_one_line_error
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -38,8 +39,7 @@ def write_run(folder, steps=200, start=10.0, end=3.0, eval_every=50, cut_last_li
 
 
 def invoke(*args, env=None):
-    result = CliRunner().invoke(app, ["plot", *map(str, args)], env=env)
-    return result.exit_code, result.output
+    return CliRunner().invoke(app, ["plot", *map(str, args)], env=env)
 
 
 def test_smoothing_is_a_debiased_moving_average():
@@ -61,8 +61,8 @@ def test_png_of_two_runs_has_both_colours(tmp_path):
 
     a, b = write_run(tmp_path / "small"), write_run(tmp_path / "big", start=11.0, end=2.0)
     out = tmp_path / "curves.png"
-    code, output = invoke(a, b, "--out", out, "--log")
-    assert code == 0 and f"wrote {out}" in output, output
+    result = invoke(a, b, "--out", out, "--log")
+    assert result.exit_code == 0 and f"wrote {out}" in result.output, result.output
     pixels = matplotlib.image.imread(out)
     assert pixels.shape[:2] == (450, 800)
     rgb = {tuple(round(float(c) * 255) for c in p[:3]) for row in pixels[::2] for p in row[::2]}
@@ -75,8 +75,8 @@ def test_png_of_two_runs_has_both_colours(tmp_path):
 def test_svg_and_pdf_by_extension(tmp_path):
     run = write_run(tmp_path / "run")
     for name, start in (("curves.svg", b"<?xml"), ("curves.pdf", b"%PDF")):
-        code, output = invoke(run, "--out", tmp_path / name, "--x", "tokens")
-        assert code == 0, output
+        result = invoke(run, "--out", tmp_path / name, "--x", "tokens")
+        assert result.exit_code == 0, result.output
         assert (tmp_path / name).read_bytes().startswith(start)
 
 
@@ -96,17 +96,18 @@ def test_terminal_plot_fits_the_width_and_names_the_runs(tmp_path):
 def test_terminal_plot_through_the_cli_takes_the_terminal_width(tmp_path):
     run = write_run(tmp_path / "run")
     for columns in (50, 120):
-        code, output = invoke(run, "--log", env={"COLUMNS": str(columns)})
-        assert code == 0, output
-        lines = output.splitlines()
+        result = invoke(run, "--log", env={"COLUMNS": str(columns)})
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
         assert max(map(len, lines)) <= columns and max(map(len, lines[:16])) >= columns - 2
         assert "log scale" in lines[-1]
 
 
 def test_a_line_cut_short_is_skipped_with_a_warning(tmp_path):
     run = write_run(tmp_path / "run", steps=60, cut_last_line=True)
-    code, output = invoke(run)
-    assert code == 0 and "warning:" in output and "skipped 1 unreadable line(s)" in output, output
+    result = invoke(run)
+    assert result.exit_code == 0 and "warning:" in result.output, result.output
+    assert "skipped 1 unreadable line(s)" in result.output
 
 
 def test_bad_inputs(tmp_path):
@@ -125,19 +126,18 @@ def test_bad_inputs(tmp_path):
         ([run, "--out", tmp_path / "taken.png"], "cannot write"),
     ]
     for args, message in cases:
-        code, output = invoke(*args)
-        lines = output.strip().splitlines()
-        assert code == 1 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], output
+        result = invoke(*args)
+        assert_one_line_error(result, message)
+        assert result.stdout == ""
     assert (tmp_path / "taken.png").is_dir() and not (tmp_path / "missing").exists()
 
 
 def test_a_file_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
     run = write_run(tmp_path / "run")
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if not installed
-    code, output = invoke(run, "--out", tmp_path / "curves.png")
-    assert code == 1 and output.startswith("error:") and "pip install 'gptkit[plot]'" in output, output
+    assert_one_line_error(invoke(run, "--out", tmp_path / "curves.png"), "pip install 'gptkit[plot]'")
     assert not (tmp_path / "curves.png").exists()
-    assert invoke(run)[0] == 0  # the terminal plot needs no matplotlib
+    assert invoke(run).exit_code == 0  # the terminal plot needs no matplotlib
 
 
 def test_plot_does_not_import_torch(tmp_path):

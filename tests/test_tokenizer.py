@@ -2,6 +2,7 @@ import hashlib
 import shutil
 
 import pytest
+from conftest import SHAKESPEARE_PATH
 
 from gptkit.tokenizer import ASSETS, EOT_TOKEN, decode, encode, get_tokenizer
 
@@ -56,9 +57,7 @@ def test_equals_tiktoken_gpt2(text, tiktoken_own_gpt2):
 
 
 def test_shakespeare_equals_tiktoken(tiktoken_own_gpt2):
-    from pathlib import Path
-
-    text = (Path(__file__).parent.parent / "data" / "input.txt").read_text()[:100_000]
+    text = SHAKESPEARE_PATH.read_text(encoding="utf-8")[:100_000]
     assert get_tokenizer().encode_ordinary(text) == tiktoken_own_gpt2.encode_ordinary(text)
 
 
@@ -68,7 +67,7 @@ def test_endoftext_is_special():
 
 
 def test_corrupted_bpe_file_is_refused(tmp_path, monkeypatch):
-    import gptkit.tokenizer as tokenizer
+    from gptkit import tokenizer
     from gptkit.errors import GptkitError
 
     for name in ("vocab.bpe", "encoder.json"):
