@@ -212,10 +212,25 @@ def train(cfg: TrainConfig, console=None) -> dict:
     check(cfg)
     procs = start_processes(cfg.device or "auto")
     try:
-        with contextlib.ExitStack() as held:  # the run folder's lock, from open_run until the run ends
+        with tf32_matmuls(procs.device), contextlib.ExitStack() as held:  # held: the run folder's lock, once taken
             return run(cfg, procs, console or Console(highlight=False, soft_wrap=True), held)
     finally:
         stop_processes(procs)
+
+
+@contextlib.contextmanager
+def tf32_matmuls(device: torch.device):
+    """TF32 for fp32 matrix products and convolutions on CUDA while the run lasts; the process's own settings again
+    after it (a caller of train() that wants full fp32 products keeps them)."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def run(cfg: TrainConfig, procs: Processes, console, held: contextlib.ExitStack) -> dict:
@@ -291,9 +306,6 @@ def build_run(cfg: TrainConfig, procs: Processes, out: Path, state: dict | None,
     loader = BatchLoader(train_tokens, cfg.batch_size, cfg.block_size, cfg.seed, procs.rank, procs.world_size)
     torch.manual_seed(cfg.seed)
     keep_freed_memory()
-    if procs.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     dtype = getattr(torch, cfg.dtype)
     if state is None:
         model, extra_positions = build_model(cfg)

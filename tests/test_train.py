@@ -1,5 +1,6 @@
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -106,13 +107,16 @@ def test_interrupt_saves_and_resume_is_exact(text, tiny_checkpoint, tmp_path, mo
     assert read_metadata(tmp_path / "split")["val_loss"] == read_metadata(tmp_path / "straight")["val_loss"]
 
 
-def train_command(text, model, out, launcher=()) -> list[str]:
-    """`python -m [launcher ...] gptkit train TEXT --model MODEL --out OUT`, for a child process."""
-    return [sys.executable, "-m", *launcher, "gptkit", "train", str(text), "--model", str(model), "--out", str(out)]
+def train_command(text, model, out) -> list[str]:
+    """`python -m gptkit train TEXT --model MODEL --out OUT`, for a child process."""
+    return [sys.executable, "-m", "gptkit", "train", str(text), "--model", str(model), "--out", str(out)]
 
 
-def run_torchrun(command: list[str]):
-    """Run a torchrun command line to the end (3 minutes at most), one thread per process; fail on a non-zero exit."""
+def run_torchrun(text, model, out, *options, program=("-m", "gptkit")) -> subprocess.CompletedProcess:
+    """`gptkit train TEXT --model MODEL --out OUT OPTIONS` in two processes under torchrun (program: what torchrun
+    starts instead of `-m gptkit`), to the end (3 minutes at most), one thread per process."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *program]
+    command = [*launcher, "train", str(text), "--model", str(model), "--out", str(out), *map(str, options)]
     child = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -122,11 +126,11 @@ def run_torchrun(command: list[str]):
         env=os.environ | {"OMP_NUM_THREADS": "1"},
     )
     try:
-        _, stderr = child.communicate(timeout=180)
+        stdout, stderr = child.communicate(timeout=180)
     finally:
         if child.poll() is None:  # timed out: stop torchrun and its workers
             os.killpg(child.pid, signal.SIGKILL)
-    assert child.returncode == 0, stderr[-3000:]
+    return subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
 
 
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(text, tiny_checkpoint, tmp_path):
@@ -155,36 +159,115 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(text, tiny_checkpoint,
     assert step >= 1 and len(losses(out)) == step and (out / "training_state.json").is_file()
 
 
+# How far a weight of a two-process run may end from the one-process run's with the same global batch (fp32), for
+# test_two_processes_match_one_with_the_same_global_batch. Each weight's gradient is a sum over the batch's B x T
+# tokens: one process adds the 128 terms in one order, two processes add 64 each and the all-reduce adds the halves.
+# Reordering a sum of L terms moves it by at most (L - 1) u times the sum of the terms' magnitudes (u = 2^-24, fp32's
+# unit roundoff), and the matrix products may block their inner products (up to 4 n_embd long, in the MLP) otherwise
+# for 64 rows than for 128: the gradients differ by rho = (B T + 4 n_embd) u relative to their terms (2.3e-5 here), and
+# by up to CANCELLATION times more relative to a gradient whose terms cancel to a 1 / CANCELLATION of their size.
+CANCELLATION = 100
+QUINTIC_SLOPE_AT_0 = 3.4445  # torch.optim.Muon's a: the most one Newton-Schulz step stretches a difference
+GPT2_INIT_STD = 0.02  # the scale of the weights a relative difference of the Muon matrices is taken against
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).eps / 2
+
+
+def muon_iterates_in() -> torch.dtype:
+    """The dtype of optim.Muon's Newton-Schulz iteration in this process (torch's bf16, or its fp32 fallback)."""
+    from gptkit.optim import Muon
+
+    fp32 = Muon([torch.nn.Parameter(torch.zeros(2, 2))], torch.device("cpu")).fp32_iteration
+    return torch.float32 if fp32 else torch.bfloat16
+
+
+def orthogonalization_difference(input_difference: float, ns_steps: int, dtype: torch.dtype) -> float:
+    """How far two Newton-Schulz results (entries of at most 1) may be apart, for inputs (normalized to norm 1) that
+    differ by input_difference: each quintic step stretches a difference by at most QUINTIC_SLOPE_AT_0, and the
+    input's cast and each step's result round in the iteration's dtype."""
+    return QUINTIC_SLOPE_AT_0**ns_steps * input_difference + (ns_steps + 1) * unit_roundoff(dtype)
+
+
+def max_weight_difference(name: str, shape: torch.Size, settings: dict) -> float:
+    cfg = TrainConfig(data="", **{k: settings[k] for k in ("steps", "lr", "min_lr", "warmup_steps")})
+    lr_sum = sum(learning_rate(step, cfg) for step in range(cfg.steps))  # what moves a weight, step by step
+    rho = (settings["batch_size"] * settings["block_size"] + 4 * settings["n_embd"]) * unit_roundoff(torch.float32)
+    # AdamW's step lr * m / (sqrt(v) + eps) does not depend on the gradient's scale: a relative difference r of the
+    # gradient moves it by about lr * r. The weights' own differences feed back into later gradients at lr * r << r.
+    if settings["optimizer"] == "adamw":
+        return lr_sum * rho * CANCELLATION
+    # Muon's step is lr * sqrt(max(1, rows / columns)) * O, O the orthogonalized momentum: |O| entries at most 1,
+    # apart by orthogonalization_difference for gradients apart by rho.
+    ns_steps = torch.optim.Muon([torch.nn.Parameter(torch.zeros(2, 2))]).param_groups[0]["ns_steps"]
+    o_difference = orthogonalization_difference(rho, ns_steps, muon_iterates_in())
+    if len(shape) == 2 and name.startswith("transformer.h."):  # optim.is_block_matrix: Muon's
+        return lr_sum * math.sqrt(max(1, shape[0] / shape[1])) * o_difference
+    # the rest, with AdamW at adam_lr: their gradients flow through the Muon matrices, which differ by up to the bound
+    # above (scale 4: the widest matrix, 4 n_embd x n_embd) against weights of GPT2_INIT_STD
+    relative = rho + lr_sum * math.sqrt(4) * o_difference / GPT2_INIT_STD
+    return lr_sum * settings["adam_lr"] / settings["lr"] * min(2, relative * CANCELLATION)
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_two_processes_match_one_with_the_same_global_batch(text, tiny_checkpoint, hellaswag_file, tmp_path, optimizer):
+    two, one = tmp_path / "two", tmp_path / "one"
     options = ["--steps", "3", "--block-size", "32", "--lr", "1e-3", "--dtype", "float32", "--device", "cpu"]
-    options += ["--optimizer", optimizer, "--hellaswag", str(hellaswag_file)]  # 4 examples: 2 for each process
-    two = tmp_path / "two"
-    command = [
-        *train_command(
-            text, tiny_checkpoint, two, launcher=["torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
-        ),
-        "--batch-size",
-        "2",
-        *options,
-    ]
-    run_torchrun(command)
-    run(
-        text,
-        tiny_checkpoint,
-        tmp_path / "one",
-        steps=3,
-        batch_size=4,
-        optimizer=optimizer,
-        hellaswag=str(hellaswag_file),
-    )
-    assert losses(two) == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+    options += ["--optimizer", optimizer, "--hellaswag", hellaswag_file]  # 4 examples: 2 for each process
+    ran = run_torchrun(text, tiny_checkpoint, two, "--batch-size", "2", *options)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    # only rank 0 prints (and writes: one line of metrics.jsonl per step, below)
+    assert [line.split()[0] for line in ran.stdout.splitlines() if line.startswith(("training ", "done: "))] == [
+        "training",
+        "done:",
+    ], ran.stdout
+    run(text, tiny_checkpoint, one, steps=3, batch_size=4, optimizer=optimizer, hellaswag=str(hellaswag_file))
+    assert losses(two) == pytest.approx(losses(one), rel=1e-4)
     assert read_metadata(two)["settings"]["world_size"] == 2
-    assert read_metadata(two)["hellaswag_acc_norm"] == read_metadata(tmp_path / "one")["hellaswag_acc_norm"]
-    one_weights, two_weights = weights(tmp_path / "one"), weights(two)
+    assert read_metadata(two)["hellaswag_acc_norm"] == read_metadata(one)["hellaswag_acc_norm"]
+    settings = read_metadata(one)["settings"]
+    one_weights, two_weights = weights(one), weights(two)
     for name in one_weights:
-        torch.testing.assert_close(one_weights[name], two_weights[name], atol=1e-5, rtol=1e-4)
+        bound = max_weight_difference(name, one_weights[name].shape, settings)
+        torch.testing.assert_close(two_weights[name], one_weights[name], atol=bound, rtol=0, msg=lambda m: name + m)
+
+
+UNEXPECTED_ERROR_IN_EACH_PROCESS = """
+import os, sys, time
+from pathlib import Path
+
+import gptkit.train
+from gptkit.cli import app
+
+
+def build_run(*args):
+    raise RuntimeError("a bug")
+
+
+gptkit.train.build_run = build_run
+try:
+    app(prog_name="gptkit")
+finally:  # torchrun stops every process once one exits: exit when both have printed their line
+    done = Path(sys.argv[sys.argv.index("--out") + 1] + ".printed")
+    done.mkdir(parents=True, exist_ok=True)
+    (done / os.environ["RANK"]).touch()
+    deadline = time.time() + 60
+    while len(list(done.iterdir())) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_under_torchrun_each_process_names_its_rank_in_its_error_line(text, tiny_checkpoint, tmp_path):
+    script = tmp_path / "unexpected_error.py"
+    script.write_text(UNEXPECTED_ERROR_IN_EACH_PROCESS)
+    ran = run_torchrun(text, tiny_checkpoint, tmp_path / "run", "--steps", "1", "--device", "cpu", program=[script])
+    errors = sorted(line for line in ran.stderr.splitlines() if line.startswith("error:"))
+    assert ran.returncode != 0 and len(errors) == 2, ran.stderr[-3000:]
+    for rank, line in enumerate(errors):
+        assert line.startswith(f"error: gptkit hit an unexpected error on rank {rank}: RuntimeError: a bug;"), line
 
 
 def cli(*args) -> tuple[int, str]:
@@ -419,9 +502,8 @@ def test_nanogpt_folder_trains_and_validates_on_val_bin(text, tiny_checkpoint, t
 def test_two_processes_from_shards_match_one(shards, tiny_checkpoint, tmp_path):
     options = ["--steps", "3", "--block-size", "32", "--lr", "1e-3", "--dtype", "float32", "--device", "cpu"]
     two = tmp_path / "two"
-    launcher = ["torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
-    command = [*train_command(shards, tiny_checkpoint, two, launcher=launcher), "--batch-size", "2", *options]
-    run_torchrun(command)
+    ran = run_torchrun(shards, tiny_checkpoint, two, "--batch-size", "2", *options)
+    assert ran.returncode == 0, ran.stderr[-3000:]
     run(shards, tiny_checkpoint, tmp_path / "one", steps=3, batch_size=4)
     assert losses(two) == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
     assert read_metadata(two)["data"]["format"] == "gptkit"
