@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import assert_one_line_error
 
 
 def test_help_does_not_import_torch():
@@ -15,40 +16,44 @@ def test_help_does_not_import_torch():
         "heavy = [m for m in ('torch', 'transformers', 'huggingface_hub', 'numpy') if m in sys.modules]\n"
         "assert not heavy, heavy"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "train" in result.stdout and "inspect" in result.stdout
 
 
 def test_python_dash_m():
-    result = subprocess.run([sys.executable, "-m", "gptkit", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "gptkit", "--help"], check=False, capture_output=True, text=True)
     assert result.returncode == 0 and "download" in result.stdout
 
 
 # Runs the CLI on each argument list of a JSON list, in one process, and prints for each, as JSON: the exit code, what
-# went to stderr, and the heavy modules imported so far (a module once imported stays in sys.modules).
+# went to stdout and stderr, and the heavy modules imported so far (a module once imported stays in sys.modules).
 CLI_RUNS = """
 import io, json, sys
 from gptkit.cli import main
-results = []
+results, real_stdout = [], sys.stdout
 for args in json.loads(sys.argv[1]):
-    sys.argv, sys.stderr = ["gptkit", *args], io.StringIO()
+    sys.argv, sys.stdout, sys.stderr = ["gptkit", *args], io.StringIO(), io.StringIO()
     try:
         main()
         code = 0
     except SystemExit as e:
         code = e.code
     heavy = sorted(m for m in ("torch", "transformers", "numpy") if m in sys.modules)
-    results.append({"code": code, "stderr": sys.stderr.getvalue(), "heavy": heavy})
-print(json.dumps(results))
+    results.append({"code": code, "stdout": sys.stdout.getvalue(), "stderr": sys.stderr.getvalue(), "heavy": heavy})
+print(json.dumps(results), file=real_stdout)
 """
 
 
-def cli_runs(runs: list[list[str]], cwd) -> list[dict]:
+def cli_runs(runs: list[list[str]], cwd) -> list[tuple[subprocess.CompletedProcess, list[str]]]:
+    """Each run as if it were a process of its own, and the heavy modules imported by then."""
     result = subprocess.run(
         [sys.executable, "-c", CLI_RUNS, json.dumps(runs)], capture_output=True, text=True, cwd=cwd, check=True
     )
-    return json.loads(result.stdout.splitlines()[-1])
+    return [
+        (subprocess.CompletedProcess(["gptkit", *args], r["code"], r["stdout"], r["stderr"]), r["heavy"])
+        for args, r in zip(runs, json.loads(result.stdout.splitlines()[-1]), strict=True)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -117,16 +122,16 @@ def bad_option_runs(files) -> list[dict]:
 
 @pytest.mark.parametrize("case", range(len(BAD_OPTIONS)), ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD_OPTIONS])
 def test_bad_options_fail_before_importing_torch(files, bad_option_runs, case):
-    run, message = bad_option_runs[case], BAD_OPTIONS[case][1].format(root=files)
-    assert run["heavy"] == []  # neither torch, nor transformers, nor numpy
-    assert run["code"] == 1 and run["stderr"].startswith("error: ") and run["stderr"].count("\n") == 1, run
-    assert message in run["stderr"]
+    run, heavy = bad_option_runs[case]
+    assert heavy == []  # neither torch, nor transformers, nor numpy
+    assert run.returncode == 1
+    assert_one_line_error(run, BAD_OPTIONS[case][1].format(root=files))
 
 
 def test_a_good_command_does_import_torch(files):
     """The check above can fail: a command that passes the option checks goes on to import torch."""
-    (run,) = cli_runs([["sample", "Hi", "--ckpt", str(files / "ckpt"), "--device", "cpu"]], cwd=files)
-    assert "torch" in run["heavy"]
+    ((_, heavy),) = cli_runs([["sample", "Hi", "--ckpt", str(files / "ckpt"), "--device", "cpu"]], cwd=files)
+    assert "torch" in heavy
 
 
 def test_preset_names_without_torch():
@@ -139,6 +144,7 @@ def test_preset_names_without_torch():
 def test_train_help_groups_the_options_in_panels():
     result = subprocess.run(
         [sys.executable, "-m", "gptkit", "train", "--help"],
+        check=False,
         capture_output=True,
         text=True,
         env={**os.environ, "COLUMNS": "120"},
@@ -157,6 +163,7 @@ def test_train_help_groups_the_options_in_panels():
 def test_help_panels_of_sample_and_eval(command, panels):
     result = subprocess.run(
         [sys.executable, "-m", "gptkit", command, "--help"],
+        check=False,
         capture_output=True,
         text=True,
         env={**os.environ, "COLUMNS": "120"},
@@ -172,16 +179,16 @@ def test_an_unexpected_error_is_one_line_and_the_traceback_needs_gptkit_debug():
         "from gptkit.cli import main; sys.argv = ['gptkit', 'inspect', 'anything']; main()"
     )
     env = {k: v for k, v in os.environ.items() if k != "GPTKIT_DEBUG"}
-    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    quiet = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env)
     assert quiet.returncode == 1 and quiet.stdout == ""
     assert quiet.stderr.splitlines() == [
         (
             "error: gptkit hit an unexpected error: ZeroDivisionError: something deep; this is a bug, please report "
-            "it; set GPTKIT_DEBUG=1 for the traceback"
+            "it with the output of `gptkit env`; set GPTKIT_DEBUG=1 for the traceback"
         )
     ]
     debug = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env | {"GPTKIT_DEBUG": "1"}
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env | {"GPTKIT_DEBUG": "1"}
     )
     assert debug.returncode == 1
     assert "Traceback (most recent call last)" in debug.stderr and "in broken" in debug.stderr
