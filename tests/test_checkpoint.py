@@ -215,7 +215,9 @@ def test_every_loaded_tensor_is_64_byte_aligned(tiny_model, tmp_path, kind):
         model.load_state_dict(tiny_model.state_dict())
         ckpt = save_checkpoint(model, tmp_path / kind)
     elif kind == "int8":
-        ckpt = save_checkpoint(quantize_int8(load_checkpoint(save_checkpoint(tiny_model, tmp_path / "f"))), tmp_path / kind)
+        ckpt = save_checkpoint(
+            quantize_int8(load_checkpoint(save_checkpoint(tiny_model, tmp_path / "f"))), tmp_path / kind
+        )
     elif kind == "converted .bin":
         source = save_checkpoint(tiny_model, tmp_path / "source")
         ckpt = tmp_path / kind
