@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gptkit import __version__
+from gptkit.config import GPTConfig
 from gptkit.errors import GptkitError
 
 if TYPE_CHECKING:
     import torch
 
-    from gptkit.model import GPT, GPTConfig
+    from gptkit.model import GPT
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -303,8 +304,6 @@ def hf_config(config: GPTConfig, dtype: str = "float32", int8: bool = False) -> 
 
 def config_from_hf(cfg: dict, source: str | Path = "config.json") -> GPTConfig:
     """GPTConfig from a GPT2Config dict, refusing the variants this model does not implement."""
-    from gptkit.model import GPTConfig
-
     if cfg.get("model_type") != "gpt2":
         raise GptkitError(f"{source}: this is a '{cfg.get('model_type', 'unknown')}' model, not GPT-2")
     unsupported = []
@@ -338,8 +337,6 @@ def config_from_hf(cfg: dict, source: str | Path = "config.json") -> GPTConfig:
 
 def config_from_shapes(header: dict, source: Path) -> GPTConfig:
     """Infer the config of a bare .safetensors file (GPT-2's head size is always 64)."""
-    from gptkit.model import GPTConfig
-
     shapes = {strip_prefix(k): v["shape"] for k, v in header.items() if k != "__metadata__"}
     if "wte.weight" not in shapes or "wpe.weight" not in shapes:
         raise GptkitError(f"{source} holds no GPT-2 weights (no wte.weight / wpe.weight) and has no config.json")

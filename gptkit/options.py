@@ -12,8 +12,6 @@ from gptkit.checkpoint import quantization_of, read_metadata, resolve
 from gptkit.errors import GptkitError
 from gptkit.runlock import check_not_held
 
-# The names of model.PRESETS, which cannot be imported without torch (tests/test_cli.py keeps the two the same).
-PRESET_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "mini", "micro", "nano")
 # --dtype names and what they stand for (runtime.DTYPES maps them to torch dtypes).
 DTYPE_NAMES = {
     "float32": "float32",

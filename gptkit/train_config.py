@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gptkit.checkpoint import resolve as resolve_checkpoint
+from gptkit.config import PRESETS, GPTConfig
 from gptkit.errors import GptkitError
 from gptkit.options import (
     DTYPE_NAMES,
     HELLASWAG_URL,
-    PRESET_NAMES,
     check_device,
     check_dtype,
     check_not_int8,
@@ -26,8 +26,6 @@ from gptkit.runlock import check_not_held
 
 if TYPE_CHECKING:
     import torch
-
-    from gptkit.model import GPTConfig
 
 OPTIMIZERS = ("adamw", "muon")
 ADAMW_LR, ADAMW_FINE_TUNING_LR = 6e-4, 3e-5
@@ -95,7 +93,7 @@ NOT_SETTINGS = {"data", "model", "out", "resume", "overwrite"}
 def run_name(data: str, model: str) -> str:
     """<data>-<preset> from scratch, <data>-<checkpoint>-finetuned from a checkpoint (never the same folder)."""
     stem = Path(data).resolve().stem or "data"
-    return f"{stem}-{Path(model).name}-finetuned" if model not in PRESET_NAMES else f"{stem}-{model}"
+    return f"{stem}-{Path(model).name}-finetuned" if model not in PRESETS else f"{stem}-{model}"
 
 
 def default_out(cfg: TrainConfig) -> Path:
@@ -111,10 +109,10 @@ def check(cfg: TrainConfig):
     takes its lock later, this only refuses early)."""
     check_values(cfg)
     check_text(cfg.data)
-    if cfg.model is not None and cfg.model not in PRESET_NAMES:
+    if cfg.model is not None and cfg.model not in PRESETS:
         if not Path(cfg.model).exists():
             raise GptkitError(
-                f"unknown model '{cfg.model}': use a preset ({', '.join(PRESET_NAMES)}) or a checkpoint directory"
+                f"unknown model '{cfg.model}': use a preset ({', '.join(PRESETS)}) or a checkpoint directory"
             )
         resolve_checkpoint(cfg.model)
         check_not_int8(cfg.model, "cannot be trained", "fine-tune the float checkpoint it was made from")

@@ -1,0 +1,34 @@
+"""The model's shape (GPTConfig) and its named sizes (PRESETS). No torch: the CLI checks options against them before
+it imports torch."""
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # maximum context length (number of position embeddings)
+    vocab_size: int = 50257  # GPT-2's BPE vocabulary: 50,000 merges + 256 bytes + <|endoftext|>
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    layer_norm_epsilon: float = 1e-5
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# The four OpenAI GPT-2 sizes, and small models that train in minutes on a laptop CPU.
+PRESETS: dict[str, GPTConfig] = {
+    "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    "mini": GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256),  # 30M (19M of it embeddings)
+    "micro": GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=256),  # 7M
+    "nano": GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=128),  # 3M
+}
