@@ -134,13 +134,6 @@ def test_a_good_command_does_import_torch(files):
     assert "torch" in heavy
 
 
-def test_preset_names_without_torch():
-    from gptkit.model import PRESETS
-    from gptkit.options import PRESET_NAMES
-
-    assert PRESET_NAMES == tuple(PRESETS)
-
-
 def test_train_help_groups_the_options_in_panels():
     result = subprocess.run(
         [sys.executable, "-m", "gptkit", "train", "--help"],
