@@ -56,7 +56,9 @@ KNOWN_MODELS = {
 BIN_FILE = "pytorch_model.bin"
 DEFAULT_ENDPOINT = "https://huggingface.co"
 RETRY_WAITS = (1, 2, 4, 8, 8)  # seconds before each retry of a transient failure (huggingface_hub's own schedule)
-RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
+# Answers that fetch retries; huggingface_hub's http_get retries 408 and 429 itself, on the same schedule, so
+# retrying those here too would multiply the tries.
+RETRY_STATUSES = (500, 502, 503, 504)
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -312,7 +314,7 @@ def fetch(url: str, filename: str, part: Path, size: int | None):
     """Append the rest of the file at url to part, which holds its first bytes from earlier runs.
 
     http_get itself resumes after failed connections, timeouts and bodies cut short; the failures it passes on that
-    may go away (an HTTP 5xx or 429, a connection reset) are retried here, from what reached the disk."""
+    may go away (an HTTP 5xx, a connection reset) are retried here, from what reached the disk."""
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
@@ -350,7 +352,7 @@ def fetch(url: str, filename: str, part: Path, size: int | None):
 
 
 def transient_problem(error: Exception) -> str | None:
-    """What went wrong, if it is a failure of the kind that goes away (a 5xx or 429 answer, a reset connection)."""
+    """What went wrong, if it is a failure of the kind that goes away (a 5xx answer, a reset connection)."""
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError
 

@@ -458,6 +458,7 @@ GIVES_UP = {  # the weights' request, its failure, what gptkit says after the si
     "HEAD 503": ("HEAD", 503, r"http://127\.0\.0\.1:\d+ answered HTTP 503 for openai-community/gpt2: run again later"),
     "GET 503": ("GET", 503, r"http://127\.0\.0\.1:\d+ answered HTTP 503 for openai-community/gpt2: run again later"),
     "GET reset": ("GET", RESET, r"connection to http://127\.0\.0\.1:\d+ failed \(.+\): run again later"),
+    "GET 429": ("GET", 429, r"http://127\.0\.0\.1:\d+ answered HTTP 429 for openai-community/gpt2: run again later"),
 }
 
 
