@@ -154,7 +154,8 @@ def test_training_lowers_the_loss_of_a_learnable_text_with_clipped_gradients(tmp
     loss, distinct_tokens = losses(out), len(set(load_tokens(text)[0].tolist()))
     assert loss[0] > 0.9 * math.log(50257) and loss[-1] < math.log(distinct_tokens), (loss, distinct_tokens)
     assert len(clipped) == 30 and all(max_norm == 1.0 for max_norm, _, _ in clipped)
-    assert [norm for _, norm, _ in clipped] == [json.loads(line)["grad_norm"] for line in open(out / "metrics.jsonl")]
+    recorded = [json.loads(line)["grad_norm"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [norm for _, norm, _ in clipped] == recorded
     assert any(norm > 1.0 for _, norm, _ in clipped)  # clipping acted, and left the norm at 1.0:
     # up to clip's 1 / (norm + 1e-6) and the fp32 rounding of two pairwise sums of squares (log2(N) u ~ 1e-6 each)
     assert all(after == pytest.approx(min(norm, 1.0), rel=1e-5) for _, norm, after in clipped)
@@ -273,11 +274,13 @@ def muon_iterates_in() -> torch.dtype:
     return torch.float32 if fp32 else torch.bfloat16
 
 
-def orthogonalization_difference(input_difference: float, ns_steps: int, dtype: torch.dtype) -> float:
+def orthogonalization_difference(input_difference: float, ns_steps: int, dtype: torch.dtype, inner: int) -> float:
     """How far two Newton-Schulz results (entries of at most 1) may be apart, for inputs (normalized to norm 1) that
     differ by input_difference: each quintic step stretches a difference by at most QUINTIC_SLOPE_AT_0, and the
-    input's cast and each step's result round in the iteration's dtype."""
-    return QUINTIC_SLOPE_AT_0**ns_steps * input_difference + (ns_steps + 1) * unit_roundoff(dtype)
+    input's cast and each step's result round in the iteration's dtype, after products that add up to `inner` terms
+    in fp32."""
+    rounding = unit_roundoff(dtype) + inner * unit_roundoff(torch.float32)
+    return QUINTIC_SLOPE_AT_0**ns_steps * input_difference + (ns_steps + 1) * rounding
 
 
 def max_weight_difference(name: str, shape: torch.Size, settings: dict) -> float:
@@ -291,7 +294,7 @@ def max_weight_difference(name: str, shape: torch.Size, settings: dict) -> float
     # Muon's step is lr * sqrt(max(1, rows / columns)) * O, O the orthogonalized momentum: |O| entries at most 1,
     # apart by orthogonalization_difference for gradients apart by rho.
     ns_steps = torch.optim.Muon([torch.nn.Parameter(torch.zeros(2, 2))]).param_groups[0]["ns_steps"]
-    o_difference = orthogonalization_difference(rho, ns_steps, muon_iterates_in())
+    o_difference = orthogonalization_difference(rho, ns_steps, muon_iterates_in(), 4 * settings["n_embd"])
     if len(shape) == 2 and name.startswith("transformer.h."):  # optim.is_block_matrix: Muon's
         return lr_sum * math.sqrt(max(1, shape[0] / shape[1])) * o_difference
     # the rest, with AdamW at adam_lr: their gradients flow through the Muon matrices, which differ by up to the bound
@@ -321,7 +324,9 @@ def test_two_processes_match_one_with_the_same_global_batch(text, tiny_checkpoin
     one_weights, two_weights = weights(one), weights(two)
     for name in one_weights:
         bound = max_weight_difference(name, one_weights[name].shape, settings)
-        torch.testing.assert_close(two_weights[name], one_weights[name], atol=bound, rtol=0, msg=lambda m: name + m)
+        torch.testing.assert_close(
+            two_weights[name], one_weights[name], atol=bound, rtol=0, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 UNEXPECTED_ERROR_IN_EACH_PROCESS = """
@@ -411,7 +416,11 @@ def test_out_of_memory_in_a_step_is_one_line(text, tiny_checkpoint, tmp_path, mo
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\nSee the documentation")
 
     monkeypatch.setattr(GPT, "forward", out_of_memory)
-    assert_fails([text, "--model", tiny_checkpoint, "--steps", "1"], "out of memory at a batch of 4 x 64 tokens", tmp_path / "run")
+    assert_fails(
+        [text, "--model", tiny_checkpoint, "--steps", "1"],
+        "out of memory at a batch of 4 x 64 tokens",
+        tmp_path / "run",
+    )
 
 
 def test_memory_floor_stays_below_what_a_step_really_takes(tiny_config):
@@ -729,6 +738,87 @@ def test_muon_takes_the_block_matrices_and_the_schedule_scales_both(tiny_model):
     assert adamw_names == set(name_of.values()) - muon_names  # wte (= lm_head), wpe, biases, layer norms
     set_learning_rate(optimizer, 0.01, cfg.lr)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 5e-4, 5e-4])
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_weight_decay_acts_on_matrices_only(tiny_model, optimizer):
+    """With zero gradients a step is weight decay alone: every 2-D weight (the blocks' matrices, the embeddings)
+    shrinks by lr * weight_decay, biases and layer norms stay (the README: weight decay on weight matrices only)."""
+    from gptkit.optim import make_optimizer
+
+    cfg = TrainConfig(data="", optimizer=optimizer, lr=0.02, adam_lr=0.01, weight_decay=0.1)
+    optimizer = make_optimizer(tiny_model, cfg, torch.device("cpu"))
+    before = {name: p.detach().clone() for name, p in tiny_model.named_parameters()}
+    for p in tiny_model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    muon_lr = {id(p): group["lr"] for group in optimizer.parts[0].param_groups for p in group["params"]}
+    for name, p in tiny_model.named_parameters():
+        lr = muon_lr.get(id(p), cfg.adam_lr if cfg.optimizer == "muon" else cfg.lr)
+        # one fp32 product of the weight by (1 - lr * weight_decay): within a unit roundoff of it
+        expected = before[name] * (1 - lr * cfg.weight_decay) if p.dim() == 2 else before[name]
+        torch.testing.assert_close(p.detach(), expected, rtol=2**-24, atol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_defaults_the_readme_states(tiny_config):
+    """--lr 6e-4 for AdamW from scratch, 3e-5 fine-tuning; Muon's 0.02 and 1e-3, AdamW's beside it as AdamW's alone;
+    --batch-size 4 on the CPU, 16 on a GPU; --block-size the model's context, at most 256 on the CPU."""
+    from dataclasses import replace
+
+    from gptkit.train_config import resolve
+
+    def resolved(device="cpu", context=1024, fine_tuning=False, **options):
+        cfg = TrainConfig(data="", dtype="float32", **options)
+        return resolve(cfg, torch.device(device), replace(tiny_config, block_size=context), fine_tuning, 1)
+
+    assert (resolved().lr, resolved(fine_tuning=True).lr) == (6e-4, 3e-5)
+    muon, muon_fine_tuning = resolved(optimizer="muon"), resolved(optimizer="muon", fine_tuning=True)
+    assert (muon.lr, muon.adam_lr, muon_fine_tuning.lr, muon_fine_tuning.adam_lr) == (0.02, 6e-4, 1e-3, 3e-5)
+    assert (resolved().block_size, resolved(context=64).block_size, resolved("cuda").block_size) == (256, 64, 1024)
+    assert (resolved().batch_size, resolved("cuda").batch_size) == (4, 16)
+    assert resolved().min_lr == pytest.approx(6e-5) and resolved(steps=100).warmup_steps == 5
+
+
+def test_muon_orthogonalizes_in_fp32_where_bf16_is_not_the_faster(monkeypatch):
+    """optim.Muon runs torch's Newton-Schulz iteration (bf16) where the CPU prefers bf16 and on GPUs, its own fp32
+    iteration on other CPUs; both are torch.optim.Muon's step otherwise (momentum, Nesterov, lr scaling, decay)."""
+    import gptkit.optim
+    from gptkit.optim import Muon
+
+    torch.manual_seed(0)
+    weight, gradients = torch.randn(256, 64) * 0.02, [torch.randn(256, 64) * 1e-3 for _ in range(3)]
+    lr, weight_decay = 0.02, 0.1
+
+    def three_steps(optimizer_of) -> torch.Tensor:
+        p = torch.nn.Parameter(weight.clone())
+        optimizer = optimizer_of([p])
+        for g in gradients:
+            p.grad = g.clone()
+            optimizer.step()
+        return p.detach()
+
+    options = {"lr": lr, "weight_decay": weight_decay, "momentum": 0.95, "nesterov": True}
+    bf16_reference = three_steps(lambda params: torch.optim.Muon(params, **options))
+    results = {}
+    for prefers_bf16 in (False, True):
+        monkeypatch.setattr(gptkit.optim, "cpu_prefers_bf16", lambda prefers_bf16=prefers_bf16: prefers_bf16)
+        cpu = Muon([torch.nn.Parameter(weight.clone())], torch.device("cpu"))
+        cuda = Muon([torch.nn.Parameter(weight.clone())], torch.device("cuda"))
+        assert (cpu.fp32_iteration, cuda.fp32_iteration) == (not prefers_bf16, False)
+        results[prefers_bf16] = three_steps(lambda params: Muon(params, torch.device("cpu"), **options))
+    assert torch.equal(results[True], bf16_reference)  # bf16 preferred: torch's own step
+    # each step moves the weight by lr * sqrt(256 / 64) * O (entries of O at most 1); the two iterations' O are apart
+    # by their rounding: bf16's for torch's (orthogonalization_difference), fp32's far below it
+    ns_steps = torch.optim.Muon([torch.nn.Parameter(weight.clone())]).param_groups[0]["ns_steps"]
+    per_o = sum(orthogonalization_difference(0.0, ns_steps, dtype, 256) for dtype in (torch.bfloat16, torch.float32))
+    bound = 3 * lr * math.sqrt(256 / 64) * per_o
+    difference = (results[False] - bf16_reference).abs().max().item()
+    assert 0 < difference <= bound
+    monkeypatch.setattr(gptkit.optim, "cpu_prefers_bf16", lambda: False)
+    weight, gradients = weight.double(), [g.double() for g in gradients]  # the fp32 iteration's own, in fp64
+    fp32_bound = 3 * lr * math.sqrt(256 / 64) * orthogonalization_difference(0.0, ns_steps, torch.float32, 256)
+    exact = three_steps(lambda params: Muon(params, torch.device("cpu"), **options))
+    assert (results[False].double() - exact).abs().max().item() <= fp32_bound < difference
 
 
 HELLASWAG = [
