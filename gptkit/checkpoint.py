@@ -20,11 +20,7 @@ torch is imported inside the functions that need it, so that `gptkit inspect` ca
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import struct
-import tempfile
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +29,7 @@ from typing import TYPE_CHECKING
 from gptkit import __version__
 from gptkit.config import GPTConfig
 from gptkit.errors import GptkitError
+from gptkit.files import atomic_path, read_json, write_json
 
 if TYPE_CHECKING:
     import torch
@@ -64,58 +61,7 @@ FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 TENSOR_DTYPES = {**FLOAT_DTYPES, "F64": "float64", "I64": "int64", "I32": "int32", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
-# --- atomic writes -------------------------------------------------------------------------------------------------
-
-
-def current_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-@contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path beside `path`; once the block succeeds, rename it over `path` (else delete it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's file is owner-only (and writers may replace it)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: dict):
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-
-
-@contextmanager
-def atomic_dir(path: Path):
-    """Yield a temporary folder beside `path` to write files into; once the block succeeds, it becomes `path` (one
-    rename), or, where `path` exists, its files replace those of `path` one by one (model.safetensors first, as
-    save_checkpoint writes them); else it is deleted. So an interrupted write leaves nothing half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's folder is owner-only
-        if not path.exists():
-            os.rename(tmp, path)
-            return
-        for file in sorted(tmp.iterdir(), key=lambda f: f.name != WEIGHTS_FILE):
-            os.replace(file, path / file.name)
-        tmp.rmdir()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+# --- safetensors files ---------------------------------------------------------------------------------------------
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
@@ -255,23 +201,10 @@ def find_latest_checkpoint(root: str | Path = "checkpoints") -> Path | None:
     if not root.is_dir():
         return None
     candidates = [p for p in [root, *root.glob("*"), *root.glob("*/*")] if p.is_dir() and is_checkpoint(p)]
-    return max(candidates, key=lambda p: (p / WEIGHTS_FILE).stat().st_mtime, default=None)
+    return min(candidates, key=lambda p: (p / WEIGHTS_FILE).stat().st_mtime, default=None)
 
 
 # --- config --------------------------------------------------------------------------------------------------------
-
-
-def read_json(path: Path, remedy: str = "restore it from a good copy") -> dict:
-    """A JSON object file; a damaged one is a GptkitError naming it, ending with remedy (what to do)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise GptkitError(f"{path} does not exist") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GptkitError(f"{path} is damaged (not valid JSON: {e}): {remedy}") from None
-    if not isinstance(data, dict):
-        raise GptkitError(f"{path} is damaged (not a JSON object): {remedy}")
-    return data
 
 
 def hf_config(config: GPTConfig, dtype: str = "float32", int8: bool = False) -> dict:

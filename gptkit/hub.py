@@ -38,12 +38,11 @@ from gptkit.checkpoint import (
     convert_bin,
     from_hf_tensors,
     is_checkpoint,
-    read_json,
     read_metadata,
     read_safetensors_header,
-    write_json,
 )
 from gptkit.errors import GptkitError
+from gptkit.files import read_json, write_json
 from gptkit.inspect import human_bytes
 
 KNOWN_MODELS = {

@@ -12,12 +12,12 @@ from gptkit.checkpoint import (
     SCALES_SUFFIX,
     checkpoint_files,
     is_int8,
-    read_json,
     read_metadata,
     read_safetensors_header,
     resolve,
     strip_prefix,
 )
+from gptkit.files import read_json
 from gptkit.runlog import read_metrics
 
 LAYER = re.compile(r"(^|\.)h\.(\d+)\.")

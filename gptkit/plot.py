@@ -114,7 +114,7 @@ def write_file(curves: list[Curves], out: Path, label: str, log: bool):
             "writing a plot file needs matplotlib: pip install 'gptkit[plot]' (from a clone: uv sync --extra plot); "
             "without --out the plot is drawn in the terminal"
         ) from None
-    from gptkit.checkpoint import atomic_path
+    from gptkit.files import atomic_path
 
     fig = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
     ax = fig.add_subplot()

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from gptkit import __version__
-from gptkit.checkpoint import write_json
 from gptkit.errors import GptkitError
+from gptkit.files import read_json, write_json
 from gptkit.options import check_prepare
 from gptkit.tokenizer import EOT_TEXT, EOT_TOKEN, get_tokenizer
 
@@ -367,8 +367,6 @@ def same_work(a: dict, b: dict) -> bool:
 
 
 def read_manifest(folder: Path) -> dict:
-    from gptkit.checkpoint import read_json
-
     manifest = read_json(folder / MANIFEST)
     if manifest.get("format") != FORMAT or not isinstance(manifest.get("shards"), list):
         raise GptkitError(f"{folder / MANIFEST} is not a gptkit token manifest: prepare the data again")

@@ -104,13 +104,14 @@ def quantize_checkpoint(ckpt: Path, out: Path | None = None, overwrite: bool = F
     from rich.console import Console
 
     from gptkit.checkpoint import (
-        atomic_dir,
+        WEIGHTS_FILE,
         checkpoint_files,
         load_checkpoint,
         read_metadata,
         save_checkpoint,
         stored_float_dtype,
     )
+    from gptkit.files import atomic_dir
     from gptkit.inspect import human_bytes
     from gptkit.options import check_quantize_command, default_quantized_out
 
@@ -130,7 +131,7 @@ def quantize_checkpoint(ckpt: Path, out: Path | None = None, overwrite: bool = F
             "granularity": "per output channel",
             "source": str(Path(ckpt).resolve()),
         }
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, first=WEIGHTS_FILE) as tmp:  # as save_checkpoint writes them
             save_checkpoint(model, tmp, metadata)
     before, after = (sum(f.stat().st_size for f in checkpoint_files(p)) for p in (ckpt, out))
     console.print(

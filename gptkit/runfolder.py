@@ -10,18 +10,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from gptkit.checkpoint import (
-    METADATA_FILE,
-    atomic_path,
-    is_checkpoint,
-    read_json,
-    read_safetensors_header,
-    save_checkpoint,
-    save_tensors,
-    write_json,
-)
+from gptkit.checkpoint import METADATA_FILE, is_checkpoint, read_safetensors_header, save_checkpoint, save_tensors
 from gptkit.distributed import Processes
 from gptkit.errors import GptkitError
+from gptkit.files import atomic_path, read_json, write_json
 from gptkit.model import GPT
 from gptkit.optim import optimizer_tensors
 from gptkit.runlock import folder_lock

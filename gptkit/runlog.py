@@ -9,8 +9,8 @@ import json
 import shutil
 from pathlib import Path
 
-from gptkit.checkpoint import write_json
 from gptkit.errors import GptkitError
+from gptkit.files import write_json
 
 WANDB_RUN_FILE = "wandb.json"  # the wandb project and run id of a run folder, so that --resume continues that run
 TENSORBOARD_DIR = "tensorboard"

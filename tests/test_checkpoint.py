@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gptkit import checkpoint
+from gptkit import checkpoint, files
 from gptkit.checkpoint import load_checkpoint, read_config, read_metadata, save_checkpoint
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
@@ -80,8 +80,8 @@ CHECKPOINT_FILES = ["model.safetensors", "config.json", "gptkit.json"]  # in the
 
 def fail_writing(monkeypatch, name: str):
     """Make save_checkpoint's write of the file `name` fail midway, as a full disk would: its temporary file is left
-    half-written and the write raises ENOSPC inside checkpoint.atomic_path, which must clean up."""
-    real_atomic_path = checkpoint.atomic_path
+    half-written and the write raises ENOSPC inside files.atomic_path, which must clean up."""
+    real_atomic_path = files.atomic_path
 
     @contextmanager
     def atomic_path_failing(path):
@@ -92,7 +92,8 @@ def fail_writing(monkeypatch, name: str):
                     f.truncate(tmp.stat().st_size // 2)
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
 
-    monkeypatch.setattr(checkpoint, "atomic_path", atomic_path_failing)
+    for module in (checkpoint, files):  # where save_tensors and write_json look it up
+        monkeypatch.setattr(module, "atomic_path", atomic_path_failing)
 
 
 def failed_save(model, ckpt, monkeypatch, name) -> dict[str, bytes]:
@@ -183,7 +184,7 @@ def test_find_latest_checkpoint(tiny_model, tmp_path):
 
 def test_saved_files_get_the_usual_mode(tiny_model, tmp_path):
     """Atomic saves give files the mode a plain open() would (0666 less the umask), not mkstemp's owner-only 0600."""
-    from gptkit.checkpoint import atomic_path
+    from gptkit.files import atomic_path
 
     old = os.umask(0o022)
     try:

@@ -8,10 +8,11 @@ import torch
 from torch.nn import functional as F
 from typer.testing import CliRunner
 
-from gptkit.checkpoint import read_metadata, save_checkpoint, write_json
+from gptkit.checkpoint import read_metadata, save_checkpoint
 from gptkit.cli import app
 from gptkit.data import load_tokens, split_tokens
 from gptkit.eval import evaluate_hellaswag, evaluate_lm, hellaswag_rows, lm_windows, read_hellaswag, score_endings
+from gptkit.files import write_json
 from gptkit.model import GPT
 from gptkit.runfolder import lock_run_folder
 from gptkit.runlog import read_records
