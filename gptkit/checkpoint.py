@@ -201,7 +201,7 @@ def find_latest_checkpoint(root: str | Path = "checkpoints") -> Path | None:
     if not root.is_dir():
         return None
     candidates = [p for p in [root, *root.glob("*"), *root.glob("*/*")] if p.is_dir() and is_checkpoint(p)]
-    return min(candidates, key=lambda p: (p / WEIGHTS_FILE).stat().st_mtime, default=None)
+    return max(candidates, key=lambda p: (p / WEIGHTS_FILE).stat().st_mtime, default=None)
 
 
 # --- config --------------------------------------------------------------------------------------------------------
