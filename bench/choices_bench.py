@@ -3,7 +3,7 @@ runs (each level in a child process under ATEN_CPU_CAPABILITY, the two sides of 
 
 - `--dtype auto` on the CPU (runtime.cpu_prefers_bf16): a training step in bf16 autocast against fp32;
 - Muon's Newton-Schulz iteration (optim.Muon): torch's bf16 iteration against gptkit's fp32 one;
-- int8 decoding (quantize.Int8Linear.kernel_dtype): torch's int8 kernel with bf16 activations, with fp32 ones, and
+- int8 decoding (int8.Int8Linear.kernel_dtype): torch's int8 kernel with bf16 activations, with fp32 ones, and
   the dequantized fp32 product;
 - fp32 decoding (sample.BlockedLinear): one block per thread against nn.Linear;
 - the thread count: each of the above runs on torch's default (one thread per core); a training step and a decoding
@@ -71,7 +71,7 @@ def train_step_fn(dtype: torch.dtype):
 
 def decode_fns() -> dict:
     """One decoding step's products of GPT-2 124M, each way gptkit could run them."""
-    from gptkit.quantize import Int8Linear
+    from gptkit.int8 import Int8Linear
     from gptkit.sample import BlockedLinear
 
     torch.manual_seed(0)
@@ -111,7 +111,7 @@ def muon_fns() -> dict:
 
 def measure(quick: bool) -> dict:
     """This process's figures (its level is ATEN_CPU_CAPABILITY's, or the host's)."""
-    from gptkit.quantize import has_int8_kernel
+    from gptkit.int8 import has_int8_kernel
     from gptkit.runtime import cpu_level, cpu_prefers_bf16
 
     repeats = 3 if quick else 10
@@ -139,7 +139,7 @@ def measure(quick: bool) -> dict:
 
 def verdicts(r: dict) -> list[list[str]]:
     """[choice, what gptkit does here, figures, right?] for one level's measurements."""
-    from gptkit.quantize import kernel_dtype_for_level
+    from gptkit.int8 import kernel_dtype_for_level
 
     d, t, m = r["decode"], r["train"], r["muon"]
     ms = lambda s: f"{s * 1e3:.1f} ms"  # noqa: E731

@@ -51,7 +51,7 @@ def checkpoints(folder: Path, preset: str) -> dict[str, Path]:
 
     from gptkit.checkpoint import load_checkpoint, save_checkpoint
     from gptkit.model import GPT, PRESETS
-    from gptkit.quantize import quantize_int8
+    from gptkit.int8 import quantize_int8
 
     torch.manual_seed(0)
     fp32 = save_checkpoint(GPT(PRESETS[preset]), folder / "fp32")

@@ -26,7 +26,7 @@ import json, sys, time
 from pathlib import Path
 import torch
 from gptkit.checkpoint import load_checkpoint
-from gptkit.quantize import quantize_int8
+from gptkit.int8 import quantize_int8
 
 def status_mb(field):
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))

@@ -317,7 +317,7 @@ def expected_tensors(config: GPTConfig, int8: bool) -> dict[str, tuple[torch.Siz
     import torch
 
     from gptkit.model import GPT
-    from gptkit.quantize import quantize_int8
+    from gptkit.int8 import quantize_int8
 
     with torch.device("meta"):
         model = quantize_int8(GPT(config)) if int8 else GPT(config)
@@ -417,7 +417,7 @@ def load_checkpoint(path: str | Path, device="cpu", dtype=None) -> GPT:
     import torch
 
     from gptkit.model import GPT
-    from gptkit.quantize import Int8Linear, replace_linears
+    from gptkit.int8 import Int8Linear, replace_linears
 
     weights, _ = resolve(path)
     config = read_config(path)

@@ -38,7 +38,7 @@ def environment() -> dict:
     """Everything `gptkit env` shows, as plain data."""
     import torch
 
-    from gptkit.quantize import has_int8_kernel, kernel_dtype_for_level
+    from gptkit.int8 import has_int8_kernel, kernel_dtype_for_level
     from gptkit.runtime import cpu_has_native_bf16, cpu_level, lower_cpu_levels, pick_device, pick_dtype
 
     cpu = torch.device("cpu")

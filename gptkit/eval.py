@@ -38,7 +38,7 @@ from gptkit.model import GPT
 from gptkit.options import EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S, check_eval, check_hellaswag_file, check_window
 from gptkit.prepare import PrepareProgress, input_files
 from gptkit.runlock import folder_lock
-from gptkit.quantize import quantize_int8
+from gptkit.int8 import quantize_int8
 from gptkit.runtime import autocast, keep_freed_memory, pick_device, pick_dtype
 from gptkit.tokenizer import EOT_TOKEN, get_tokenizer
 

@@ -43,7 +43,7 @@ from gptkit.checkpoint import (
 )
 from gptkit.errors import GptkitError
 from gptkit.files import read_json, write_json
-from gptkit.inspect import human_bytes
+from gptkit.units import human_bytes
 
 KNOWN_MODELS = {
     "gpt2": "openai-community/gpt2",

@@ -19,6 +19,7 @@ from gptkit.checkpoint import (
 )
 from gptkit.files import read_json
 from gptkit.runlog import read_metrics
+from gptkit.units import human_bytes, human_count
 
 LAYER = re.compile(r"(^|\.)h\.(\d+)\.")
 # The order of a GPT-2's modules, so the tensor table reads top to bottom like the model.
@@ -164,20 +165,6 @@ def readable(value) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return "none" if value is None else json.dumps(value)
-
-
-def human_count(n: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(n)
-
-
-def human_bytes(n: int) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
 
 
 def render(info: dict, console) -> None:

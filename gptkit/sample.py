@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
 from gptkit.options import check_sample
-from gptkit.quantize import quantize_int8, replace_linears
+from gptkit.int8 import quantize_int8, replace_linears
 from gptkit.tokenizer import EOT_TOKEN, encode, get_tokenizer
 
 

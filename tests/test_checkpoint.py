@@ -209,7 +209,7 @@ def misaligned(model) -> list[str]:
 def test_every_loaded_tensor_is_64_byte_aligned(tiny_model, tmp_path, kind):
     """A tensor viewed in place from the file sits wherever its bytes are (8-byte aligned in safetensors): torch's
     AVX-512 int8 kernel crashed on such a weight. Every parameter and buffer of every kind of checkpoint is aligned."""
-    from gptkit.quantize import quantize_int8
+    from gptkit.int8 import quantize_int8
 
     if kind == "bfloat16":
         model = GPT(tiny_model.config).to(torch.bfloat16)

@@ -10,7 +10,8 @@ from rich.console import Console
 from gptkit.checkpoint import load_checkpoint
 from gptkit.eval import evaluate_lm
 from gptkit.model import GPT
-from gptkit.quantize import quantize_checkpoint, quantize_int8
+from gptkit.int8 import quantize_int8
+from gptkit.quantize import quantize_checkpoint
 from gptkit.runtime import pick_device, pick_dtype
 from gptkit.sample import generate, prepare_for_decoding
 from gptkit.train import TrainConfig, train

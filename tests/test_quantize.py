@@ -17,7 +17,7 @@ from gptkit.checkpoint import (
 from gptkit.cli import app
 from gptkit.data import load_tokens
 from gptkit.model import GPT, GPTConfig
-from gptkit.quantize import DEQUANTIZE_ABOVE_ROWS, Int8Linear, quantize_int8
+from gptkit.int8 import DEQUANTIZE_ABOVE_ROWS, Int8Linear, quantize_int8
 from gptkit.sample import generate, prepare_for_decoding
 
 runner = CliRunner()
