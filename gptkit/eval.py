@@ -71,6 +71,28 @@ def lm_windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[int, i
 
 
 @torch.no_grad()
+def summed_loss(model: GPT, batches, dtype: torch.dtype, distributed: bool = False, progress=None) -> tuple[float, int]:
+    """(the summed next-token loss in nats, the number of targets scored) over batches, the one loss loop of training's
+    validation and `gptkit eval`. Each batch is (inputs, targets, scored): the last scored[row] targets of each row
+    count (a strided window scores only what earlier windows did not). With distributed, the sums of every process
+    are added up (each process scores its share of the batches). progress(scored so far) runs after each batch and
+    may raise to stop."""
+    device = model.lm_head.weight.device
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # nats, targets
+    for inputs, targets, scored in batches:
+        inputs, targets = inputs.to(device), targets.to(device)
+        with autocast(device, dtype):
+            logits, _ = model(inputs)
+        for row, n in enumerate(scored):
+            total[0] += F.cross_entropy(logits[row, -n:].float(), targets[row, -n:], reduction="sum").double()
+            total[1] += n
+        if progress:
+            progress(int(total[1].item()))
+    if distributed:
+        torch.distributed.all_reduce(total)
+    return total[0].item(), int(total[1].item())
+
+
 def evaluate_lm(
     model: GPT,
     tokens,
@@ -94,28 +116,22 @@ def evaluate_lm(
         tokens = tokens[: max_tokens + 1]
     if len(tokens) < 2:
         raise GptkitError(f"the text is {len(tokens)} token(s) long: it needs at least 2 to score one")
-    device = model.lm_head.weight.device
     windows = lm_windows(len(tokens), block_size, stride)
     # Full windows go in batches; only the last window can be shorter, and it goes alone.
     full = [w for w in windows if w[1] - w[0] == block_size]
-    batches = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
+    groups = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
     if len(full) < len(windows):
-        batches.append(windows[len(full) :])
+        groups.append(windows[len(full) :])
 
-    total_nats, scored, n_targets = 0.0, 0, len(tokens) - 1
+    def batches():
+        for group in groups:
+            inputs = np.stack([tokens[begin:end] for begin, end, _ in group]).astype(np.int64)
+            targets = np.stack([tokens[begin + 1 : end + 1] for begin, end, _ in group]).astype(np.int64)
+            yield torch.from_numpy(inputs), torch.from_numpy(targets), [n for _, _, n in group]
+
+    n_targets = len(tokens) - 1
     start = time.perf_counter()
-    for batch in batches:
-        inputs = torch.from_numpy(np.stack([tokens[begin:end] for begin, end, _ in batch]).astype(np.int64))
-        targets = torch.from_numpy(np.stack([tokens[begin + 1 : end + 1] for begin, end, _ in batch]).astype(np.int64))
-        inputs, targets = inputs.to(device), targets.to(device)
-        with autocast(device, dtype):
-            logits, _ = model(inputs)
-        for row, (_, _, n_scored) in enumerate(batch):
-            losses = F.cross_entropy(logits[row, -n_scored:].float(), targets[row, -n_scored:], reduction="none")
-            total_nats += losses.double().sum().item()
-            scored += n_scored
-        if progress:
-            progress(scored, n_targets)
+    total_nats, scored = summed_loss(model, batches(), dtype, progress=progress and (lambda n: progress(n, n_targets)))
     seconds = time.perf_counter() - start
 
     n_bytes = int(token_byte_lengths()[tokens[1:]].sum())

@@ -22,7 +22,7 @@ from gptkit.checkpoint import load_checkpoint, load_tensors, read_config
 from gptkit.data import BatchLoader, TokenSource, eval_batches, open_data
 from gptkit.distributed import Processes, start_processes, stop_processes
 from gptkit.errors import GptkitError
-from gptkit.eval import evaluate_hellaswag, read_hellaswag
+from gptkit.eval import evaluate_hellaswag, read_hellaswag, summed_loss
 from gptkit.model import GPT, PRESETS, GPTConfig
 from gptkit.optim import Optimizers, learning_rate, make_optimizer, restore_optimizer, set_learning_rate
 from gptkit.prepare import PrepareProgress
@@ -471,20 +471,19 @@ def finish(r: Run, procs: Processes, console) -> dict:
 
 @torch.no_grad()
 def evaluate(model: GPT, val_tokens, cfg: TrainConfig, procs: Processes, dtype, stop: StopRequest) -> float | None:
+    """The mean validation loss over this run's eval_tokens (eval.summed_loss, every process its share of the
+    windows); None when Ctrl-C cut it short (every process still adds up its sums, so none waits for another)."""
+
+    def batches():
+        for x, y in eval_batches(val_tokens, cfg.eval_tokens, cfg.batch_size, cfg.block_size, procs.rank, procs.world_size):
+            if stop.requested:
+                return
+            yield x, y, [y.size(1)] * len(y)
+
     model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=procs.device)
-    for x, y in eval_batches(val_tokens, cfg.eval_tokens, cfg.batch_size, cfg.block_size, procs.rank, procs.world_size):
-        if stop.requested:
-            break
-        x, y = x.to(procs.device), y.to(procs.device)
-        with autocast(procs.device, dtype):
-            loss = model(x, y)[1]
-        total += torch.stack([loss.double() * y.numel(), torch.tensor(y.numel(), device=procs.device)])
+    nats, count = summed_loss(model, batches(), dtype, procs.distributed)
     model.train()
-    if procs.distributed:
-        dist.all_reduce(total)
-    count = total[1].item()
-    return None if stop.requested or count == 0 else total[0].item() / count
+    return None if stop.requested or count == 0 else nats / count
 
 
 class StopEvaluating(Exception):
