@@ -39,7 +39,7 @@ def environment() -> dict:
     import torch
 
     from gptkit.int8 import has_int8_kernel, kernel_dtype_for_level
-    from gptkit.runtime import cpu_has_native_bf16, cpu_level, lower_cpu_levels, pick_device, pick_dtype
+    from gptkit.runtime import cpu_level, cpu_prefers_bf16, lower_cpu_levels, pick_device, pick_dtype
 
     cpu = torch.device("cpu")
     info = {
@@ -56,7 +56,7 @@ def environment() -> dict:
             "level": cpu_level(),
             "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
             "lower_levels": lower_cpu_levels(),
-            "native_bf16": cpu_has_native_bf16(),
+            "native_bf16": cpu_prefers_bf16(),
             "auto_dtype": dtype_name(pick_dtype("auto", cpu)),
             "int8_kernel": has_int8_kernel(cpu),
             "int8_kernel_activations": dtype_name(kernel_dtype_for_level(cpu_level())) if has_int8_kernel(cpu) else None,

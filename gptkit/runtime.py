@@ -64,22 +64,17 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether the CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX) and torch uses it.
+def cpu_prefers_bf16() -> bool:
+    """--dtype auto's choice on the CPU, and whether Muon's Newton-Schulz iteration runs in bf16: where the CPU
+    multiplies bf16 matrices in hardware (AVX512-BF16 or AMX) and torch uses it.
 
     Matrix products run in oneDNN, which picks its instructions itself (ONEDNN_MAX_CPU_ISA caps it;
     ATEN_CPU_CAPABILITY does not), so torch.ops.mkldnn._is_mkldnn_bf16_supported() says whether bf16 products take
-    oneDNN's path at all; the flags say whether that path is native rather than emulated with AVX-512 conversions."""
+    oneDNN's path at all, and the flags whether that path is native rather than emulated. The products dominate a
+    step, so bf16 is the faster at every level torch's own kernels run at, DEFAULT included
+    (bench/choices_bench.py measures it on each)."""
     native = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
     return native and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def cpu_prefers_bf16() -> bool:
-    """--dtype auto's choice on the CPU, and whether Muon's Newton-Schulz iteration runs in bf16: native bf16 matrix
-    products, and torch's own kernels (the element-wise work around them) vectorized, at AVX2 or above. At the
-    DEFAULT level every element-wise bf16 operation is a scalar loop converting each number (bench/choices_bench.py
-    measures the rule on each level)."""
-    return cpu_has_native_bf16() and cpu_level() != "DEFAULT"
 
 
 def available_memory() -> int | None:

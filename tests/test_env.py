@@ -31,8 +31,8 @@ def test_env_json_reports_the_level_torch_runs_and_what_auto_picks_there(level):
     assert info["packages"]["torch"] == torch.__version__.split("+")[0]
     assert cpu["cores"] == os.cpu_count() and cpu["torch_threads"] >= 1
     assert info["auto_device"] == ("cuda" if torch.cuda.is_available() else "mps" if info["mps"] else "cpu")
-    # bf16 only where the CPU multiplies it natively and torch's own kernels are vectorized (AVX2 and up)
-    assert cpu["auto_dtype"] == ("bfloat16" if cpu["native_bf16"] and cpu["level"] != "DEFAULT" else "float32")
+    # bf16 where the CPU multiplies it natively, whatever level torch's own kernels run at
+    assert cpu["auto_dtype"] == ("bfloat16" if cpu["native_bf16"] else "float32")
     if cpu["level"] == "DEFAULT":
         assert cpu["lower_levels"] == [] and cpu["int8_kernel_activations"] in (None, "float32")
 
