@@ -5,24 +5,29 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import SHAKESPEARE_PATH
 from rich.console import Console
+from typer.testing import CliRunner
 
-from gptkit.checkpoint import load_checkpoint
+from gptkit.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from gptkit.cli import app
 from gptkit.eval import evaluate_lm
-from gptkit.model import GPT
 from gptkit.int8 import quantize_int8
+from gptkit.model import GPT
 from gptkit.quantize import quantize_checkpoint
-from gptkit.runtime import pick_device, pick_dtype
 from gptkit.sample import generate, prepare_for_decoding
 from gptkit.train import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
+AUTO_DTYPE = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
 
-def test_auto_picks_cuda_and_bf16():
-    device = pick_device("auto")
-    assert device.type == "cuda"
-    assert pick_dtype("auto", device) == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
+
+def test_sample_runs_on_cuda_in_bf16_by_default(tiny_checkpoint):
+    """What `gptkit sample` reports it ran on, with --device and --dtype left on auto."""
+    result = CliRunner().invoke(app, ["sample", "Hi", "--ckpt", str(tiny_checkpoint), "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    assert f"({AUTO_DTYPE}, cuda" in result.stderr
 
 
 def test_forward_matches_cpu(tiny_model):
@@ -52,11 +57,27 @@ def test_int8_decoding_matches_cpu(tiny_model, tiny_config):
 def test_int8_checkpoint_on_cuda(tiny_checkpoint):
     stored = load_checkpoint(quantize_checkpoint(tiny_checkpoint), "cuda")
     at_load = quantize_int8(load_checkpoint(tiny_checkpoint, "cuda"))
-    assert stored.lm_head.weight.is_cuda and stored.lm_head.kernel_dtype == at_load.lm_head.kernel_dtype
+    assert stored.lm_head.weight.is_cuda and stored.lm_head.weight.dtype == torch.int8
     assert torch.equal(stored.lm_head.weight, at_load.lm_head.weight)
     idx = torch.randint(0, 50257, (2, 10), device="cuda")
+    with torch.inference_mode():
+        logits = [m(idx)[0] for m in (stored, at_load)]
+    assert logits[0].is_cuda and torch.equal(*logits)  # the same weights through the same (dequantizing) path
     greedy = [torch.stack(list(generate(m, idx, 20, temperature=0)), dim=1) for m in (stored, at_load)]
-    assert torch.equal(*greedy)
+    assert greedy[0].shape == (2, 20) and torch.equal(*greedy)
+
+
+def test_checkpoints_load_onto_cuda_64_byte_aligned(tiny_model, tmp_path):
+    """Every tensor of a checkpoint loaded onto the GPU starts on a 64-byte boundary (vectorized kernels need it)."""
+    fp32 = save_checkpoint(tiny_model, tmp_path / "fp32")
+    int8 = quantize_checkpoint(fp32)
+    bf16 = save_checkpoint(GPT(tiny_model.config).to(torch.bfloat16), tmp_path / "bf16")
+    for ckpt, dtype in ((fp32, None), (bf16, torch.bfloat16), (int8, None), (int8, torch.bfloat16)):
+        model = load_checkpoint(ckpt, "cuda", dtype)
+        tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+        assert any(t.dtype == torch.int8 for t in tensors.values()) == (ckpt == int8)
+        for name, tensor in tensors.items():
+            assert tensor.is_cuda and tensor.data_ptr() % 64 == 0, (ckpt.name, dtype, name, tensor.data_ptr() % 64)
 
 
 @pytest.mark.parametrize("compile", [False, True])
@@ -79,10 +100,11 @@ def test_eval_matches_cpu(tiny_model):
 
 
 @pytest.mark.parametrize("compile", [False, True])
-def test_train_bf16_on_cuda(tiny_checkpoint, tmp_path, monkeypatch, compile):
-    monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path / "cache"))
+def test_train_on_cuda_with_auto_dtype(tiny_checkpoint, tmp_path, compile):
+    from torch._dynamo.utils import counters
+
     text = tmp_path / "text.txt"
-    text.write_text(open("data/input.txt", encoding="utf-8").read()[:40_000])
+    text.write_text(SHAKESPEARE_PATH.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
     cfg = TrainConfig(
         data=str(text),
         model=str(tiny_checkpoint),
@@ -96,6 +118,24 @@ def test_train_bf16_on_cuda(tiny_checkpoint, tmp_path, monkeypatch, compile):
         eval_every=0,
         eval_tokens=256,
     )
-    summary = train(cfg, console=Console(file=io.StringIO()))
+    linear_outputs = set()  # the dtypes the model's Linear layers computed in (eager: compiled code runs no hooks)
+
+    def record(module, args, output):
+        if isinstance(module, torch.nn.Linear) and output.is_cuda:
+            linear_outputs.add(output.dtype)
+
+    graphs = counters["stats"]["unique_graphs"]
+    hook = None if compile else torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        summary = train(cfg, console=Console(file=io.StringIO()))
+    finally:
+        if hook is not None:
+            hook.remove()
     assert np.isfinite(summary["train_loss"]) and np.isfinite(summary["val_loss"])
+    settings = read_metadata(tmp_path / "run")["settings"]
+    assert (settings["dtype"], settings["device"], settings["compile"]) == (AUTO_DTYPE, "cuda", compile)
+    if compile:
+        assert counters["stats"]["unique_graphs"] > graphs
+    else:
+        assert linear_outputs == {getattr(torch, AUTO_DTYPE)}  # autocast ran the products in bf16
     load_checkpoint(tmp_path / "run")  # written from GPU, readable on the CPU
