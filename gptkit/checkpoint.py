@@ -30,6 +30,7 @@ from gptkit import __version__
 from gptkit.config import GPTConfig
 from gptkit.errors import GptkitError
 from gptkit.files import atomic_path, read_json, write_json
+from gptkit.tokenizer import EOT_TOKEN, VOCAB_SIZE
 
 if TYPE_CHECKING:
     import torch
@@ -46,7 +47,6 @@ TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "ml
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 SUPPORTED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-EOT_TOKEN = 50256  # <|endoftext|>, GPT-2's bos and eos
 SCALES_SUFFIX = ".scales"
 INT8_QUANTIZATION = {
     "quant_method": "gptkit_int8",
@@ -255,7 +255,7 @@ def config_from_hf(cfg: dict, source: str | Path = "config.json") -> GPTConfig:
     try:
         return GPTConfig(
             block_size=int(cfg.get("n_positions", cfg.get("n_ctx", 1024))),
-            vocab_size=int(cfg.get("vocab_size", 50257)),
+            vocab_size=int(cfg.get("vocab_size", VOCAB_SIZE)),
             n_layer=int(cfg["n_layer"]),
             n_head=int(cfg["n_head"]),
             n_embd=int(cfg["n_embd"]),

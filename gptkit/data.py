@@ -4,7 +4,7 @@
 - text (a text file, .jsonl / .jsonl.gz, .parquet, or a folder of them): tokenized once by gptkit.prepare into a
   token folder in the cache, $GPTKIT_CACHE_DIR/tokens (default ~/.cache/gptkit/tokens), named by the sha256 of the
   content, so a second run on the same data starts at once, wherever the data lives;
-- a folder made by `gptkit prepare` (manifest.json and uint16 shards);
+- a folder made by `gptkit prepare` (a token folder, see tokenfolder.py);
 - nanoGPT's prepared folder (train.bin and val.bin, raw uint16);
 - build-nanogpt's shards (*_train_*.npy and *_val_*.npy, uint16).
 Token files are opened with np.memmap / np.load(mmap_mode="r"), never read whole: memory stays near one batch, plus
@@ -20,22 +20,22 @@ from pathlib import Path
 import numpy as np
 
 from gptkit.errors import GptkitError
+from gptkit.files import data_hash
+from gptkit.tokenfolder import (
+    MANIFEST,
+    TEXT_SUFFIXES,
+    TOKEN_DTYPE,
+    check_shards,
+    files_under,
+    not_utf8,
+    read_manifest,
+    refuse_mixed,
+    val_start,
+)
+from gptkit.tokenizer import VOCAB_SIZE
 
 CACHE_VERSION = 3  # part of the cache folder names: bumped whenever the tokens of a text change
-VOCAB_SIZE = 50257
 CHECK_TOKENS = 1 << 24  # tokens per block when checking token ids
-
-
-def data_hash(files: list[Path]) -> str:
-    """sha256 of the data's content (and, for several files, their order)."""
-    h = hashlib.sha256()
-    for f in files:
-        if len(files) > 1:
-            h.update(f.name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 22):
-                h.update(block)
-    return h.hexdigest()
 
 
 def read_utf8(path: Path) -> str:
@@ -43,7 +43,7 @@ def read_utf8(path: Path) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise GptkitError(f"{path} is not UTF-8 text (invalid byte at offset {e.start}): convert it to UTF-8") from None
+        raise not_utf8(path, e.start) from None
 
 
 def cache_dir() -> Path:
@@ -52,7 +52,7 @@ def cache_dir() -> Path:
 
 @dataclass
 class TokenSource:
-    """The tokens of a corpus, as memory-mapped uint16 arrays in order (batch windows never span two of them).
+    """The tokens of a corpus, as memory-mapped token arrays in order (batch windows never span two of them).
 
     The validation split is the tail of `shards` (val_fraction of all tokens; prepared and text data), or the
     separate `val_shards` of nanoGPT's and build-nanogpt's folders."""
@@ -77,20 +77,7 @@ class TokenSource:
         """(train shards, validation shards): the separate val files, or the last val_fraction of the tokens."""
         if self.val_shards is not None:
             return self.shards, self.val_shards
-        if not 0.0 <= val_fraction < 1.0:
-            raise GptkitError(f"the validation fraction must be in [0, 1), got {val_fraction}")
-        total = sum(len(s) for s in self.shards)
-        n_train = total - int(total * val_fraction)
-        train, val, begin = [], [], 0
-        for shard in self.shards:
-            end = begin + len(shard)
-            cut = min(max(n_train - begin, 0), len(shard))
-            if cut:
-                train.append(shard[:cut])
-            if cut < len(shard):
-                val.append(shard[cut:])
-            begin = end
-        return train, val
+        return split_tokens(self.shards, val_fraction)
 
 
 def open_data(path: str | Path, progress=None, check: bool = True) -> TokenSource:
@@ -98,7 +85,7 @@ def open_data(path: str | Path, progress=None, check: bool = True) -> TokenSourc
     first time, with progress(done_bytes, total_bytes, tokens)). check: verify the token ids of foreign formats."""
     path = Path(path)
     if path.is_dir():
-        if (path / "manifest.json").is_file():
+        if (path / MANIFEST).is_file():
             return open_prepared(path, "gptkit")
         if (path / "train.bin").is_file():
             return open_nanogpt(path, check)
@@ -113,8 +100,6 @@ def open_text(path: Path, progress=None) -> TokenSource:
     files = input_files(path)
     digest = data_hash(files)
     folder = cache_dir() / f"{digest}.v{CACHE_VERSION}"
-    from gptkit.prepare import MANIFEST, read_manifest
-
     if not (folder / MANIFEST).is_file() or not read_manifest(folder).get("complete"):
         prepare(path, folder, progress=progress, files=files)
     source = open_prepared(folder, "text")
@@ -123,13 +108,11 @@ def open_text(path: Path, progress=None) -> TokenSource:
 
 
 def open_prepared(folder: Path, format: str) -> TokenSource:
-    from gptkit.prepare import check_shards, read_manifest
-
     manifest = read_manifest(folder)
     if not manifest.get("complete"):
         raise GptkitError(f"the prepare of {folder} was interrupted: run gptkit prepare again to finish it")
     check_shards(folder, manifest)
-    shards = [np.memmap(folder / s["file"], dtype=np.uint16, mode="r") for s in manifest["shards"]]
+    shards = [np.memmap(folder / s["file"], dtype=TOKEN_DTYPE, mode="r") for s in manifest["shards"]]
     identity = {"sources": [s["sha256"] for s in manifest["sources"]], "shards": manifest["shards"]}
     digest = hashlib.sha256(json_bytes(identity)).hexdigest()
     names = [s["file"] for s in manifest["shards"]]
@@ -192,27 +175,16 @@ def npy_tokens(path: Path, check: bool) -> np.ndarray:
     return tokens
 
 
-def refuse_mixed(folder: Path, token_files: list[Path]):
-    from gptkit.prepare import TEXT_SUFFIXES
-
-    text = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(TEXT_SUFFIXES))
-    if text:
-        raise GptkitError(
-            f"{folder} mixes pre-tokenized files ({token_files[0].name}) with text ({text[0].name}): keep them in "
-            "separate folders"
-        )
-
-
 def open_nanogpt(folder: Path, check: bool) -> TokenSource:
     files = [folder / "train.bin"] + ([folder / "val.bin"] if (folder / "val.bin").is_file() else [])
-    refuse_mixed(folder, files)
+    refuse_mixed(folder, files, files_under(folder, TEXT_SUFFIXES))
     train, *val = [raw_tokens(f, check) for f in files]
     return TokenSource(folder, "nanogpt", fingerprint(files), [train], val, names=[f.name for f in files])
 
 
 def open_build_nanogpt(folder: Path, check: bool) -> TokenSource:
     train_files, val_files = sorted(folder.glob("*_train_*.npy")), sorted(folder.glob("*_val_*.npy"))
-    refuse_mixed(folder, train_files)
+    refuse_mixed(folder, train_files, files_under(folder, TEXT_SUFFIXES))
     train = [npy_tokens(f, check) for f in train_files]
     val = [npy_tokens(f, check) for f in val_files]
     files = train_files + val_files
@@ -220,18 +192,26 @@ def open_build_nanogpt(folder: Path, check: bool) -> TokenSource:
 
 
 def load_tokens(path: str | Path, progress=None) -> tuple[np.ndarray, str]:
-    """(all the uint16 tokens of DATA in memory, its digest): for small data (eval of a text, tests, benchmarks)."""
+    """(all the tokens of DATA in memory, its digest): for small data (eval of a text, tests, benchmarks)."""
     source = open_data(path, progress)
     shards = source.shards + (source.val_shards or [])
     return np.concatenate(shards) if len(shards) != 1 else np.array(shards[0]), source.digest
 
 
-def split_tokens(tokens: np.ndarray, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic split: the first (1 - val_fraction) of the tokens train, the rest validate (as nanoGPT)."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise GptkitError(f"the validation fraction must be in [0, 1), got {val_fraction}")
-    n_train = len(tokens) - int(len(tokens) * val_fraction)
-    return tokens[:n_train], tokens[n_train:]
+def split_tokens(tokens: np.ndarray | list[np.ndarray], val_fraction: float = 0.1):
+    """(train, validation) of tokens, cut where tokenfolder.val_start says: of an array, two arrays; of shards (arrays
+    one after the other), two lists of shards (the shard the cut falls in split in two, no empty shard)."""
+    shards = [tokens] if isinstance(tokens, np.ndarray) else tokens
+    n_train = val_start(sum(len(s) for s in shards), val_fraction)
+    train, val, begin = [], [], 0
+    for shard in shards:
+        cut = min(max(n_train - begin, 0), len(shard))
+        train.append(shard[:cut])
+        val.append(shard[cut:])
+        begin += len(shard)
+    if isinstance(tokens, np.ndarray):
+        return train[0], val[0]
+    return [s for s in train if len(s)], [s for s in val if len(s)]
 
 
 class BatchLoader:

@@ -32,8 +32,9 @@ from torch.nn import functional as F
 
 from gptkit import __version__
 from gptkit.checkpoint import load_checkpoint, quantization_of, read_config, read_metadata
-from gptkit.data import data_hash, load_tokens, open_data, read_utf8
+from gptkit.data import load_tokens, open_data, read_utf8
 from gptkit.errors import GptkitError
+from gptkit.files import data_hash
 from gptkit.model import GPT
 from gptkit.options import EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S, check_eval, check_hellaswag_file, check_window
 from gptkit.prepare import PrepareProgress, input_files

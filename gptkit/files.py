@@ -1,6 +1,8 @@
-"""Writing files so that a crash never leaves one half-written, and reading JSON files with a clear error. Every
-file gptkit writes (checkpoints, token manifests, run state, plots) goes through here. Needs no torch."""
+"""Writing files so that a crash never leaves one half-written, reading JSON files with a clear error, and the sha256
+of files' content. Every file gptkit writes (checkpoints, token manifests, run state, plots) goes through here.
+Needs no torch."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -55,6 +57,18 @@ def atomic_dir(path: Path, first: str | None = None):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def data_hash(files: list[Path]) -> str:
+    """sha256 of the files' content: of one file, its own sha256; of several, of their names and contents in order."""
+    h = hashlib.sha256()
+    for f in files:
+        if len(files) > 1:
+            h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 22):
+                h.update(block)
+    return h.hexdigest()
 
 
 def write_json(path: Path, data: dict):

@@ -42,7 +42,7 @@ from gptkit.checkpoint import (
     read_safetensors_header,
 )
 from gptkit.errors import GptkitError
-from gptkit.files import read_json, write_json
+from gptkit.files import data_hash, read_json, write_json
 from gptkit.units import human_bytes
 
 KNOWN_MODELS = {
@@ -277,8 +277,6 @@ def fetch_weights(repo_id, commit, out: Path, endpoint, offline, force) -> tuple
     """(file name, local path, whether it is the hub cache's) of the repo's weights, fetched if need be."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    from gptkit.data import data_hash  # imports numpy: not for the failures that come before
 
     if not force:
         for filename in (WEIGHTS_FILE, BIN_FILE):

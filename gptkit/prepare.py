@@ -14,7 +14,6 @@ Each document (a record, or a text file among several) is followed by <|endoftex
 
 import codecs
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -27,22 +26,30 @@ from pathlib import Path
 
 import numpy as np
 
-from gptkit import __version__
 from gptkit.errors import GptkitError
-from gptkit.files import read_json, write_json
+from gptkit.files import data_hash
 from gptkit.options import check_prepare
+from gptkit.tokenfolder import (
+    MANIFEST,
+    TEXT_SUFFIXES,
+    TOKEN_DTYPE,
+    TOKEN_SUFFIXES,
+    check_shards,
+    files_under,
+    new_manifest,
+    not_utf8,
+    read_manifest,
+    refuse_mixed,
+    shard_name,
+    val_start,
+    write_manifest,
+)
 from gptkit.tokenizer import EOT_TEXT, EOT_TOKEN, get_tokenizer
 
-MANIFEST = "manifest.json"
-FORMAT = "gptkit-tokens"
-FORMAT_VERSION = 1
-VOCAB_SIZE = EOT_TOKEN + 1
 SHARD_TOKENS = 100_000_000  # 200 MB a shard, as build-nanogpt's
 JOB_CHARS = 1 << 20  # text per encoding job
 READ_BYTES = 4 << 20
 PARQUET_BATCH_ROWS = 1024
-TEXT_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
-TOKEN_SUFFIXES = (".bin", ".npy")
 # Places where cutting the text and encoding the two sides apart gives exactly the tokens of encoding it whole:
 # - after a newline between two non-space characters (that newline is always a pre-token of its own for GPT-2's
 #   pre-tokenizer; after other whitespace it is not: "\n\nA" is "\n", "\n", "A" whole, but "\n\n" + "A" in pieces);
@@ -90,13 +97,8 @@ def input_files(path: Path) -> list[Path]:
         raise GptkitError(
             f"{path} does not exist: give a text, .jsonl, .jsonl.gz or .parquet file, or a folder of them"
         )
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(TEXT_SUFFIXES))
-    tokenized = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(TOKEN_SUFFIXES))
-    if files and tokenized:
-        raise GptkitError(
-            f"{path} mixes pre-tokenized files ({tokenized[0].name}) with text ({files[0].name}): keep them in "
-            "separate folders"
-        )
+    files, tokenized = files_under(path, TEXT_SUFFIXES), files_under(path, TOKEN_SUFFIXES)
+    refuse_mixed(path, tokenized, files)
     if tokenized:
         raise GptkitError(
             f"{path} holds token files ({tokenized[0].name}) but neither nanoGPT's train.bin nor build-nanogpt's "
@@ -105,14 +107,6 @@ def input_files(path: Path) -> list[Path]:
     if not files:
         raise GptkitError(f"{path} holds no .txt, .jsonl, .jsonl.gz or .parquet files")
     return files
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -139,10 +133,7 @@ def text_items(path: Path, index: int, start: int, separate: bool):
             try:
                 carry += decoder.decode(block, final=not block)
             except UnicodeDecodeError as e:
-                raise GptkitError(
-                    f"{path} is not UTF-8 text (invalid byte at offset {read_at - pending + e.start}): "
-                    "convert it to UTF-8"
-                ) from None
+                raise not_utf8(path, read_at - pending + e.start) from None
             pieces = split_for_encoding(carry)
             if block:
                 carry = pieces.pop()
@@ -255,7 +246,7 @@ def encode_job(items: list[Item]) -> np.ndarray:
             parts.append(enc.encode_to_numpy(item.text, allowed_special=set(), disallowed_special=()))
         if item.eot:
             parts.append(np.array([EOT_TOKEN], dtype=np.uint32))
-    return np.concatenate(parts).astype(np.uint16)
+    return np.concatenate(parts).astype(TOKEN_DTYPE)
 
 
 def encode_in_order(jobs, workers: int):
@@ -277,10 +268,6 @@ def workers() -> int:
 
 
 # --- shards and manifest ---------------------------------------------------------------------------------------------
-
-
-def shard_name(index: int) -> str:
-    return f"tokens_{index:06d}.bin"
 
 
 class ShardWriter:
@@ -328,7 +315,7 @@ class ShardWriter:
         self.manifest["shards"].append({"file": name, "tokens": self.count})
         self.manifest["resume"] = resume
         self.count = 0
-        write_json(self.out / MANIFEST, self.manifest)
+        write_manifest(self.out, self.manifest)
 
     def finish(self):
         if self.file is not None:
@@ -341,50 +328,12 @@ class ShardWriter:
             self.partial.unlink(missing_ok=True)
 
 
-def new_manifest(files: list[Path], hashes: list[str], shard_tokens: int, val_fraction: float) -> dict:
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "gptkit_version": __version__,
-        "tokenizer": "gpt2",
-        "dtype": "uint16",
-        "vocab_size": VOCAB_SIZE,
-        "sources": [{"path": str(f.resolve()), "sha256": h, "bytes": f.stat().st_size} for f, h in zip(files, hashes)],
-        "shard_tokens": shard_tokens,
-        "val_fraction": val_fraction,
-        "complete": False,
-        "shards": [],
-        "resume": {"file": 0, "offset": 0, "skip": 0},
-    }
-
-
 def same_work(a: dict, b: dict) -> bool:
     """Whether two manifests describe the same tokenization (sources by content, settings)."""
     keys = ("format_version", "tokenizer", "shard_tokens")
     return all(a.get(k) == b.get(k) for k in keys) and [s["sha256"] for s in a["sources"]] == [
         s["sha256"] for s in b["sources"]
     ]
-
-
-def read_manifest(folder: Path) -> dict:
-    manifest = read_json(folder / MANIFEST)
-    if manifest.get("format") != FORMAT or not isinstance(manifest.get("shards"), list):
-        raise GptkitError(f"{folder / MANIFEST} is not a gptkit token manifest: prepare the data again")
-    return manifest
-
-
-def check_shards(folder: Path, manifest: dict):
-    """Every shard the manifest lists is there with the size it records."""
-    for shard in manifest["shards"]:
-        path = folder / shard["file"]
-        expected = 2 * shard["tokens"]
-        found = path.stat().st_size if path.is_file() else None
-        if found != expected:
-            what = "is missing" if found is None else f"has {found:,} bytes, the manifest says {expected:,}"
-            raise GptkitError(
-                f"{folder / MANIFEST} does not match its shards ({shard['file']} {what}): delete {folder} and "
-                "prepare the data again"
-            )
 
 
 def process_alive(pid: int) -> bool:
@@ -395,11 +344,6 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         pass
     return True
-
-
-def val_start(total: int, val_fraction: float) -> int:
-    """Where the validation tail starts (the same split as data.split_tokens)."""
-    return total - int(total * val_fraction)
 
 
 @dataclass
@@ -425,7 +369,7 @@ def prepare(
     started = time.perf_counter()
     check_prepare(data, val_fraction, shard_tokens)
     files = files or input_files(data)
-    hashes = hashes or [file_sha256(f) for f in files]
+    hashes = hashes or [data_hash([f]) for f in files]
     manifest = new_manifest(files, hashes, shard_tokens, val_fraction)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -438,7 +382,7 @@ def prepare(
         if found["complete"]:
             if found["val_fraction"] != val_fraction:  # only the split changes
                 found.update(val_fraction=val_fraction, val_start=val_start(found["tokens"], val_fraction))
-                write_json(out / MANIFEST, found)
+                write_manifest(out, found)
             return PrepareResult(out, found, time.perf_counter() - started, 0, 0)
         manifest["shards"], manifest["resume"] = found["shards"], found["resume"]
     elif out.is_dir() and any(out.iterdir()):
@@ -473,7 +417,7 @@ def prepare(
         raise
     total = sum(s["tokens"] for s in manifest["shards"])
     manifest.update(complete=True, resume=None, tokens=total, val_start=val_start(total, val_fraction))
-    write_json(out / MANIFEST, manifest)
+    write_manifest(out, manifest)
     return PrepareResult(out, manifest, time.perf_counter() - started, made, done)
 
 

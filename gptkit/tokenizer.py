@@ -7,8 +7,9 @@ from pathlib import Path
 from gptkit.errors import GptkitError
 
 ASSETS = Path(__file__).parent / "assets"
-EOT_TOKEN = 50256  # <|endoftext|>
+EOT_TOKEN = 50256  # <|endoftext|>, GPT-2's bos and eos
 EOT_TEXT = "<|endoftext|>"
+VOCAB_SIZE = EOT_TOKEN + 1  # 50,000 merges, 256 bytes and <|endoftext|>, the last token
 BPE_FILES = {
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
@@ -34,7 +35,7 @@ def get_tokenizer():
     )
     return tiktoken.Encoding(
         name="gpt2",
-        explicit_n_vocab=50257,
+        explicit_n_vocab=VOCAB_SIZE,
         pat_str=r50k_pat_str,
         mergeable_ranks=ranks,
         special_tokens={EOT_TEXT: EOT_TOKEN},

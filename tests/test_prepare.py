@@ -16,7 +16,9 @@ from gptkit import prepare as prep
 from gptkit.cli import app
 from gptkit.data import load_tokens, open_data
 from gptkit.errors import GptkitError
-from gptkit.prepare import MANIFEST, prepare
+from gptkit.files import data_hash
+from gptkit.prepare import prepare
+from gptkit.tokenfolder import MANIFEST, shard_name
 from gptkit.tokenizer import EOT_TOKEN, encode, get_tokenizer
 
 SHAKESPEARE = SHAKESPEARE_PATH.read_text(encoding="utf-8")[:30_000]
@@ -75,7 +77,7 @@ def test_text_file_gives_tiktokens_whole_text_encoding(tmp_path, small_jobs):
     assert [s["tokens"] for s in manifest["shards"][:-1]] == [1000] * (len(manifest["shards"]) - 1)
     assert manifest["complete"] and manifest["tokens"] == len(encode(text.read_text()))
     assert manifest["val_start"] == manifest["tokens"] - int(manifest["tokens"] * 0.1)
-    assert manifest["sources"][0]["sha256"] == prep.file_sha256(text) and manifest["tokenizer"] == "gpt2"
+    assert manifest["sources"][0]["sha256"] == data_hash([text]) and manifest["tokenizer"] == "gpt2"
 
 
 def test_text_without_line_breaks_is_cut_exactly(tmp_path, small_jobs):
@@ -158,14 +160,14 @@ def test_interrupted_prepare_resumes_where_it_stopped(tmp_path, small_jobs, monk
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         prepare(data, out, shard_tokens=613)
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST] + [prep.shard_name(i) for i in range(3)]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST] + [shard_name(i) for i in range(3)]
     manifest = json.loads((out / MANIFEST).read_text())
     assert not manifest["complete"] and len(manifest["shards"]) == 3
     with pytest.raises(GptkitError, match="interrupted: run gptkit prepare again"):
         open_data(out)
 
     monkeypatch.setattr(prep.ShardWriter, "close_shard", close_shard)
-    killed = out / f".{prep.shard_name(3)}.999999999.partial"  # as left by a prepare killed with SIGKILL
+    killed = out / f".{shard_name(3)}.999999999.partial"  # as left by a prepare killed with SIGKILL
     killed.write_bytes(b"\0" * 100)
     encode_job = prep.encode_job
     monkeypatch.setattr(prep, "encode_job", lambda items: encoded.append(1) or encode_job(items))
@@ -289,12 +291,12 @@ def test_manifest_that_does_not_match_its_shards(tmp_path):
     data.write_text(SHAKESPEARE)
     out = tmp_path / "out"
     prepare(data, out, shard_tokens=2000)
-    with open(out / prep.shard_name(1), "r+b") as f:
+    with open(out / shard_name(1), "r+b") as f:
         f.truncate(100)
     assert_one_line_error(
         run_cli("train", out, "--model", "nano"), "does not match its shards (tokens_000001.bin has 100 bytes"
     )
-    (out / prep.shard_name(1)).unlink()
+    (out / shard_name(1)).unlink()
     assert_one_line_error(
         run_cli("prepare", data, "--out", out, "--shard-tokens", 2000), "tokens_000001.bin is missing"
     )
@@ -315,7 +317,7 @@ def test_disk_full_leaves_nothing_half_written_and_the_next_prepare_resumes(tmp_
     monkeypatch.setattr(prep.ShardWriter, "write", disk_full_at_the_20th_write)
     assert_one_line_error(run_cli("prepare", data, "--out", out, "--shard-tokens", 1000), "no space left on the device")
     left = sorted(p.name for p in out.iterdir())
-    assert left == [MANIFEST] + [prep.shard_name(i) for i in range(len(left) - 1)] and len(left) > 1
+    assert left == [MANIFEST] + [shard_name(i) for i in range(len(left) - 1)] and len(left) > 1
     monkeypatch.setattr(prep.ShardWriter, "write", write)
     result = run_cli("prepare", data, "--out", out, "--shard-tokens", 1000)
     assert result.exit_code == 0, result.output
