@@ -18,7 +18,7 @@ from gptkit.checkpoint import (
     strip_prefix,
 )
 from gptkit.files import read_json
-from gptkit.runlog import read_metrics
+from gptkit.runlog import METRICS_FILE, read_metrics
 from gptkit.units import human_bytes, human_count
 
 LAYER = re.compile(r"(^|\.)h\.(\d+)\.")
@@ -99,7 +99,7 @@ def inspect_checkpoint(path: str | Path) -> dict:
         "tensor_count": len(tensors),
         "tensors": tensors,
         "metadata": read_metadata(path) if folder else {},
-        "metrics": metrics_summary(folder / "metrics.jsonl") if folder else None,
+        "metrics": metrics_summary(folder / METRICS_FILE) if folder else None,
     }
 
 
@@ -211,7 +211,7 @@ def render(info: dict, console) -> None:
 
     m = info.get("metrics")
     if m:
-        console.print("[bold]training curve[/bold] (metrics.jsonl)")
+        console.print(f"[bold]training curve[/bold] ({METRICS_FILE})")
         if m["records"]:
             val = f", val {m['last_val_loss']:.4f}" if m["last_val_loss"] is not None else ""
             console.print(
@@ -224,6 +224,6 @@ def render(info: dict, console) -> None:
             console.print("no training steps recorded yet")
         if m["skipped_lines"]:
             console.print(
-                f"[yellow]{m['skipped_lines']} unreadable line(s) of metrics.jsonl skipped "
+                f"[yellow]{m['skipped_lines']} unreadable line(s) of {METRICS_FILE} skipped "
                 "(cut short by a crash mid-write?)[/yellow]"
             )

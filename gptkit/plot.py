@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptkit.errors import GptkitError
-from gptkit.runlog import read_metrics
+from gptkit.runlog import METRICS_FILE, read_metrics
 
 X_AXES = ("step", "tokens", "time")
 FILE_FORMATS = ("png", "svg", "pdf")
@@ -50,11 +50,13 @@ def x_values(records: list[dict], x: str) -> list[float]:
 
 def load_curves(run: Path, x: str, weight: float, warn) -> Curves:
     """A run folder's curves; warn(line) is told about lines of metrics.jsonl that could not be read."""
-    metrics = run / "metrics.jsonl" if run.is_dir() else run
+    metrics = run / METRICS_FILE if run.is_dir() else run
     if not run.exists():
         raise GptkitError(f"{run} does not exist: give a run folder written by gptkit train")
     if run.is_dir() and not metrics.is_file():
-        raise GptkitError(f"{run} is not a run folder (it has no metrics.jsonl): give a folder written by gptkit train")
+        raise GptkitError(
+            f"{run} is not a run folder (it has no {METRICS_FILE}): give a folder written by gptkit train"
+        )
     records, unreadable = read_metrics(metrics)
     if unreadable:
         warn(f"warning: {metrics}: skipped {unreadable} unreadable line(s) (cut short by a crash mid-write?)")

@@ -17,12 +17,11 @@ from gptkit.files import atomic_path, read_json, write_json
 from gptkit.model import GPT
 from gptkit.optim import optimizer_tensors
 from gptkit.runlock import folder_lock
-from gptkit.runlog import read_metrics
+from gptkit.runlog import METRICS_FILE, read_metrics
 from gptkit.train_config import RUN_FOLDER_IN_USE
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
-METRICS_FILE = "metrics.jsonl"
 STATE_KEYS = ("step", "steps", "model", "settings", "loader", "data", "tokens_seen", "wall_time_s")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from gptkit.errors import GptkitError
 from gptkit.files import write_json
 
+METRICS_FILE = "metrics.jsonl"  # in a run folder: one record a step (MetricsFile), read back by read_metrics
 WANDB_RUN_FILE = "wandb.json"  # the wandb project and run id of a run folder, so that --resume continues that run
 TENSORBOARD_DIR = "tensorboard"
 

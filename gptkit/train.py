@@ -27,7 +27,6 @@ from gptkit.model import GPT, PRESETS, GPTConfig
 from gptkit.optim import Optimizers, learning_rate, make_optimizer, restore_optimizer, set_learning_rate
 from gptkit.prepare import PrepareProgress
 from gptkit.runfolder import (
-    METRICS_FILE,
     STATE_TENSORS,
     check_out,
     lock_run_folder,
@@ -37,6 +36,7 @@ from gptkit.runfolder import (
     trim_metrics,
 )
 from gptkit.runlog import (
+    METRICS_FILE,
     MetricsFile,
     ProgressDisplay,
     RunLog,

@@ -12,11 +12,11 @@ from gptkit.checkpoint import (
     read_metadata,
     read_safetensors_header,
     save_checkpoint,
-    write_json,
 )
 from gptkit.cli import app
 from gptkit.data import load_tokens
 from gptkit.eval import evaluate_lm
+from gptkit.files import write_json
 from gptkit.int8 import DEQUANTIZE_ABOVE_ROWS, Int8Linear, quantize_int8
 from gptkit.model import GPT, GPTConfig
 from gptkit.sample import generate, prepare_for_decoding
