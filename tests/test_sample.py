@@ -272,9 +272,10 @@ def test_cli_streams_from_the_newest_checkpoint(workdir, tiny_config):
 
 
 def test_cli_compile_gives_the_same_text_and_says_what_compiling_took(workdir):
-    # the compiled step computes what the eager one does in float32 (under bf16 they may round apart)
+    # the compiled step computes what the eager one does in float32 (under bf16 they may round apart); greedy: a
+    # random model's top logits are close, so a step that computes something else soon picks another token
     pinned = ["--device", "cpu", "--dtype", "float32"]
-    args = ["Hello", "--max-new-tokens", "12", "--num-samples", "2", "--seed", "3", *pinned]
+    args = ["Hello", "--temperature", "0", "--max-new-tokens", "12", "--num-samples", "2", *pinned]
     plain = run(*args)
     compiled = run(*args, "--compile")
     assert compiled.exit_code == 0, compiled.output
