@@ -1,6 +1,7 @@
 """The command line: option parsing only. Each command checks its options (gptkit.options, train_config.check:
 no torch) and only then imports its module (and so torch), which keeps `gptkit --help` and a bad option fast."""
 
+import dataclasses
 import errno
 import functools
 import os
@@ -81,6 +82,17 @@ def command(fn):
             fail(unexpected_error(e))
 
     return app.command()(wrapper)
+
+
+def options_from(options_class, arguments: dict):
+    """options_class (a dataclass of a command's options) made from the command's arguments (its locals() on entry):
+    each option is declared once, as a parameter of the Typer command named as the field it fills."""
+    names = {field.name for field in dataclasses.fields(options_class)}
+    if arguments.keys() != names:
+        raise TypeError(
+            f"{options_class.__name__} and its command's options differ in {sorted(arguments.keys() ^ names)}"
+        )
+    return options_class(**arguments)
 
 
 # --- download --------------------------------------------------------------------------------------------------------
@@ -479,17 +491,13 @@ def sample(
     ] = 4,
 ):
     """Generate text from a checkpoint, streaming it as it comes."""
-    from gptkit.options import check_sample
+    arguments = dict(locals())  # the options, before any other name is bound here
+    from gptkit.options import SampleOptions
 
-    check_sample(
-        ckpt, max_new_tokens, temperature, top_k, top_p, num_samples, dtype, device, quantize, draft, draft_tokens
-    )
+    options = options_from(SampleOptions, arguments)
     from gptkit.sample import sample as run_sample
 
-    run_sample(
-        prompt, ckpt, max_new_tokens, temperature, top_k, top_p, num_samples, seed, stop, dtype, device, quantize,
-        compile, draft, draft_tokens,
-    )  # fmt: skip
+    run_sample(options)
 
 
 # --- eval ------------------------------------------------------------------------------------------------------------

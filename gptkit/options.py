@@ -1,11 +1,14 @@
-"""The checks of the commands' options that need neither torch nor a model: ranges, choices, files that must exist.
+"""The commands' options (SampleOptions, EvalOptions: one object a command) and their checks that need neither torch
+nor a model: ranges, choices, files that must exist.
 
-cli.py runs them before it imports a command's module (and so torch), so that a bad option is answered at once;
-the commands' Python functions run them too. What needs the device or the model (does CUDA exist, is --block-size
-within the model's context) is checked later, where those are known. train's checks are in train_config.py.
+An options object checks itself when it is made, so the commands' Python functions take one as checked; cli.py makes
+it before it imports a command's module (and so torch), so that a bad option is answered at once. What needs the
+device or the model (does CUDA exist, is --block-size within the model's context) is checked later, where those are
+known. train's options and checks are in train_config.py.
 """
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from gptkit.checkpoint import quantization_of, read_metadata, resolve
@@ -123,32 +126,55 @@ def check_hellaswag_file(path: Path):
         raise GptkitError(f"{path} {problem}: get hellaswag_val.jsonl from {HELLASWAG_URL}")
 
 
-def check_sample(
-    ckpt: Path | None,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int,
-    top_p: float | None,
-    num_samples: int,
-    dtype: str,
-    device: str,
-    quantize: str | None = None,
-    draft: Path | None = None,
-    draft_tokens: int = 4,
-):
-    fail_if(max_new_tokens < 1, f"--max-new-tokens must be at least 1, not {max_new_tokens}")
-    fail_if(temperature < 0, f"--temperature must be 0 (greedy) or more, not {temperature}")
-    fail_if(top_k < 0, f"--top-k must be 0 (off) or more, not {top_k}")
-    fail_if(top_p is not None and not 0 < top_p <= 1, f"--top-p must be in (0, 1], not {top_p}")
-    fail_if(num_samples < 1, f"--num-samples must be at least 1, not {num_samples}")
-    fail_if(draft_tokens < 1, f"--draft-tokens must be at least 1, not {draft_tokens}")
-    check_quantize(quantize)
-    check_dtype(dtype)
-    check_device(device)
-    if ckpt is not None:
-        resolve(ckpt)
-    if draft is not None:
-        resolve(draft)
+@dataclass(frozen=True)
+class SampleOptions:
+    """`gptkit sample`'s options, checked when made (no torch needed): a SampleOptions is one sample() can run."""
+
+    prompt: str = ""
+    """The text to continue; '-' reads standard input; empty: start from <|endoftext|>."""
+    ckpt: Path | None = None
+    """Checkpoint directory or .safetensors file; None: the newest checkpoint under checkpoints/."""
+    max_new_tokens: int = 200
+    """Tokens to generate per sample, at most."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 is greedy."""
+    top_k: int = 50
+    """Sample among the k most likely tokens; 0 turns it off."""
+    top_p: float | None = None
+    """Nucleus sampling: the most likely tokens holding this probability; None turns it off."""
+    num_samples: int = 1
+    """Samples to generate (as one batch), printed one after another."""
+    seed: int | None = None
+    """Random seed, for reproducible samples."""
+    stop: str | None = None
+    """Stop a sample at this text (as well as at <|endoftext|>)."""
+    dtype: str = "auto"
+    """auto, float32, bfloat16 or float16 (or their short names, see DTYPE_NAMES)."""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps."""
+    quantize: str | None = None
+    """int8: weight-only int8 (per-channel scales), quantized at load."""
+    compile: bool = False
+    """torch.compile the one-token decoding step."""
+    draft: Path | None = None
+    """Speculative decoding: a smaller checkpoint with the same tokenizer that proposes tokens."""
+    draft_tokens: int = 4
+    """Tokens the draft proposes per step."""
+
+    def __post_init__(self):
+        fail_if(self.max_new_tokens < 1, f"--max-new-tokens must be at least 1, not {self.max_new_tokens}")
+        fail_if(self.temperature < 0, f"--temperature must be 0 (greedy) or more, not {self.temperature}")
+        fail_if(self.top_k < 0, f"--top-k must be 0 (off) or more, not {self.top_k}")
+        fail_if(self.top_p is not None and not 0 < self.top_p <= 1, f"--top-p must be in (0, 1], not {self.top_p}")
+        fail_if(self.num_samples < 1, f"--num-samples must be at least 1, not {self.num_samples}")
+        fail_if(self.draft_tokens < 1, f"--draft-tokens must be at least 1, not {self.draft_tokens}")
+        check_quantize(self.quantize)
+        check_dtype(self.dtype)
+        check_device(self.device)
+        if self.ckpt is not None:
+            resolve(self.ckpt)
+        if self.draft is not None:
+            resolve(self.draft)
 
 
 def check_eval(

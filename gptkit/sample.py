@@ -6,6 +6,7 @@ generate() is the Python API (tests and eval use it); sample() is `gptkit sample
 import codecs
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from torch.nn import functional as F
 
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
-from gptkit.options import check_sample
+from gptkit.options import SampleOptions
 from gptkit.int8 import quantize_int8, replace_linears
 from gptkit.tokenizer import EOT_TOKEN, encode, get_tokenizer
 
@@ -51,6 +52,23 @@ def next_token_distribution(logits: torch.Tensor, temperature: float, top_k: int
     probs, ids = candidates(logits, temperature, top_k, top_p)
     probs = probs / probs.sum(dim=-1, keepdim=True)
     return probs if ids is None else torch.zeros_like(logits, dtype=probs.dtype).scatter_(-1, ids, probs)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How speculative decoding draws tokens, as generate() was asked: sample_next's settings and random numbers."""
+
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    generator: torch.Generator | None
+
+    def distribution(self, logits: torch.Tensor) -> torch.Tensor:
+        return next_token_distribution(logits, self.temperature, self.top_k, self.top_p)
+
+    def draw(self, probs: torch.Tensor) -> torch.Tensor:
+        """One token (B,) from each row of probs (B, vocab_size)."""
+        return torch.multinomial(probs, 1, generator=self.generator)[:, 0]
 
 
 class BlockedLinear(nn.Module):
@@ -155,9 +173,8 @@ def generate(
     if prompt_len > block_size:
         raise ValueError(f"the prompt has {prompt_len} tokens, more than the context of {block_size}")
     if draft is not None:
-        yield from speculate(
-            model, draft, idx, max_new_tokens, draft_tokens, temperature, top_k, top_p, stop_tokens, generator, stats
-        )
+        sampling = Sampling(temperature, top_k, top_p, generator)
+        yield from speculate(model, draft, idx, max_new_tokens, draft_tokens, sampling, stop_tokens, stats)
         return
     model.setup_kv_cache(batch_size, cache_length(model, prompt_len + max_new_tokens))
     stop = torch.tensor(stop_tokens, dtype=idx.dtype, device=idx.device)
@@ -188,7 +205,7 @@ def generate(
         model.clear_kv_cache()
 
 
-def speculate(model, draft, idx, max_new_tokens, k, temperature, top_k, top_p, stop_tokens, generator, stats):
+def speculate(model, draft, idx, max_new_tokens, k, sampling: Sampling, stop_tokens, stats):
     """Speculative decoding (Leviathan et al., 2023; gpt-fast's speculative_decode), for generate().
 
     Each round the draft proposes up to k tokens one at a time and the model scores them all in one forward pass;
@@ -205,7 +222,6 @@ def speculate(model, draft, idx, max_new_tokens, k, temperature, top_k, top_p, s
         m.setup_kv_cache(batch_size, cache_length(m, prompt_len + max_new_tokens))
     stop = torch.tensor(stop_tokens, dtype=idx.dtype, device=idx.device)
     done = torch.zeros(batch_size, dtype=torch.bool, device=idx.device)
-    rows = torch.arange(batch_size, device=idx.device)
     stats = {} if stats is None else stats
     stats.update(proposed=0, accepted=0, rounds=0)
 
@@ -224,40 +240,9 @@ def speculate(model, draft, idx, max_new_tokens, k, temperature, top_k, top_p, s
                 history = [torch.cat(history, dim=1)[:, -(block_size // 2) :]]
                 token, pos = start(history[0])
             n_draft = min(k, block_size - 1 - pos, max_new_tokens - produced - 1)
-            proposals, draft_probs, current = [], [], token
-            for i in range(n_draft):
-                q = next_token_distribution(decode_step(draft, current, pos + i), temperature, top_k, top_p)
-                current = (
-                    q.argmax(dim=-1, keepdim=True) if temperature == 0 else torch.multinomial(q, 1, generator=generator)
-                )
-                proposals.append(current)
-                draft_probs.append(q)
-            proposed = torch.cat([token, *proposals], dim=1)  # (B, 1 + n_draft)
+            proposed, draft_probs = propose(draft, token, pos, n_draft, sampling)
             logits = model(proposed, pos=pos)[0]  # the model's next-token logits after each of them
-            if temperature == 0:
-                target = logits.argmax(dim=-1)  # (B, 1 + n_draft)
-                accepted = (target[:, :n_draft] == proposed[:, 1:]).int().cumprod(dim=1).sum(dim=1)
-                n = int(accepted.min())
-                last = target[:, n]  # the model's own token where the first row disagrees (or the bonus token)
-            else:
-                p = torch.stack([next_token_distribution(logits[:, i], temperature, top_k, top_p)
-                                 for i in range(n_draft + 1)], dim=1)  # fmt: skip
-                if n_draft:
-                    q = torch.stack(draft_probs, dim=1)
-                    drafted = proposed[:, 1:, None]
-                    p_x, q_x = p[:, :n_draft].gather(-1, drafted)[..., 0], q.gather(-1, drafted)[..., 0]
-                    u = torch.rand(p_x.shape, generator=generator, device=p_x.device)
-                    accepted = (u * q_x < p_x).int().cumprod(dim=1).sum(dim=1)
-                else:
-                    accepted = torch.zeros(batch_size, dtype=torch.long, device=idx.device)
-                n = int(accepted.min())
-                if n < n_draft:  # the rows rejected at n draw from the residual; the others keep their proposal
-                    residual = (p[:, n] - q[:, n]).clamp(min=0)
-                    residual = torch.where(residual.sum(dim=-1, keepdim=True) > 0, residual, p[:, n])
-                    drawn = torch.multinomial(residual, 1, generator=generator)[:, 0]
-                    last = torch.where(accepted > n, proposed[rows, n + 1], drawn)
-                else:
-                    last = torch.multinomial(p[:, n], 1, generator=generator)[:, 0]
+            accepted, n, last = verify(logits, proposed, draft_probs, sampling)
             stats["proposed"] += n_draft * batch_size
             stats["accepted"] += int(accepted.sum())
             stats["rounds"] += 1
@@ -278,6 +263,46 @@ def speculate(model, draft, idx, max_new_tokens, k, temperature, top_k, top_p, s
     finally:
         for m in (model, draft):
             m.clear_kv_cache()
+
+
+def propose(draft: GPT, token: torch.Tensor, pos: int, n: int, sampling: Sampling):
+    """The draft's n proposals after token (B, 1) at position pos, one decoding step each: (token followed by the
+    proposals, (B, 1 + n); the distributions q (B, vocab_size) they were drawn from)."""
+    proposals, draft_probs, current = [], [], token
+    for i in range(n):
+        q = sampling.distribution(decode_step(draft, current, pos + i))
+        current = q.argmax(dim=-1, keepdim=True) if sampling.temperature == 0 else sampling.draw(q)[:, None]
+        proposals.append(current)
+        draft_probs.append(q)
+    return torch.cat([token, *proposals], dim=1), draft_probs
+
+
+def verify(logits: torch.Tensor, proposed: torch.Tensor, draft_probs: list, sampling: Sampling):
+    """The model's verdict on the proposals, proposed[:, 1:], given its logits after each token of proposed:
+    (the proposals each row accepted (B,), the fewest any row accepted n, the token (B,) after the first n)."""
+    batch_size, n_draft = proposed.size(0), proposed.size(1) - 1
+    if sampling.temperature == 0:
+        target = logits.argmax(dim=-1)  # (B, 1 + n_draft)
+        accepted = (target[:, :n_draft] == proposed[:, 1:]).int().cumprod(dim=1).sum(dim=1)
+        n = int(accepted.min())
+        return accepted, n, target[:, n]  # the model's own token where the first row disagrees (or the bonus token)
+    p = torch.stack([sampling.distribution(logits[:, i]) for i in range(n_draft + 1)], dim=1)
+    if n_draft:
+        q = torch.stack(draft_probs, dim=1)
+        drafted = proposed[:, 1:, None]
+        p_x, q_x = p[:, :n_draft].gather(-1, drafted)[..., 0], q.gather(-1, drafted)[..., 0]
+        u = torch.rand(p_x.shape, generator=sampling.generator, device=p_x.device)
+        accepted = (u * q_x < p_x).int().cumprod(dim=1).sum(dim=1)
+    else:
+        accepted = torch.zeros(batch_size, dtype=torch.long, device=proposed.device)
+    n = int(accepted.min())
+    if n == n_draft:
+        return accepted, n, sampling.draw(p[:, n])
+    # the rows rejected at n draw from the residual; the others keep their proposal
+    residual = (p[:, n] - q[:, n]).clamp(min=0)
+    residual = torch.where(residual.sum(dim=-1, keepdim=True) > 0, residual, p[:, n])
+    rows = torch.arange(batch_size, device=proposed.device)
+    return accepted, n, torch.where(accepted > n, proposed[rows, n + 1], sampling.draw(residual))
 
 
 class TextStream:
@@ -342,112 +367,59 @@ def load_for_decoding(ckpt: Path, device, dtype, quantize: str | None, compile: 
     return prepare_for_decoding(model, compile)
 
 
-def sample(
-    prompt: str,
-    ckpt: Path | None = None,
-    max_new_tokens: int = 200,
-    temperature: float = 1.0,
-    top_k: int = 50,
-    top_p: float | None = None,
-    num_samples: int = 1,
-    seed: int | None = None,
-    stop: str | None = None,
-    dtype: str = "auto",
-    device: str = "auto",
-    quantize: str | None = None,
-    compile: bool = False,
-    draft: Path | None = None,
-    draft_tokens: int = 4,
-):
-    """`gptkit sample`: stream num_samples continuations of prompt to standard output, one after another."""
-    from rich.console import Console
+class SamplePrinter:
+    """The samples of a batch, printed one after another to out: the current one streams, the others are buffered
+    until their turn."""
 
-    from gptkit.checkpoint import find_latest_checkpoint, quantization_of, read_config
-    from gptkit.runtime import pick_device, pick_dtype
+    def __init__(self, prompt: str, num_samples: int, stop: str | None, out):
+        self.streams = [TextStream(stop) for _ in range(num_samples)]
+        self.buffers = [prompt] * num_samples
+        self.counts = [0] * num_samples  # the tokens of each sample so far
+        self.current = 0
+        self.out = out
+        out.write(self.header(0))
 
-    check_sample(
-        ckpt, max_new_tokens, temperature, top_k, top_p, num_samples, dtype, device, quantize, draft, draft_tokens
-    )
-    if prompt == "-":
-        prompt = sys.stdin.read()
-    if ckpt is None:
-        ckpt = find_latest_checkpoint()
-        if ckpt is None:
-            raise GptkitError(
-                "no checkpoint under checkpoints/: train one (gptkit train data/input.txt) "
-                "or download one (gptkit download gpt2), or give --ckpt DIR"
-            )
-    if draft is not None:
-        check_draft(read_config(draft), read_config(ckpt), draft)
-    torch_device = pick_device(device)
-    torch_dtype = pick_dtype(dtype, torch_device)
-    model = load_for_decoding(ckpt, torch_device, torch_dtype, quantize, compile)
-    draft_model = None if draft is None else load_for_decoding(draft, torch_device, torch_dtype, quantize, compile)
-    prompt_tokens = encode(prompt) if prompt else [EOT_TOKEN]
-    block_size = model.config.block_size
-    if len(prompt_tokens) > block_size:
-        raise GptkitError(
-            f"the prompt is {len(prompt_tokens)} tokens long, more than the model's context of {block_size}: shorten it"
-        )
-    idx = torch.tensor([prompt_tokens] * num_samples, dtype=torch.long, device=torch_device)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(torch_device).manual_seed(seed)
-
-    # The samples are generated as one batch, and printed one after another: the current one streams, the others
-    # are buffered until their turn.
-    streams = [TextStream(stop) for _ in range(num_samples)]
-    buffers = [prompt] * num_samples
-    current = 0
-    counts = [0] * num_samples
-
-    out = sys.stdout
-
-    def header(i: int) -> str:
-        if num_samples == 1:
+    def header(self, i: int) -> str:
+        if len(self.streams) == 1:
             return ""
-        return ("\n\n" if i else "") + f"─── sample {i + 1}/{num_samples} ───\n"
+        return ("\n\n" if i else "") + f"─── sample {i + 1}/{len(self.streams)} ───\n"
 
-    def flush():
-        nonlocal current
-        while current < num_samples:
-            out.write(buffers[current])
-            buffers[current] = ""
-            if not streams[current].done:
+    @property
+    def done(self) -> bool:
+        return self.current == len(self.streams)
+
+    def add(self, tokens: list[int]):
+        """One step's tokens, one a sample."""
+        for i, token in enumerate(tokens):
+            stream = self.streams[i]
+            if not stream.done:
+                self.counts[i] += 1
+                self.buffers[i] += stream.finish() if token == EOT_TOKEN else stream.add(token)
+        self.flush()
+
+    def finish(self):
+        for i, stream in enumerate(self.streams):
+            self.buffers[i] += stream.finish()
+        self.flush()
+        self.out.write("\n")
+        self.out.flush()
+
+    def flush(self):
+        while self.current < len(self.streams):
+            self.out.write(self.buffers[self.current])
+            self.buffers[self.current] = ""
+            if not self.streams[self.current].done:
                 break
-            current += 1
-            if current < num_samples:
-                out.write(header(current))
-        out.flush()
+            self.current += 1
+            if self.current < len(self.streams):
+                self.out.write(self.header(self.current))
+        self.out.flush()
 
-    out.write(header(0))
-    start = time.perf_counter()
-    arrivals = []  # (seconds since start, tokens printed so far) after each step
-    stats = {}
-    tokens_out = generate(
-        model, idx, max_new_tokens, temperature, top_k or None, top_p, generator=generator, draft=draft_model,
-        draft_tokens=draft_tokens, stats=stats,
-    )  # fmt: skip
-    for tokens in tokens_out:
-        for i, token in enumerate(tokens.tolist()):
-            if not streams[i].done:
-                counts[i] += 1
-                buffers[i] += streams[i].finish() if token == EOT_TOKEN else streams[i].add(token)
-        arrivals.append((time.perf_counter() - start, sum(counts)))
-        flush()
-        if current == num_samples:
-            break
-    elapsed = time.perf_counter() - start
-    for i, stream in enumerate(streams):
-        buffers[i] += stream.finish()
-    flush()
-    out.write("\n")
-    out.flush()
-    total = sum(counts)
-    settings = [str(torch_dtype).removeprefix("torch."), str(torch_device)]
-    weights = quantize or quantization_of(ckpt)  # an int8 checkpoint is int8 without --quantize
-    settings += [f"{weights} weights"] if weights else []
-    settings += ["compiled"] if compile else []
+
+def speed_report(arrivals: list[tuple[float, int]], elapsed: float, stats: dict, settings: list[str], compiled: bool):
+    """The line after the samples: tokens per second, time to the first token, the draft's acceptance (stats), the
+    time compiling took (compiled, without a draft) and settings. arrivals: (seconds, tokens so far) after each step."""
+    total = arrivals[-1][1]
     speculation = ""
     if stats.get("proposed"):
         speculation = (
@@ -455,15 +427,69 @@ def sample(
             f"({stats['accepted']}/{stats['proposed']} proposed, {stats['rounds']} model passes)"
         )
     compiling = ""
-    if compile and draft is None and len(arrivals) > 2:  # the prompt's pass gives the first token; the next step compiles
+    if compiled and len(arrivals) > 2:  # the prompt's pass gives the first token; the next step compiles
         (first_s, _), (second_s, printed) = arrivals[:2]
         compiling = (
             f", {second_s - first_s:.1f} s of it compiling the step, "
             f"{(total - printed) / (elapsed - second_s):.1f} tokens/s after"
         )
-    Console(stderr=True).print(
+    return (
         f"[dim]{total} tokens in {elapsed:.2f} s: {total / elapsed:.1f} tokens/s, "
-        f"first token after {arrivals[0][0] * 1000:.0f} ms{compiling}{speculation} ({', '.join(settings)})[/dim]",
+        f"first token after {arrivals[0][0] * 1000:.0f} ms{compiling}{speculation} ({', '.join(settings)})[/dim]"
+    )
+
+
+def sample(opts: SampleOptions):
+    """`gptkit sample`: stream opts.num_samples continuations of opts.prompt to standard output, one after another
+    (opts checked itself when it was made)."""
+    from rich.console import Console
+
+    from gptkit.checkpoint import find_latest_checkpoint, quantization_of, read_config
+    from gptkit.runtime import pick_device, pick_dtype
+
+    prompt = sys.stdin.read() if opts.prompt == "-" else opts.prompt
+    ckpt = opts.ckpt if opts.ckpt is not None else find_latest_checkpoint()
+    if ckpt is None:
+        raise GptkitError(
+            "no checkpoint under checkpoints/: train one (gptkit train data/input.txt) "
+            "or download one (gptkit download gpt2), or give --ckpt DIR"
+        )
+    if opts.draft is not None:
+        check_draft(read_config(opts.draft), read_config(ckpt), opts.draft)
+    device = pick_device(opts.device)
+    dtype = pick_dtype(opts.dtype, device)
+    model = load_for_decoding(ckpt, device, dtype, opts.quantize, opts.compile)
+    draft = None if opts.draft is None else load_for_decoding(opts.draft, device, dtype, opts.quantize, opts.compile)
+    prompt_tokens = encode(prompt) if prompt else [EOT_TOKEN]
+    block_size = model.config.block_size
+    if len(prompt_tokens) > block_size:
+        raise GptkitError(
+            f"the prompt is {len(prompt_tokens)} tokens long, more than the model's context of {block_size}: shorten it"
+        )
+    idx = torch.tensor([prompt_tokens] * opts.num_samples, dtype=torch.long, device=device)
+    generator = None if opts.seed is None else torch.Generator(device).manual_seed(opts.seed)
+
+    printer = SamplePrinter(prompt, opts.num_samples, opts.stop, sys.stdout)
+    start = time.perf_counter()
+    arrivals = []  # (seconds since start, tokens printed so far) after each step
+    stats = {}
+    tokens_out = generate(
+        model, idx, opts.max_new_tokens, opts.temperature, opts.top_k or None, opts.top_p, generator=generator,
+        draft=draft, draft_tokens=opts.draft_tokens, stats=stats,
+    )  # fmt: skip
+    for tokens in tokens_out:
+        printer.add(tokens.tolist())
+        arrivals.append((time.perf_counter() - start, sum(printer.counts)))
+        if printer.done:
+            break
+    elapsed = time.perf_counter() - start
+    printer.finish()
+    settings = [str(dtype).removeprefix("torch."), str(device)]
+    weights = opts.quantize or quantization_of(ckpt)  # an int8 checkpoint is int8 without --quantize
+    settings += [f"{weights} weights"] if weights else []
+    settings += ["compiled"] if opts.compile else []
+    Console(stderr=True).print(
+        speed_report(arrivals, elapsed, stats, settings, compiled=opts.compile and draft is None),
         highlight=False,
         soft_wrap=True,
     )
