@@ -549,12 +549,13 @@ def eval(
     ] = None,
 ):
     """Loss, perplexity and bits per byte of a text, and HellaSwag accuracy; appended to the checkpoint's evals.jsonl."""
-    from gptkit.options import check_eval
+    arguments = dict(locals())  # the options, before any other name is bound here
+    from gptkit.options import EvalOptions
 
-    check_eval(ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, dtype, device, quantize)
+    options = options_from(EvalOptions, arguments)
     from gptkit.eval import run_eval
 
-    run_eval(ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, json_output, dtype, device, quantize)
+    run_eval(options)
 
 
 # --- quantize --------------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from gptkit.data import load_tokens, open_data, read_utf8
 from gptkit.errors import GptkitError
 from gptkit.files import data_hash
 from gptkit.model import GPT
-from gptkit.options import EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S, check_eval, check_hellaswag_file, check_window
+from gptkit.options import EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S, EvalOptions, check_hellaswag_file, check_window
 from gptkit.prepare import PrepareProgress, input_files
 from gptkit.runlock import folder_lock
 from gptkit.int8 import quantize_int8
@@ -342,7 +342,7 @@ def track(bar, description: str, unit: str):
 
 
 def append_record(folder: Path, record: dict):
-    """Add one line to the checkpoint folder's evals.jsonl, under the folder's lock (runlock; check_eval refused a
+    """Add one line to the checkpoint folder's evals.jsonl, under the folder's lock (runlock; EvalOptions refused a
     folder held by a training run up front), on a line of its own even after a line that a crash cut short; a
     read-only folder, or one a training run took meanwhile, only earns a warning."""
     path = folder / EVALS_FILE
@@ -393,42 +393,30 @@ def render(record: dict):
     Console().print(table)
 
 
-def run_eval(
-    ckpt: Path,
-    text: Path | None = None,
-    block_size: int | None = None,
-    stride: int | None = None,
-    batch_size: int = 4,
-    max_tokens: int | None = None,
-    hellaswag: Path | None = None,
-    json_output: bool = False,
-    dtype_name: str = "auto",
-    device_name: str = "auto",
-    quantize: str | None = None,
-):
-    """`gptkit eval`: check everything the user gave before loading the model, evaluate, print, record."""
-    check_eval(ckpt, text, block_size, stride, batch_size, max_tokens, hellaswag, dtype_name, device_name, quantize)
-    ckpt = Path(ckpt)
+def run_eval(opts: EvalOptions):
+    """`gptkit eval`: evaluate, print, record; everything the user gave is checked before the model loads (opts
+    checked itself when it was made)."""
+    ckpt, text, hellaswag, max_tokens = Path(opts.ckpt), opts.text, opts.hellaswag, opts.max_tokens
     folder = ckpt if ckpt.is_dir() else ckpt.parent
     context = read_config(ckpt).block_size
-    block_size = context if block_size is None else block_size
-    stride = block_size if stride is None else stride
+    block_size = context if opts.block_size is None else opts.block_size
+    stride = block_size if opts.stride is None else opts.stride
     check_window(block_size, stride, context)
-    device = pick_device(device_name)
-    dtype = pick_dtype(dtype_name, device)
+    device = pick_device(opts.device)
+    dtype = pick_dtype(opts.dtype, device)
 
     tokens = source = examples = None
     if text is not None:
-        tokens, sha256 = read_tokens(text, quiet=json_output)
+        tokens, sha256 = read_tokens(text, quiet=opts.json_output)
         source = {"text": str(Path(text).resolve()), "sha256": sha256}
     elif hellaswag is None:
-        tokens, source = validation_split(ckpt, quiet=json_output, max_tokens=max_tokens)
+        tokens, source = validation_split(ckpt, quiet=opts.json_output, max_tokens=max_tokens)
     if hellaswag is not None:
         examples = read_hellaswag(hellaswag)
 
     keep_freed_memory()
     model = load_checkpoint(ckpt, device)  # float32 weights; bf16/fp16 runs under autocast
-    if quantize == "int8":
+    if opts.quantize == "int8":
         quantize_int8(model)
     record = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -437,17 +425,17 @@ def run_eval(
         "settings": {
             "block_size": block_size,
             "stride": stride,
-            "batch_size": batch_size,
+            "batch_size": opts.batch_size,
             "max_tokens": max_tokens,
             "dtype": str(dtype).removeprefix("torch."),
             "device": str(device),
-            "quantize": quantize or quantization_of(ckpt),  # an int8 checkpoint is int8 without --quantize
+            "quantize": opts.quantize or quantization_of(ckpt),  # an int8 checkpoint is int8 without --quantize
         },
     }
-    with progress_bar(enabled=not json_output) as bar:
+    with progress_bar(enabled=not opts.json_output) as bar:
         if tokens is not None:
             progress = track(bar, "loss", "tokens")
-            results = evaluate_lm(model, tokens, block_size, stride, batch_size, max_tokens, dtype, progress)
+            results = evaluate_lm(model, tokens, block_size, stride, opts.batch_size, max_tokens, dtype, progress)
             record["lm"] = {"evaluated": source, **results}
         if examples is not None:
             progress = track(bar, "HellaSwag", "examples")
@@ -455,7 +443,7 @@ def run_eval(
             hs_file = {"file": str(Path(hellaswag).resolve()), "sha256": data_hash([Path(hellaswag)])}
             record["hellaswag"] = {**hs_file, **results}
 
-    if json_output:
+    if opts.json_output:
         sys.stdout.write(json.dumps(record, indent=2) + "\n")
     else:
         render(record)

@@ -177,27 +177,48 @@ class SampleOptions:
             resolve(self.draft)
 
 
-def check_eval(
-    ckpt: Path,
-    text: Path | None,
-    block_size: int | None,
-    stride: int | None,
-    batch_size: int,
-    max_tokens: int | None,
-    hellaswag: Path | None,
-    dtype: str,
-    device: str,
-    quantize: str | None = None,
-):
-    fail_if(batch_size < 1, f"--batch-size must be at least 1, got {batch_size}")
-    fail_if(max_tokens is not None and max_tokens < 1, f"--max-tokens must be at least 1, got {max_tokens}")
-    check_window(block_size, stride)
-    check_quantize(quantize)
-    check_dtype(dtype)
-    check_device(device)
-    resolve(ckpt)
-    check_not_held(ckpt if Path(ckpt).is_dir() else Path(ckpt).parent, EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S)
-    if text is not None:
-        check_text(text)
-    if hellaswag is not None:
-        check_hellaswag_file(hellaswag)
+@dataclass(frozen=True)
+class EvalOptions:
+    """`gptkit eval`'s options, checked when made (no torch needed): an EvalOptions is one run_eval() can run. What
+    needs the model (is --block-size within its context) run_eval checks."""
+
+    ckpt: Path
+    """A checkpoint directory or .safetensors file."""
+    text: Path | None = None
+    """A text file or folder to score; None: the validation split gptkit train recorded (none with hellaswag)."""
+    block_size: int | None = None
+    """Tokens per window; None: the model's context."""
+    stride: int | None = None
+    """Window step (overlapping windows score only their new tokens); None: the block size."""
+    batch_size: int = 4
+    """Windows per forward pass."""
+    max_tokens: int | None = None
+    """Score at most this many tokens."""
+    hellaswag: Path | None = None
+    """A HellaSwag jsonl file (ctx, endings, label) to score."""
+    json_output: bool = False
+    """Print the results as JSON only (and no progress)."""
+    dtype: str = "auto"
+    """auto, float32, bfloat16 or float16 (autocast over float32 weights)."""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps."""
+    quantize: str | None = None
+    """int8: weight-only int8 (per-channel scales), quantized at load."""
+
+    def __post_init__(self):
+        fail_if(self.batch_size < 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        fail_if(
+            self.max_tokens is not None and self.max_tokens < 1,
+            f"--max-tokens must be at least 1, got {self.max_tokens}",
+        )
+        check_window(self.block_size, self.stride)
+        check_quantize(self.quantize)
+        check_dtype(self.dtype)
+        check_device(self.device)
+        resolve(self.ckpt)
+        ckpt = Path(self.ckpt)
+        check_not_held(ckpt if ckpt.is_dir() else ckpt.parent, EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S)
+        if self.text is not None:
+            check_text(self.text)
+        if self.hellaswag is not None:
+            check_hellaswag_file(self.hellaswag)
