@@ -51,6 +51,16 @@ def test_split_is_the_tail():
     assert train.tolist() == list(range(90)) and val.tolist() == list(range(90, 100))
 
 
+def test_split_of_shards_cuts_the_shard_the_tail_starts_in_and_keeps_no_empty_shard():
+    shards = [np.arange(0, 60, dtype=np.uint16), np.arange(60, 100, dtype=np.uint16)]
+    train, val = split_tokens(shards, 0.1)
+    assert [s.tolist() for s in train] == [list(range(60)), list(range(60, 90))]
+    assert [s.tolist() for s in val] == [list(range(90, 100))]
+    train, val = split_tokens(shards, 0.4)  # the tail starts where the second shard does
+    assert [len(s) for s in train] == [60] and [len(s) for s in val] == [40]
+    assert split_tokens(shards, 0.0)[1] == []
+
+
 @pytest.mark.parametrize("source", SOURCES)
 def test_an_epoch_covers_every_window_once_with_the_targets_shifted(source):
     tokens, window_starts = SOURCES[source]
