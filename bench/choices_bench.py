@@ -1,7 +1,7 @@
 """The speed choices gptkit makes from the machine, measured against their alternatives on every CPU level this host
 runs (each level in a child process under ATEN_CPU_CAPABILITY, the two sides of each choice alternating):
 
-- `--dtype auto` on the CPU (runtime.cpu_prefers_bf16): a training step in bf16 autocast against fp32;
+- `--dtype auto` on the CPU (cpu.cpu_prefers_bf16): a training step in bf16 autocast against fp32;
 - Muon's Newton-Schulz iteration (optim.Muon): torch's bf16 iteration against gptkit's fp32 one;
 - int8 decoding (int8.Int8Linear.kernel_dtype): torch's int8 kernel with bf16 activations, with fp32 ones, and
   the dequantized fp32 product;
@@ -27,7 +27,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import cpu_name  # noqa: E402
-from gptkit.runtime import lower_cpu_levels  # noqa: E402
+from gptkit.cpu import lower_cpu_levels  # noqa: E402
 
 TRAIN_CONFIG = dict(n_layer=6, n_head=6, n_embd=384, block_size=256)  # the mini preset
 TRAIN_BATCH = (4, 256)
@@ -112,7 +112,7 @@ def muon_fns() -> dict:
 def measure(quick: bool) -> dict:
     """This process's figures (its level is ATEN_CPU_CAPABILITY's, or the host's)."""
     from gptkit.int8 import has_int8_kernel
-    from gptkit.runtime import cpu_level, cpu_prefers_bf16
+    from gptkit.cpu import cpu_level, cpu_prefers_bf16
 
     repeats = 3 if quick else 10
     threads = torch.get_num_threads()

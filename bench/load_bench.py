@@ -82,7 +82,7 @@ def bench_load(quick: bool) -> list[dict]:
 def markdown(rows: list[dict], quick: bool) -> str:
     import torch
 
-    from gptkit.runtime import cpu_level
+    from gptkit.cpu import cpu_level
 
     lines = [f"{cpu_name()}, level {cpu_level()}, torch {torch.__version__}; "
              f"`uv run python -m bench.load_bench{' --quick' if quick else ''}` (load to float32)", "",

@@ -39,7 +39,8 @@ def environment() -> dict:
     import torch
 
     from gptkit.int8 import has_int8_kernel, kernel_dtype_for_level
-    from gptkit.runtime import cpu_level, cpu_prefers_bf16, lower_cpu_levels, pick_device, pick_dtype
+    from gptkit.cpu import cpu_level, cpu_prefers_bf16, lower_cpu_levels
+    from gptkit.runtime import pick_device, pick_dtype
 
     cpu = torch.device("cpu")
     info = {

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gptkit.cpu import cpu_level
+
 # Rows of input above which the weight is dequantized for a plain matmul (prefill, eval): there the product is
 # compute-bound and the float matmul is faster than the int8 kernels, and dequantizing costs little per row.
 DEQUANTIZE_ABOVE_ROWS = 32
@@ -22,7 +24,7 @@ def has_int8_kernel(device: torch.device) -> bool:
 
 
 def kernel_dtype_for_level(level: str) -> torch.dtype:
-    """The activations' dtype for torch's int8 CPU kernel at a CPU level (runtime.cpu_level): its bf16 path is
+    """The activations' dtype for torch's int8 CPU kernel at a CPU level (cpu.cpu_level): its bf16 path is
     vectorized at AVX2 and above, where it runs several times faster than its fp32 path; at the DEFAULT level both
     are scalar loops and fp32 saves the conversions (bench/choices_bench.py measures both on each level)."""
     return torch.float32 if level == "DEFAULT" else torch.bfloat16
@@ -42,10 +44,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", weight)
         self.register_buffer("scales", scales)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
-        # the level as runtime.cpu_level reads it; runtime is not imported: it imports options, which read checkpoints,
-        # which load into these layers
-        level = torch.backends.cpu.get_cpu_capability()
-        self.kernel_dtype = kernel_dtype_for_level(level) if has_int8_kernel(weight.device) else None
+        self.kernel_dtype = kernel_dtype_for_level(cpu_level()) if has_int8_kernel(weight.device) else None
         if self.kernel_dtype is not None:  # converted once here: inductor cannot lower a conversion feeding the kernel
             self.register_buffer("kernel_scales", scales.to(self.kernel_dtype), persistent=False)
 

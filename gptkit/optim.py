@@ -11,7 +11,7 @@ import math
 import torch
 
 from gptkit.model import GPT
-from gptkit.runtime import cpu_prefers_bf16
+from gptkit.cpu import cpu_prefers_bf16
 
 ADAMW_BETAS = (0.9, 0.95)
 MUON_MOMENTUM = 0.95
@@ -39,7 +39,7 @@ class Optimizers:
 
 class Muon(torch.optim.Muon):
     """torch.optim.Muon (Keller Jordan's update and learning-rate scaling, decoupled weight decay), with its
-    Newton-Schulz iteration in fp32 on CPUs where bf16 is not the faster (runtime.cpu_prefers_bf16): there torch's
+    Newton-Schulz iteration in fp32 on CPUs where bf16 is not the faster (cpu.cpu_prefers_bf16): there torch's
     bf16 iteration runs emulated, slower than the forward and backward of the model's blocks."""
 
     def __init__(self, params, device: torch.device, **options):

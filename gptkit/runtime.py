@@ -1,14 +1,14 @@
-"""Where and in what precision to run: device auto-detection (CUDA > MPS > CPU), the --dtype choice, and the
-machine facts and settings behind them (bf16 instructions, free memory, the allocator)."""
+"""Where and in what precision to run: device auto-detection (CUDA > MPS > CPU), the --dtype choice (the CPU's
+side of it in cpu.py), free memory, and the allocator setting."""
 
 import contextlib
 import ctypes
 import sys
-from functools import cache
 from pathlib import Path
 
 import torch
 
+from gptkit.cpu import cpu_prefers_bf16
 from gptkit.errors import GptkitError
 from gptkit.options import DTYPE_NAMES, check_device, check_dtype
 
@@ -32,49 +32,6 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise GptkitError("--device mps was asked for, but MPS is not available: use --device auto or cpu")
     return device
-
-
-def cpu_level() -> str:
-    """The instruction set torch's own CPU kernels run at: DEFAULT, AVX2, AVX512 (x86), or an ARM level. A machine
-    runs at most what it has; ATEN_CPU_CAPABILITY=default|avx2|avx512 makes torch run lower."""
-    return torch.backends.cpu.get_cpu_capability()
-
-
-# x86's levels from the highest down, as ATEN_CPU_CAPABILITY names them.
-X86_LEVELS = ("avx512", "avx2", "default")
-
-
-def lower_cpu_levels() -> list[str]:
-    """The ATEN_CPU_CAPABILITY values below the level this process runs at (what tests and benches also run under)."""
-    level = cpu_level().lower()
-    if level in X86_LEVELS:
-        return list(X86_LEVELS[X86_LEVELS.index(level) + 1 :])
-    return [] if level == "default" else ["default"]
-
-
-@cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def cpu_prefers_bf16() -> bool:
-    """--dtype auto's choice on the CPU, and whether Muon's Newton-Schulz iteration runs in bf16: where the CPU
-    multiplies bf16 matrices in hardware (AVX512-BF16 or AMX) and torch uses it.
-
-    Matrix products run in oneDNN, which picks its instructions itself (ONEDNN_MAX_CPU_ISA caps it;
-    ATEN_CPU_CAPABILITY does not), so torch.ops.mkldnn._is_mkldnn_bf16_supported() says whether bf16 products take
-    oneDNN's path at all, and the flags whether that path is native rather than emulated. The products dominate a
-    step, so bf16 is the faster at every level torch's own kernels run at, DEFAULT included
-    (bench/choices_bench.py measures it on each)."""
-    native = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-    return native and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def available_memory() -> int | None:
@@ -114,10 +71,10 @@ def keep_freed_memory():
     """Make glibc keep freed large blocks for reuse instead of handing them back to the OS.
 
     By default every freed block over 32 MB (logits, embedding gradients) is unmapped, so each training step faults
-    in and zeroes those pages again: on a 2-core CPU that cost about 20% of a GPT-2 124M step. The price: freed
-    blocks wait in the heap for reuse (torch's aligned requests do not always fit them), which raised the peak of a
-    GPT-2 124M run at 4 x 256 by 1-3% and of the mini preset by 9%, and nothing goes back to the OS before
-    the process ends. Resident memory stays flat from step to step.
+    in and zeroes those pages again, a sizeable part of a CPU step (bench/train_bench.py measures it as
+    "transformers+malloc"). The price: freed blocks wait in the heap for reuse (torch's aligned requests do not
+    always fit them), which raises the peak memory a little, and nothing goes back to the OS before the process
+    ends. Resident memory stays flat from step to step.
     """
     if not sys.platform.startswith("linux"):
         return

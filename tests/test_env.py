@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from gptkit.runtime import cpu_level, lower_cpu_levels
+from gptkit.cpu import cpu_level, lower_cpu_levels
 
 LEVELS = [None, *lower_cpu_levels()]  # None: the host's own level
 
@@ -46,9 +46,9 @@ def test_auto_is_float32_where_onednn_does_not_multiply_bf16():
 
 
 def test_auto_is_float32_on_a_cpu_without_bf16_instructions(monkeypatch):
-    from gptkit import runtime
+    from gptkit import cpu, runtime
 
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512bw"}))
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512bw"}))
     assert runtime.pick_dtype("auto", torch.device("cpu")) == torch.float32
 
 
