@@ -95,7 +95,7 @@ def attention_by_matmul(q, k, v, visible: torch.Tensor | None, dropout: float = 
     query sees.
 
     Used where the fused kernel of scaled_dot_product_attention is slow on the CPU: its bf16 backward (training) is
-    about three times slower, and for a single query (a decoding step) its fixed cost exceeds the arithmetic."""
+    several times slower, and for a single query (a decoding step) its fixed cost exceeds the arithmetic."""
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
     if visible is not None:
         scores = scores.masked_fill(~visible, float("-inf"))

@@ -75,9 +75,8 @@ class BlockedLinear(nn.Module):
     """nn.Linear for decoding on the CPU in fp32: the output split into one block per thread, multiplied as one
     batched product (baddbmm), so that a matrix-vector product (a decoding step) reads its weight on every core.
 
-    MKL runs a one-row product on a single core (measured: no faster on two threads than on one), at about half the
-    read bandwidth of the machine; one block per thread brings GPT-2's layers from 11-17 GB/s to 18-26 (the
-    head from 20 to 28-30) on a 2-core AMD EPYC.
+    MKL runs a one-row product on a single core, at a fraction of the machine's read bandwidth; one block per
+    thread reads the weight on every core (bench/sample_bench.py and bench/choices_bench.py measure both layouts).
     Layers wider than they are deep keep each block input-major, (in, out / blocks), which reads fastest there;
     the others keep nn.Linear's layout, as views of its weight. The output is padded to a multiple of the blocks
     (GPT-2's 50257-wide head) and a missing bias is a zero one: compiled, a one-row bmm becomes a generated loop
