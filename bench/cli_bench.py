@@ -29,13 +29,15 @@ def closed_port() -> int:
 
 def commands(folder: Path, checkpoint: Path) -> dict[str, tuple[list[str], dict]]:
     """name -> (arguments of gptkit, environment changes)."""
+    from gptkit.runlog import METRICS_FILE
+
     text = folder / "text.txt"
     text.write_text("To be, or not to be, that is the question.\n")
     hub = {"HF_HOME": str(folder / "hf-home"), "HF_HUB_OFFLINE": ""}
     runs = [folder / "run-a", folder / "run-b"]
     for run in runs:  # two runs of 5,000 steps each
         run.mkdir()
-        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fake_records(5000)))
+        (run / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in fake_records(5000)))
     plot = ["plot", *map(str, runs)]
     return {
         "gptkit --help": (["--help"], {}),

@@ -45,8 +45,10 @@ def runs(muon_lrs: list[float]) -> dict[str, list[str]]:
 
 def curve(folder: Path) -> list[dict]:
     """(step, val_loss, train seconds so far) at each evaluation of a finished run."""
+    from gptkit.runlog import METRICS_FILE
+
     points, seconds = [], 0.0
-    for line in (folder / "metrics.jsonl").read_text().splitlines():
+    for line in (folder / METRICS_FILE).read_text().splitlines():
         record = json.loads(line)
         seconds += record["step_time_s"]
         if "val_loss" in record:

@@ -50,7 +50,7 @@ def sink_costs(make, records: list[dict], pause: float) -> tuple[float, list[flo
 
 
 def bench_runlog(quick: bool) -> list[dict]:
-    from gptkit.runlog import MetricsFile, TensorBoardSink, WandbSink
+    from gptkit.runlog import METRICS_FILE, MetricsFile, TensorBoardSink, WandbSink
 
     records = fake_records(300 if quick else 2000)
     repeats, pause = (1, 0.002) if quick else (3, 0.002)
@@ -59,7 +59,7 @@ def bench_runlog(quick: bool) -> list[dict]:
     os.environ.setdefault("WANDB_SILENT", "true")
     settings = {"model": "micro", "lr": 6e-4, "steps": len(records)}
     sinks = {
-        "metrics.jsonl": lambda: MetricsFile(folder / "metrics.jsonl", append=False),
+        "metrics.jsonl": lambda: MetricsFile(folder / METRICS_FILE, append=False),
         "TensorBoard": lambda: TensorBoardSink(folder, settings, start_step=0),
         "wandb (offline)": lambda: WandbSink("gptkit-bench", folder, settings, resumed=False),
     }
