@@ -9,6 +9,7 @@ import torch
 from torch.nn import functional as F
 from typer.testing import CliRunner
 
+from conftest import assert_one_line_error
 from gptkit.checkpoint import read_metadata, save_checkpoint
 from gptkit.cli import app
 from gptkit.data import load_tokens, split_tokens
@@ -220,13 +221,6 @@ def test_malformed_hellaswag_line(tmp_path, line, message):
     path.write_text(json.dumps(HELLASWAG[0]) + "\n" + line + "\n")
     with pytest.raises(GptkitError, match=re.escape(message)):
         read_hellaswag(path)
-
-
-def assert_one_line_error(result, message):
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
 
 
 def test_bad_input(tiny_checkpoint, tmp_path):

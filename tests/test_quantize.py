@@ -5,6 +5,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import assert_one_line_error
 from gptkit import checkpoint
 from gptkit.checkpoint import (
     is_checkpoint,
@@ -371,22 +372,16 @@ def listing(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
-def one_line_error(result, message: str):
-    assert result.exit_code == 1, result.output
-    assert message in result.stderr, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
-
-
 def test_bad_input_is_one_line_and_writes_nothing(tiny_checkpoint, int8_checkpoint, tmp_path):
     folder = tiny_checkpoint.parent
     before = listing(folder)
-    one_line_error(quantize_command(tmp_path / "missing"), "does not exist")
-    one_line_error(quantize_command(int8_checkpoint, "--out", tmp_path / "again"), "holds int8 weights")
+    assert_one_line_error(quantize_command(tmp_path / "missing"), "does not exist")
+    assert_one_line_error(quantize_command(int8_checkpoint, "--out", tmp_path / "again"), "holds int8 weights")
     made_from = f"quantize the float checkpoint it was made from ({tiny_checkpoint.resolve()})"
-    one_line_error(quantize_command(int8_checkpoint), made_from)
-    one_line_error(quantize_command(tiny_checkpoint), "exists: add --overwrite")
-    one_line_error(quantize_command(tiny_checkpoint, "--out", tiny_checkpoint, "--overwrite"), "is the checkpoint")
-    one_line_error(quantize_command(tiny_checkpoint, "--out", tiny_checkpoint / "config.json"), "is a file")
+    assert_one_line_error(quantize_command(int8_checkpoint), made_from)
+    assert_one_line_error(quantize_command(tiny_checkpoint), "exists: add --overwrite")
+    assert_one_line_error(quantize_command(tiny_checkpoint, "--out", tiny_checkpoint, "--overwrite"), "is the checkpoint")
+    assert_one_line_error(quantize_command(tiny_checkpoint, "--out", tiny_checkpoint / "config.json"), "is a file")
     assert listing(folder) == before
 
 
@@ -410,7 +405,7 @@ def test_an_interrupted_quantize_leaves_nothing(tiny_checkpoint, int8_checkpoint
 
 def test_training_an_int8_checkpoint_is_refused(int8_checkpoint, text, tmp_path):
     result = runner.invoke(app, ["train", str(text), "--model", str(int8_checkpoint), "--out", str(tmp_path / "run")])
-    one_line_error(result, "cannot be trained: fine-tune the float checkpoint it was made from")
+    assert_one_line_error(result, "cannot be trained: fine-tune the float checkpoint it was made from")
     assert not (tmp_path / "run").exists()
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import assert_one_line_error
 from gptkit.checkpoint import save_checkpoint
 from gptkit.cli import app
 from gptkit.model import GPT, GPTConfig
@@ -318,24 +319,18 @@ def test_cli_reads_the_prompt_from_stdin(workdir):
     ],
 )
 def test_cli_bad_options(workdir, args, message):
-    result = run("Hi", *args)
-    assert result.exit_code == 1
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in result.output
+    assert_one_line_error(run("Hi", *args), message)
 
 
 def test_cli_prompt_longer_than_the_context(workdir):
-    result = run(" ".join(["word"] * 100))
-    assert result.exit_code == 1
-    assert "prompt is 100 tokens long, more than the model's context of 64" in result.stderr
+    assert_one_line_error(run(" ".join(["word"] * 100)), "prompt is 100 tokens long, more than the model's context of 64")
 
 
 def test_cli_without_any_checkpoint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = run("Hello")
-    assert result.exit_code == 1
-    assert "no checkpoint under checkpoints/" in result.stderr and "gptkit download gpt2" in result.stderr
-    assert "Traceback" not in result.output
+    assert_one_line_error(result, "no checkpoint under checkpoints/")
+    assert "gptkit download gpt2" in result.stderr
 
 
 def test_cli_speculative(workdir, tiny_model):
@@ -363,5 +358,4 @@ def test_cli_speculative(workdir, tiny_model):
 def test_cli_draft_that_does_not_fit(workdir, config, message):
     save_checkpoint(GPT(config), workdir / "draft")
     result = run("Hi", "--ckpt", str(workdir / "checkpoints" / "tiny"), "--draft", str(workdir / "draft"))
-    assert result.exit_code == 1
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert_one_line_error(result, message)
