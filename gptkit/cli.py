@@ -379,42 +379,10 @@ def train(
     ] = None,
 ):
     """Train a model from scratch or from a checkpoint (under torchrun: on several processes with DDP)."""
+    arguments = dict(locals())  # the options, before any other name is bound here
     from gptkit.train_config import TrainConfig, check
 
-    config = TrainConfig(
-        data=str(data),
-        model=model,
-        out=str(out) if out else None,
-        steps=steps,
-        batch_size=batch_size,
-        block_size=block_size,
-        n_layer=n_layer,
-        n_head=n_head,
-        n_embd=n_embd,
-        dropout=dropout,
-        grad_accum=grad_accum,
-        tokens_per_step=tokens_per_step,
-        optimizer=optimizer,
-        lr=lr,
-        adam_lr=adam_lr,
-        min_lr=min_lr,
-        warmup_steps=warmup_steps,
-        weight_decay=weight_decay,
-        eval_every=eval_every,
-        eval_tokens=eval_tokens,
-        hellaswag=str(hellaswag) if hellaswag else None,
-        hellaswag_examples=hellaswag_examples,
-        save_every=save_every,
-        val_fraction=val_fraction,
-        dtype=dtype,
-        device=device,
-        compile=compile,
-        seed=seed,
-        resume=resume,
-        overwrite=overwrite,
-        tensorboard=tensorboard,
-        wandb=wandb,
-    )
+    config = options_from(TrainConfig, arguments)
     check(config)
     from gptkit.train import EXIT_INTERRUPTED, Interrupted
     from gptkit.train import train as run_training

@@ -323,7 +323,19 @@ def build_run(cfg: TrainConfig, procs: Processes, out: Path, state: dict | None,
         "val_fraction": cfg.val_fraction if source.split_kind == "tail" else None,
         "split": source.split_kind,
     }
-    r = Run(cfg, out, model, model_label, model, optimizer, loader, val_tokens, data_info, dtype, extra_positions)
+    r = Run(
+        cfg=cfg,
+        out=out,
+        model=model,
+        model_label=model_label,
+        step_model=model,
+        optimizer=optimizer,
+        loader=loader,
+        val_tokens=val_tokens,
+        data_info=data_info,
+        dtype=dtype,
+        extra_positions=extra_positions,
+    )
     if state is not None:
         tensors = load_tensors(out / STATE_TENSORS, procs.device)
         restore_optimizer(optimizer, model, tensors)

@@ -71,6 +71,12 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
 
+    def __post_init__(self):
+        # The paths stay str (the command line gives Path): the settings are saved as JSON.
+        for name in ("data", "out", "hellaswag"):
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, str(getattr(self, name)))
+
 
 # Options that may differ when resuming (they do not change the trajectory, or extend it: --steps).
 CHANGEABLE_ON_RESUME = {
