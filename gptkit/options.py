@@ -27,8 +27,12 @@ DTYPE_NAMES = {
 DEVICE_NAME = re.compile(r"auto|cpu|(cuda|mps)(:\d+)?")
 QUANTIZATIONS = ("int8",)
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
-# What to do when eval's checkpoint folder is held (runlock): by another eval's append for milliseconds (so eval waits
-# EVAL_LOCK_WAIT_S), or by a training run until it ends.
+# The folder locks (runlock) of the commands: what to tell one turned away from a folder in use, and how long it waits
+# first. A run folder is held by a training run until it ends (train waits RUN_LOCK_WAIT_S for a process letting go);
+# eval's checkpoint folder by another eval's append for milliseconds (so eval waits EVAL_LOCK_WAIT_S), or by a
+# training run until it ends.
+RUN_FOLDER_IN_USE = "wait for that run to end (or stop it), or pick another --out"
+RUN_LOCK_WAIT_S = 0.5
 EVAL_FOLDER_IN_USE = "wait for it to end, or evaluate a copy of the checkpoint"
 EVAL_LOCK_WAIT_S = 0.5
 
@@ -120,6 +124,7 @@ def check_quantize_command(ckpt: Path, out: Path | None, overwrite: bool):
 
 
 def check_hellaswag_file(path: Path):
+    """eval's and train's --hellaswag must be a file (eval.read_hellaswag checks what it holds)."""
     path = Path(path)
     if not path.is_file():
         problem = "is not a file" if path.exists() else "does not exist"

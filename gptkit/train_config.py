@@ -15,9 +15,11 @@ from gptkit.config import PRESETS, GPTConfig
 from gptkit.errors import GptkitError
 from gptkit.options import (
     DTYPE_NAMES,
-    HELLASWAG_URL,
+    RUN_FOLDER_IN_USE,
+    RUN_LOCK_WAIT_S,
     check_device,
     check_dtype,
+    check_hellaswag_file,
     check_not_int8,
     check_text,
     fail_if,
@@ -106,9 +108,6 @@ def default_out(cfg: TrainConfig) -> Path:
     return Path("checkpoints") / run_name(cfg.data, cfg.model or "gpt2")
 
 
-RUN_FOLDER_IN_USE = "wait for that run to end (or stop it), or pick another --out"
-
-
 def check(cfg: TrainConfig):
     """The checks that need neither torch, the device nor the model: the options' values (check_values), the files
     they name (DATA, a checkpoint to fine-tune), the run folder (one to resume; not in use: runfolder.lock_run_folder
@@ -127,12 +126,9 @@ def check(cfg: TrainConfig):
         cfg.resume and not out.is_dir(), f"{out} does not exist: there is no run to resume (start one without --resume)"
     )
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 takes the lock
-        check_not_held(out, RUN_FOLDER_IN_USE, wait_s=0.5)
+        check_not_held(out, RUN_FOLDER_IN_USE, RUN_LOCK_WAIT_S)
     if cfg.hellaswag is not None:
-        fail_if(
-            not Path(cfg.hellaswag).is_file(),
-            f"{cfg.hellaswag} is not a file: get hellaswag_val.jsonl from {HELLASWAG_URL}",
-        )
+        check_hellaswag_file(cfg.hellaswag)
 
 
 def check_values(cfg: TrainConfig):
