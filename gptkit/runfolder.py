@@ -16,9 +16,9 @@ from gptkit.errors import GptkitError
 from gptkit.files import atomic_path, read_json, write_json
 from gptkit.model import GPT
 from gptkit.optim import optimizer_tensors
+from gptkit.options import RUN_FOLDER_IN_USE, RUN_LOCK_WAIT_S
 from gptkit.runlock import folder_lock
 from gptkit.runlog import METRICS_FILE, read_metrics
-from gptkit.train_config import RUN_FOLDER_IN_USE
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
@@ -28,7 +28,7 @@ STATE_KEYS = ("step", "steps", "model", "settings", "loader", "data", "tokens_se
 def lock_run_folder(out: Path):
     """The run folder's lock, held by a training run from before it writes anything until it ends (waiting half a
     second for a lock that an eval's append or another command's check holds for milliseconds)."""
-    return folder_lock(out, "gptkit train", RUN_FOLDER_IN_USE, wait_s=0.5)
+    return folder_lock(out, "gptkit train", RUN_FOLDER_IN_USE, wait_s=RUN_LOCK_WAIT_S)
 
 
 def check_out(out: Path, resume: bool, overwrite: bool):
