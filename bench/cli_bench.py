@@ -64,7 +64,8 @@ def bench_cli(quick: bool) -> list[dict]:
     import torch
 
     from gptkit.checkpoint import save_checkpoint
-    from gptkit.model import GPT, PRESETS
+    from gptkit.config import PRESETS
+    from gptkit.model import GPT
     from gptkit.runfolder import lock_run_folder
 
     repeats = 3 if quick else 10

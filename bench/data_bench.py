@@ -129,7 +129,8 @@ def bench_step(folder: Path, steps: int) -> list[list]:
     import torch
 
     from gptkit.data import BatchLoader, open_data
-    from gptkit.model import GPT, PRESETS
+    from gptkit.config import PRESETS
+    from gptkit.model import GPT
     from gptkit.optim import make_optimizer
     from gptkit.train_config import TrainConfig
 

@@ -9,7 +9,8 @@ import torch
 
 from bench.common import summary
 from gptkit.eval import evaluate_lm
-from gptkit.model import GPT, PRESETS
+from gptkit.config import PRESETS
+from gptkit.model import GPT
 from gptkit.runtime import autocast, pick_device
 
 

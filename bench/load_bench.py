@@ -50,7 +50,8 @@ def checkpoints(folder: Path, preset: str) -> dict[str, Path]:
     import torch
 
     from gptkit.checkpoint import load_checkpoint, save_checkpoint
-    from gptkit.model import GPT, PRESETS
+    from gptkit.config import PRESETS
+    from gptkit.model import GPT
     from gptkit.int8 import quantize_int8
 
     torch.manual_seed(0)

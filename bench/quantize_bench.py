@@ -55,7 +55,8 @@ def bench_quantize(quick: bool) -> dict:
     import torch
 
     from gptkit.checkpoint import save_checkpoint
-    from gptkit.model import GPT, PRESETS
+    from gptkit.config import PRESETS
+    from gptkit.model import GPT
 
     preset, repeats = ("mini", 2) if quick else ("gpt2", 5)
     folder = Path(tempfile.mkdtemp(prefix="gptkit-bench-"))

@@ -21,7 +21,8 @@ from torch import nn
 
 from bench.common import copy_bandwidth_gbs, summary
 from gptkit.checkpoint import save_checkpoint
-from gptkit.model import GPT, PRESETS
+from gptkit.config import PRESETS
+from gptkit.model import GPT
 from gptkit.int8 import quantize_int8
 from gptkit.sample import BlockedLinear, generate, prepare_for_decoding
 from gptkit.tokenizer import EOT_TOKEN, encode

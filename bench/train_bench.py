@@ -101,7 +101,8 @@ def bench_train(quick: bool = False, models=None) -> list[dict]:
 
 def bench_model(name: str, quick: bool) -> list[dict]:
     from gptkit.checkpoint import save_checkpoint
-    from gptkit.model import GPT, PRESETS
+    from gptkit.config import PRESETS
+    from gptkit.model import GPT
     from gptkit.train import flops_per_token
 
     steps, rounds = (3, 1) if quick else (8, 2)

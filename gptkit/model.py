@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from gptkit.config import PRESETS, GPTConfig  # noqa: F401  (PRESETS: the model's sizes, imported with it)
+from gptkit.config import GPTConfig
 
 
 class KVCache(nn.Module):

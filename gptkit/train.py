@@ -19,13 +19,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gptkit.checkpoint import load_checkpoint, load_tensors, read_config
+from gptkit.config import PRESETS, GPTConfig
 from gptkit.data import BatchLoader, TokenSource, eval_batches, open_data
 from gptkit.distributed import Processes, start_processes, stop_processes
 from gptkit.errors import GptkitError
 from gptkit.eval import evaluate_hellaswag, read_hellaswag, summed_loss
-from gptkit.model import GPT, PRESETS, GPTConfig
+from gptkit.model import GPT
 from gptkit.optim import Optimizers, learning_rate, make_optimizer, restore_optimizer, set_learning_rate
-from gptkit.prepare import PrepareProgress
+from gptkit.progress import PrepareProgress
 from gptkit.runfolder import (
     STATE_TENSORS,
     check_out,

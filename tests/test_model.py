@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptkit.model import GPT, PRESETS, GPTConfig
+from gptkit.config import PRESETS, GPTConfig
+from gptkit.model import GPT
 
 
 def test_shapes_and_loss(tiny_model, tiny_config):

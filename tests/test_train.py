@@ -428,7 +428,8 @@ def test_memory_floor_stays_below_what_a_step_really_takes(tiny_config):
     beside the weights, counted here from the config: the gradients and AdamW's two moments (fp32), the logits, and
     the (tokens, n_embd) activations each block keeps for backward: its two layer norms' outputs, q, k and v, the
     attention's output, the MLP's input to and output of the GELU (4 n_embd each): 14 of them."""
-    from gptkit.model import GPT, PRESETS
+    from gptkit.config import PRESETS
+    from gptkit.model import GPT
     from gptkit.train import step_memory_floor
 
     for config, batch_size, block_size in ((PRESETS["gpt2"], 4, 256), (tiny_config, 8, 64)):
