@@ -37,7 +37,8 @@ from gptkit.errors import GptkitError
 from gptkit.files import data_hash
 from gptkit.model import GPT
 from gptkit.options import EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S, EvalOptions, check_hellaswag_file, check_window
-from gptkit.prepare import PrepareProgress, input_files
+from gptkit.prepare import input_files
+from gptkit.progress import PrepareProgress, count_bar, track
 from gptkit.runlock import folder_lock
 from gptkit.int8 import quantize_int8
 from gptkit.runtime import autocast, keep_freed_memory, pick_device, pick_dtype
@@ -313,34 +314,6 @@ def evaluate_hellaswag(model: GPT, examples: list[dict] | Path, dtype=torch.floa
 # --- the command -----------------------------------------------------------------------------------------------------
 
 
-def progress_bar(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-        transient=True,
-    )
-
-
-def track(bar, description: str, unit: str):
-    """A progress(done, total) callback that advances a task of bar and shows the throughput."""
-    task = bar.add_task(description, total=None, rate="")
-    start = time.perf_counter()
-
-    def progress(done: int, total: int):
-        rate = done / max(time.perf_counter() - start, 1e-9)
-        bar.update(task, completed=done, total=total, rate=f"{rate:,.0f} {unit}/s")
-
-    return progress
-
-
 def append_record(folder: Path, record: dict):
     """Add one line to the checkpoint folder's evals.jsonl, under the folder's lock (runlock; EvalOptions refused a
     folder held by a training run up front), on a line of its own even after a line that a crash cut short; a
@@ -398,10 +371,8 @@ def run_eval(opts: EvalOptions):
     checked itself when it was made)."""
     ckpt, text, hellaswag, max_tokens = Path(opts.ckpt), opts.text, opts.hellaswag, opts.max_tokens
     folder = ckpt if ckpt.is_dir() else ckpt.parent
-    context = read_config(ckpt).block_size
-    block_size = context if opts.block_size is None else opts.block_size
+    block_size = read_config(ckpt).block_size if opts.block_size is None else opts.block_size
     stride = block_size if opts.stride is None else opts.stride
-    check_window(block_size, stride, context)
     device = pick_device(opts.device)
     dtype = pick_dtype(opts.dtype, device)
 
@@ -432,7 +403,7 @@ def run_eval(opts: EvalOptions):
             "quantize": opts.quantize or quantization_of(ckpt),  # an int8 checkpoint is int8 without --quantize
         },
     }
-    with progress_bar(enabled=not opts.json_output) as bar:
+    with count_bar(enabled=not opts.json_output) as bar:
         if tokens is not None:
             progress = track(bar, "loss", "tokens")
             results = evaluate_lm(model, tokens, block_size, stride, opts.batch_size, max_tokens, dtype, progress)

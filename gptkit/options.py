@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptkit.checkpoint import quantization_of, read_metadata, resolve
+from gptkit.checkpoint import quantization_of, read_config, read_metadata, resolve
 from gptkit.errors import GptkitError
 from gptkit.runlock import check_not_held
 
@@ -227,3 +227,4 @@ class EvalOptions:
             check_text(self.text)
         if self.hellaswag is not None:
             check_hellaswag_file(self.hellaswag)
+        check_window(self.block_size, self.stride, read_config(self.ckpt).block_size)  # the model's context

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 from conftest import assert_one_line_error
+from gptkit.checkpoint import hf_config
+from gptkit.config import GPTConfig
 
 
 def test_help_does_not_import_torch():
@@ -58,14 +60,14 @@ def cli_runs(runs: list[list[str]], cwd) -> list[tuple[subprocess.CompletedProce
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """A text, a checkpoint-like folder (a safetensors header is all the checks read) and a folder that is neither."""
+    """A text, a checkpoint-like folder (a safetensors header and a config are all the checks read) and a folder that is neither."""
     root = tmp_path_factory.mktemp("files")
     (root / "text.txt").write_text("To be, or not to be, that is the question.\n")
     ckpt = root / "ckpt"
     ckpt.mkdir()
     header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
     (ckpt / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
-    (ckpt / "config.json").write_text("{}")
+    (ckpt / "config.json").write_text(json.dumps(hf_config(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=16))))
     int8 = root / "int8"  # gptkit quantize's variant: int8 tensors
     int8.mkdir()
     header = json.dumps({"lm_head.weight": {"dtype": "I8", "shape": [0], "data_offsets": [0, 0]}}).encode()
@@ -90,6 +92,7 @@ BAD_OPTIONS = [
     (["eval", "{root}/ckpt", "{root}/text.txt", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["eval", "{root}/ckpt", "--hellaswag", "{root}/no.jsonl"], "get hellaswag_val.jsonl from"),
     (["eval", "{root}/ckpt", "{root}/text.txt", "--dtype", "half"], "unknown dtype 'half'"),
+    (["eval", "{root}/ckpt", "{root}/text.txt", "--block-size", "17"], "the model's context of 16, got 17"),
     (["train", "{root}/missing.txt"], "{root}/missing.txt does not exist"),
     (["train", "{root}/text.txt", "--steps", "0"], "--steps must be at least 1"),
     (["train", "{root}/text.txt", "--lr", "-1"], "--lr must be positive"),
