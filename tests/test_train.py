@@ -402,7 +402,7 @@ def test_batch_too_big_for_memory(text, tiny_checkpoint, tmp_path, monkeypatch):
     # 256 MiB free, whatever this machine has; the logits alone of 64 x 64 tokens take 64 x 64 x 50257 x 4 = 0.8 GB
     monkeypatch.setattr("gptkit.train.available_memory", lambda: 2**28)
     assert_fails(
-        [text, "--model", tiny_checkpoint, "--batch-size", "64", "--block-size", "64"],
+        [text, "--model", tiny_checkpoint, "--batch-size", "64", "--block-size", "64", "--steps", "1"],
         "out of memory at a batch of 64 x 64 tokens (a step needs over 0.8 GiB, 0.2 GiB free)",
         tmp_path / "run",
     )
