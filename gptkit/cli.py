@@ -138,8 +138,9 @@ def prepare(
 
     check_prepare(data, val_fraction, shard_tokens)
 
-    from gptkit.prepare import PrepareProgress, default_out
+    from gptkit.prepare import default_out
     from gptkit.prepare import prepare as run_prepare
+    from gptkit.progress import PrepareProgress
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     progress = PrepareProgress(enabled=console.is_terminal)

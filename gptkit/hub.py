@@ -27,7 +27,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import DownloadColumn, TransferSpeedColumn
 
 from gptkit import __version__
 from gptkit.checkpoint import (
@@ -43,6 +43,7 @@ from gptkit.checkpoint import (
 )
 from gptkit.errors import GptkitError
 from gptkit.files import data_hash, read_json, write_json
+from gptkit.progress import progress_bar
 from gptkit.units import human_bytes
 
 KNOWN_MODELS = {
@@ -88,14 +89,7 @@ class RichBar:
     """The part of tqdm's interface huggingface_hub drives, drawn as a rich progress bar with bytes and speed."""
 
     def __init__(self, *, desc=None, total=None, initial=0, **_):
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        )
+        self.progress = progress_bar(DownloadColumn(), TransferSpeedColumn(), console=console)
         name = (desc or "").rsplit("/", 1)[-1]  # huggingface_hub passes a file's URL as desc
         self.task = self.progress.add_task(name, total=total, completed=initial)
 

@@ -421,48 +421,6 @@ def prepare(
     return PrepareResult(out, manifest, time.perf_counter() - started, made, done)
 
 
-class PrepareProgress:
-    """A progress(done_bytes, total_bytes, tokens) callback showing a rich bar: MB, MB/s, tokens/s and time left."""
-
-    def __init__(self, enabled: bool = True, label: str = "tokenizing"):
-        self.enabled = enabled
-        self.label = label
-        self.bar = None
-        self.started = time.perf_counter()
-
-    def __call__(self, done: int, total: int, tokens: int):
-        if not self.enabled:
-            return
-        if self.bar is None:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn(self.label),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(),
-                transient=True,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(self.label, total=total, rate="")
-        rate = tokens / max(1e-9, time.perf_counter() - self.started)
-        self.bar.update(self.task, completed=done, total=total, rate=f"{rate:,.0f} tokens/s")
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
-
-
 def default_out(data: Path) -> Path:
     """<data>-tokens beside DATA (the suffixes dropped)."""
     data = Path(data)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gptkit.errors import GptkitError
 from gptkit.files import write_json
+from gptkit.progress import progress_bar
 
 METRICS_FILE = "metrics.jsonl"  # in a run folder: one record a step (MetricsFile), read back by read_metrics
 WANDB_RUN_FILE = "wandb.json"  # the wandb project and run id of a run folder, so that --resume continues that run
@@ -67,15 +68,13 @@ class ProgressDisplay:
         self.hellaswag = None
         self.bar = None
         if self.live:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import TimeElapsedColumn
 
-            self.bar = Progress(
-                TextColumn("step {task.completed}/{task.total}"),
-                BarColumn(),
-                TextColumn("{task.fields[stats]}"),
+            self.bar = progress_bar(
+                "{task.fields[stats]}",
                 TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
+                "ETA",
+                label="step {task.completed}/{task.total}",
                 console=console,
             )
             self.task = self.bar.add_task("train", total=total, completed=start, stats="")
