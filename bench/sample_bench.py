@@ -24,17 +24,17 @@ from gptkit.checkpoint import save_checkpoint
 from gptkit.config import PRESETS
 from gptkit.model import GPT
 from gptkit.int8 import quantize_int8
-from gptkit.sample import BlockedLinear, generate, prepare_for_decoding
+from gptkit.sample import BlockedLinear, Sampling, generate, prepare_for_decoding
 from gptkit.tokenizer import EOT_TOKEN, encode
 
 PROMPT = "The quick brown fox jumps over the lazy dog. In the beginning"
 
 
-def gptkit_run(model, idx, new_tokens: int, **kwargs) -> tuple[float, float]:
-    """(seconds to the first token, seconds in all) of one generation."""
+def gptkit_run(model, idx, new_tokens: int, sampling: Sampling = Sampling(), **kwargs) -> tuple[float, float]:
+    """(seconds to the first token, seconds in all) of one generation (default: temperature 1, top-k 50)."""
     start = time.perf_counter()
     first = None
-    for step, _ in enumerate(generate(model, idx, new_tokens, **{"temperature": 1.0, "top_k": 50, **kwargs})):
+    for step, _ in enumerate(generate(model, idx, new_tokens, sampling, **kwargs)):
         if step == 0:
             first = time.perf_counter() - start
     return first, time.perf_counter() - start
@@ -301,18 +301,18 @@ def bench_speculative(
         draft = prepare_for_decoding(load_checkpoint(draft_path))
         idx = torch.tensor([encode("ROMEO:\nWhat say you,")])
         impls = {"target alone": None, **{f"target + draft, k={k}": k for k in draft_tokens}}
-        for mode, settings in (("greedy", {"temperature": 0}), ("top-k 50", {"generator": None})):
+        for mode, sampling in (("greedy", Sampling(temperature=0)), ("top-k 50", Sampling())):
             runs = {impl: [] for impl in impls}
             acceptance = {impl: [] for impl in impls}
             texts = {}
             for _ in range(repeats + 1):  # the first round warms up
                 for impl, k in impls.items():
                     stats = {}
-                    kwargs = {**settings, "draft": draft if k else None, "draft_tokens": k or 4, "stats": stats}
+                    kwargs = {"draft": draft if k else None, "draft_tokens": k or 4, "stats": stats}
                     if mode == "greedy" and impl not in texts:
-                        texts[impl] = torch.cat(list(generate(target, idx, new_tokens, **kwargs))).tolist()
+                        texts[impl] = torch.cat(list(generate(target, idx, new_tokens, sampling, **kwargs))).tolist()
                     start = time.perf_counter()
-                    gptkit_run(target, idx, new_tokens, **kwargs)
+                    gptkit_run(target, idx, new_tokens, sampling, **kwargs)
                     runs[impl].append(time.perf_counter() - start)
                     if stats.get("proposed"):
                         acceptance[impl].append(stats["accepted"] / stats["proposed"])

@@ -56,12 +56,13 @@ def next_token_distribution(logits: torch.Tensor, temperature: float, top_k: int
 
 @dataclass(frozen=True)
 class Sampling:
-    """How speculative decoding draws tokens, as generate() was asked: sample_next's settings and random numbers."""
+    """How generate() draws tokens: sample_next's settings (temperature 0 is greedy; top_k and top_p None turn them
+    off) and the random numbers (generator None: torch's global ones)."""
 
-    temperature: float
-    top_k: int | None
-    top_p: float | None
-    generator: torch.Generator | None
+    temperature: float = 1.0
+    top_k: int | None = 50
+    top_p: float | None = None
+    generator: torch.Generator | None = None
 
     def distribution(self, logits: torch.Tensor) -> torch.Tensor:
         return next_token_distribution(logits, self.temperature, self.top_k, self.top_p)
@@ -150,11 +151,8 @@ def generate(
     model: GPT,
     idx: torch.Tensor,
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = 50,
-    top_p: float | None = None,
+    sampling: Sampling = Sampling(),
     stop_tokens: tuple[int, ...] = (),
-    generator: torch.Generator | None = None,
     draft: GPT | None = None,
     draft_tokens: int = 4,
     stats: dict | None = None,
@@ -172,7 +170,6 @@ def generate(
     if prompt_len > block_size:
         raise ValueError(f"the prompt has {prompt_len} tokens, more than the context of {block_size}")
     if draft is not None:
-        sampling = Sampling(temperature, top_k, top_p, generator)
         yield from speculate(model, draft, idx, max_new_tokens, draft_tokens, sampling, stop_tokens, stats)
         return
     model.setup_kv_cache(batch_size, cache_length(model, prompt_len + max_new_tokens))
@@ -183,7 +180,7 @@ def generate(
         logits = prefill(model, idx)
         pos = prompt_len
         for step in range(max_new_tokens):
-            next_token = sample_next(logits, temperature, top_k, top_p, generator)
+            next_token = sample_next(logits, sampling.temperature, sampling.top_k, sampling.top_p, sampling.generator)
             yield next_token
             if stop_tokens:
                 done |= torch.isin(next_token, stop)
@@ -472,10 +469,10 @@ def sample(opts: SampleOptions):
     start = time.perf_counter()
     arrivals = []  # (seconds since start, tokens printed so far) after each step
     stats = {}
+    sampling = Sampling(opts.temperature, opts.top_k or None, opts.top_p, generator)
     tokens_out = generate(
-        model, idx, opts.max_new_tokens, opts.temperature, opts.top_k or None, opts.top_p, generator=generator,
-        draft=draft, draft_tokens=opts.draft_tokens, stats=stats,
-    )  # fmt: skip
+        model, idx, opts.max_new_tokens, sampling, draft=draft, draft_tokens=opts.draft_tokens, stats=stats
+    )
     for tokens in tokens_out:
         printer.add(tokens.tolist())
         arrivals.append((time.perf_counter() - start, sum(printer.counts)))

@@ -15,7 +15,7 @@ from gptkit.eval import evaluate_lm
 from gptkit.int8 import quantize_int8
 from gptkit.model import GPT
 from gptkit.quantize import quantize_checkpoint
-from gptkit.sample import generate, prepare_for_decoding
+from gptkit.sample import Sampling, generate, prepare_for_decoding
 from gptkit.train import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -39,8 +39,8 @@ def test_forward_matches_cpu(tiny_model):
 
 def test_greedy_generation_matches_cpu(tiny_model):
     idx = torch.randint(0, 50257, (2, 10))
-    cpu = torch.stack(list(generate(tiny_model, idx, 20, temperature=0)), dim=1)
-    gpu = torch.stack(list(generate(tiny_model.cuda(), idx.cuda(), 20, temperature=0)), dim=1)
+    cpu = torch.stack(list(generate(tiny_model, idx, 20, Sampling(temperature=0))), dim=1)
+    gpu = torch.stack(list(generate(tiny_model.cuda(), idx.cuda(), 20, Sampling(temperature=0))), dim=1)
     assert torch.equal(gpu.cpu(), cpu)
 
 
@@ -63,7 +63,7 @@ def test_int8_checkpoint_on_cuda(tiny_checkpoint):
     with torch.inference_mode():
         logits = [m(idx)[0] for m in (stored, at_load)]
     assert logits[0].is_cuda and torch.equal(*logits)  # the same weights through the same (dequantizing) path
-    greedy = [torch.stack(list(generate(m, idx, 20, temperature=0)), dim=1) for m in (stored, at_load)]
+    greedy = [torch.stack(list(generate(m, idx, 20, Sampling(temperature=0))), dim=1) for m in (stored, at_load)]
     assert greedy[0].shape == (2, 20) and torch.equal(*greedy)
 
 
@@ -84,11 +84,13 @@ def test_checkpoints_load_onto_cuda_64_byte_aligned(tiny_model, tmp_path):
 def test_speculative_and_compiled_greedy_on_cuda(tiny_model, tiny_config, compile):
     idx = torch.randint(0, 50257, (2, 10), device="cuda")
     model = tiny_model.cuda()
-    greedy = torch.stack(list(generate(model, idx, 20, temperature=0)), dim=1)
+    greedy = torch.stack(list(generate(model, idx, 20, Sampling(temperature=0))), dim=1)
     fast = GPT(tiny_config).eval().cuda()
     fast.load_state_dict(model.state_dict())
     prepare_for_decoding(fast, compile)
-    speculative = torch.stack(list(generate(fast, idx, 20, temperature=0, draft=fast, draft_tokens=3)), dim=1)
+    speculative = torch.stack(
+        list(generate(fast, idx, 20, Sampling(temperature=0), draft=fast, draft_tokens=3)), dim=1
+    )
     assert torch.equal(speculative, greedy)
 
 

@@ -20,7 +20,7 @@ from gptkit.eval import evaluate_lm
 from gptkit.files import write_json
 from gptkit.int8 import DEQUANTIZE_ABOVE_ROWS, Int8Linear, quantize_int8
 from gptkit.model import GPT, GPTConfig
-from gptkit.sample import generate, prepare_for_decoding
+from gptkit.sample import Sampling, generate, prepare_for_decoding
 from gptkit.tokenizer import encode
 
 runner = CliRunner()
@@ -135,7 +135,7 @@ def test_int8_greedy_decoding_picks_the_dequantized_models_best_tokens(tiny_mode
     int8 picks is at most that far below the best of the reference's logits for the same context."""
     prompt = torch.randint(0, 50257, (2, 8), generator=torch.Generator().manual_seed(1))
     int8 = prepare_for_decoding(quantized_copy(tiny_model, tiny_config))
-    tokens = torch.stack(list(generate(int8, prompt, 16, temperature=0)), dim=1)
+    tokens = torch.stack(list(generate(int8, prompt, 16, Sampling(temperature=0))), dim=1)
     reference = dequantized_copy(tiny_model, tiny_config)
     sequence = torch.cat([prompt, tokens], dim=1)
     with torch.inference_mode():
@@ -150,11 +150,11 @@ def test_compiled_int8_decoding_gives_the_same_tokens(tiny_model, tiny_config):
     idx = torch.randint(0, 50257, (2, 8), generator=torch.Generator().manual_seed(1))
     eager = prepare_for_decoding(quantized_copy(tiny_model, tiny_config))
     compiled = prepare_for_decoding(quantized_copy(tiny_model, tiny_config), compile=True)
-    for kwargs in ({"temperature": 0}, {"generator": torch.Generator().manual_seed(3)}):
-        expected = torch.stack(list(generate(eager, idx, 12, **kwargs)), dim=1)
-        if "generator" in kwargs:
-            kwargs["generator"].manual_seed(3)
-        assert torch.equal(torch.stack(list(generate(compiled, idx, 12, **kwargs)), dim=1), expected)
+    for sampling in (Sampling(temperature=0), Sampling(generator=torch.Generator().manual_seed(3))):
+        expected = torch.stack(list(generate(eager, idx, 12, sampling)), dim=1)
+        if sampling.generator is not None:
+            sampling.generator.manual_seed(3)
+        assert torch.equal(torch.stack(list(generate(compiled, idx, 12, sampling)), dim=1), expected)
 
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."

@@ -10,6 +10,7 @@ from gptkit.cli import app
 from gptkit.model import GPT, GPTConfig
 from gptkit.sample import (
     BlockedLinear,
+    Sampling,
     TextStream,
     generate,
     next_token_distribution,
@@ -25,8 +26,16 @@ def prompt_batch(batch_size: int = 2, length: int = 8) -> torch.Tensor:
     return torch.randint(0, 50257, (batch_size, length), generator=torch.Generator().manual_seed(1))
 
 
-def generated(model, idx, n, **kwargs) -> torch.Tensor:
-    return torch.stack(list(generate(model, idx, n, **kwargs)), dim=1)
+GREEDY = Sampling(temperature=0)
+
+
+def seeded(seed: int, **settings) -> Sampling:
+    """Sampling with settings that draws from a generator seeded with seed."""
+    return Sampling(generator=torch.Generator().manual_seed(seed), **settings)
+
+
+def generated(model, idx, n, sampling: Sampling = Sampling(), **kwargs) -> torch.Tensor:
+    return torch.stack(list(generate(model, idx, n, sampling, **kwargs)), dim=1)
 
 
 # --- generate --------------------------------------------------------------------------------------------------------
@@ -45,7 +54,7 @@ def test_greedy_matches_transformers(tiny_model, tiny_checkpoint):
         min_new_tokens=24,  # no early stop at <|endoftext|>
         pad_token_id=EOT_TOKEN,
     )[:, idx.size(1) :]
-    assert torch.equal(generated(tiny_model, idx, 24, temperature=0), expected)
+    assert torch.equal(generated(tiny_model, idx, 24, GREEDY), expected)
 
 
 def test_decoding_layout_gives_the_same_logits(tiny_model, tiny_config):
@@ -73,7 +82,7 @@ def test_blocked_linear_matches_linear(blocks, in_features, out_features, bias):
 def test_sliding_window_continues_past_the_context(tiny_model):
     block_size = tiny_model.config.block_size
     idx = prompt_batch(batch_size=1, length=40)
-    out = generated(tiny_model, idx, 100, temperature=0)
+    out = generated(tiny_model, idx, 100, GREEDY)
     assert out.shape == (1, 100)
     # Reference without a cache: once the context overflows, keep its last half, as generate() does.
     tokens, start = idx[0].tolist(), 0
@@ -88,23 +97,23 @@ def test_sliding_window_continues_past_the_context(tiny_model):
 
 def test_same_seed_same_tokens(tiny_model):
     idx = prompt_batch()
-    runs = [generated(tiny_model, idx, 20, generator=torch.Generator().manual_seed(seed)) for seed in (7, 7, 8)]
+    runs = [generated(tiny_model, idx, 20, seeded(seed)) for seed in (7, 7, 8)]
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
 
 
 def test_top_k_1_and_tiny_top_p_are_greedy(tiny_model):
     idx = prompt_batch()
-    greedy = generated(tiny_model, idx, 12, temperature=0)
-    assert torch.equal(generated(tiny_model, idx, 12, top_k=1, generator=torch.Generator().manual_seed(0)), greedy)
-    tiny_top_p = generated(tiny_model, idx, 12, top_k=None, top_p=1e-6, generator=torch.Generator().manual_seed(0))
+    greedy = generated(tiny_model, idx, 12, GREEDY)
+    assert torch.equal(generated(tiny_model, idx, 12, seeded(0, top_k=1)), greedy)
+    tiny_top_p = generated(tiny_model, idx, 12, seeded(0, top_k=None, top_p=1e-6))
     assert torch.equal(tiny_top_p, greedy)
 
 
 def test_stops_when_every_row_has_a_stop_token(tiny_model):
     idx = prompt_batch()
-    first = generated(tiny_model, idx, 1, temperature=0)[:, 0]
-    assert len(list(generate(tiny_model, idx, 10, temperature=0, stop_tokens=tuple(first.tolist())))) == 1
+    first = generated(tiny_model, idx, 1, GREEDY)[:, 0]
+    assert len(list(generate(tiny_model, idx, 10, GREEDY, stop_tokens=tuple(first.tolist())))) == 1
 
 
 def test_top_k_and_top_p_keep_only_their_candidates():
@@ -153,10 +162,10 @@ def draft_model() -> GPT:
 @pytest.mark.parametrize("draft_tokens", [1, 4])
 def test_speculative_greedy_is_the_models_greedy(tiny_model, draft_model, draft_tokens):
     idx = prompt_batch()
-    greedy = generated(tiny_model, idx, 70, temperature=0)  # past the context of 64: the window slides
+    greedy = generated(tiny_model, idx, 70, GREEDY)  # past the context of 64: the window slides
     for draft in (tiny_model, draft_model):
         stats = {}
-        out = generated(tiny_model, idx, 70, temperature=0, draft=draft, draft_tokens=draft_tokens, stats=stats)
+        out = generated(tiny_model, idx, 70, GREEDY, draft=draft, draft_tokens=draft_tokens, stats=stats)
         assert torch.equal(out, greedy)
         assert stats["proposed"] > 0 and 0 <= stats["accepted"] <= stats["proposed"]
         if draft is tiny_model:
@@ -165,12 +174,10 @@ def test_speculative_greedy_is_the_models_greedy(tiny_model, draft_model, draft_
 
 def test_speculative_sampling_is_seeded_and_stops(tiny_model, draft_model):
     idx = prompt_batch()
-    runs = [
-        generated(tiny_model, idx, 30, draft=draft_model, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)
-    ]
+    runs = [generated(tiny_model, idx, 30, seeded(s), draft=draft_model) for s in (7, 7, 8)]
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
-    first = generated(tiny_model, idx, 1, temperature=0)[:, 0]
-    stopped = list(generate(tiny_model, idx, 10, temperature=0, stop_tokens=tuple(first.tolist()), draft=draft_model))
+    first = generated(tiny_model, idx, 1, GREEDY)[:, 0]
+    stopped = list(generate(tiny_model, idx, 10, GREEDY, stop_tokens=tuple(first.tolist()), draft=draft_model))
     assert len(stopped) == 1
 
 
@@ -181,7 +188,7 @@ def token_frequencies(model, draft, runs: int) -> torch.Tensor:
     idx = torch.zeros(4, 1, dtype=torch.long)  # 4 rows a run: rows advance by their fewest accepted tokens
     for _ in range(runs):
         for i, tokens in enumerate(
-            generate(model, idx, 3, top_k=None, generator=generator, draft=draft, draft_tokens=2)
+            generate(model, idx, 3, Sampling(top_k=None, generator=generator), draft=draft, draft_tokens=2)
         ):
             counts[i].index_add_(0, tokens, torch.ones(4))
     return counts / counts.sum(dim=1, keepdim=True)
