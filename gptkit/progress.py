@@ -46,7 +46,8 @@ def count_bar(enabled: bool):
 
 
 class PrepareProgress:
-    """A progress(done_bytes, total_bytes, tokens) callback showing a rich bar: MB, MB/s, tokens/s and time left."""
+    """A progress(done_bytes, total_bytes, tokens) callback showing a rich bar on a terminal's stderr: MB, MB/s,
+    tokens/s and time left."""
 
     def __init__(self, enabled: bool = True, label: str = "tokenizing"):
         self.enabled = enabled
@@ -61,11 +62,12 @@ class PrepareProgress:
             from rich.console import Console
             from rich.progress import DownloadColumn, TransferSpeedColumn
 
-            # on stdout, as it always was: on a stderr that is not a terminal its stop leaves a blank line there,
-            # and a bad input's error must stay stderr's only line
-            stdout = Console()
+            console = Console(stderr=True)
+            if not console.is_terminal:  # a bar is for people; in a log or a pipe its stop leaves a blank line
+                self.enabled = False
+                return
             self.bar = progress_bar(
-                DownloadColumn(), TransferSpeedColumn(), RATE, label=self.label, console=stdout, transient=True
+                DownloadColumn(), TransferSpeedColumn(), RATE, label=self.label, console=console, transient=True
             )
             self.bar.start()
             self.task = self.bar.add_task(self.label, total=total, rate="")
