@@ -1,4 +1,5 @@
 import errno
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -96,19 +97,25 @@ def fail_writing(monkeypatch, name: str):
         monkeypatch.setattr(module, "atomic_path", atomic_path_failing)
 
 
-def failed_save(model, ckpt, monkeypatch, name) -> dict[str, bytes]:
-    """Save a changed model over ckpt with the write of `name` failing; the files of ckpt then, by name."""
+def digests(folder) -> dict[str, str]:
+    """The sha256 of each file in folder, by name (digests, so that a failed comparison prints in a line, even
+    under CI=true, where pytest would diff the bytes in full)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+def failed_save(model, ckpt, monkeypatch, name) -> dict[str, str]:
+    """Save a changed model over ckpt with the write of `name` failing; the files of ckpt then (digests, by name)."""
     fail_writing(monkeypatch, name)
     with torch.no_grad():
         model.transformer.wte.weight.add_(1.0)
     with pytest.raises(OSError, match="No space left"):
         save_checkpoint(model, ckpt, {"note": "new"})
-    return {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    return digests(ckpt)
 
 
 @pytest.mark.parametrize("name", CHECKPOINT_FILES)
 def test_a_failed_write_keeps_that_file_and_leaves_no_temporary_file(tiny_model, tiny_checkpoint, monkeypatch, name):
-    before = {p.name: p.read_bytes() for p in tiny_checkpoint.iterdir()}
+    before = digests(tiny_checkpoint)
     after = failed_save(tiny_model, tiny_checkpoint, monkeypatch, name)
     assert sorted(after) == sorted(CHECKPOINT_FILES) and after[name] == before[name]
     load_checkpoint(tiny_checkpoint)
@@ -125,7 +132,7 @@ ISSUE_24 = pytest.mark.xfail(
     "name", [CHECKPOINT_FILES[0], *(pytest.param(name, marks=ISSUE_24) for name in CHECKPOINT_FILES[1:])]
 )
 def test_a_failed_save_keeps_the_whole_previous_checkpoint(tiny_model, tiny_checkpoint, monkeypatch, name):
-    before = {p.name: p.read_bytes() for p in tiny_checkpoint.iterdir()}
+    before = digests(tiny_checkpoint)
     assert failed_save(tiny_model, tiny_checkpoint, monkeypatch, name) == before
 
 
