@@ -1,7 +1,10 @@
 """Machine figures the benchmarks compare against: a measured matmul peak and copy bandwidth, and timing helpers."""
 
+import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -47,3 +50,45 @@ def copy_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
     dst = torch.empty_like(src)
     best = min(timed(lambda: dst.copy_(src), repeats))
     return 2 * src.numel() / best / 1e9
+
+
+# One checkpoint load in a fresh process (torch imported before the clock starts), as JSON: its time, its memory (the
+# peak resident size, Linux's VmHWM reset just before the load, over the resident size before it, through the load and
+# a read of every tensor: a decoding step reads them all) and how many tensors are 64-byte aligned. The variant:
+# "gptkit" (load_checkpoint), "gptkit + quantize at load" (then quantize_int8), or "memory map" (load_checkpoint
+# through safetensors' load_file, whose tensors are views into a memory map of the file, as gptkit loaded before).
+LOAD_CHILD = """
+import json, sys, time
+from pathlib import Path
+import torch
+from gptkit import checkpoint
+from gptkit.int8 import quantize_int8
+
+def status_mb(field):
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+variant, path = sys.argv[1:]
+if variant == "memory map":
+    from safetensors.torch import load_file
+    checkpoint.load_tensors = lambda file, device="cpu": load_file(str(file), device=str(device))
+Path("/proc/self/clear_refs").write_text("5")
+before = status_mb("VmRSS")
+t0 = time.perf_counter()
+model = checkpoint.load_checkpoint(path)
+if variant == "gptkit + quantize at load":
+    quantize_int8(model)
+elapsed = time.perf_counter() - t0
+tensors = list(model.state_dict().values())
+for tensor in tensors:
+    tensor.max()  # no copy (a sum would promote int8 to int64)
+aligned = sum(t.data_ptr() % 64 == 0 for t in tensors)
+print(json.dumps({"load_s": elapsed, "peak_mb": status_mb("VmHWM") - before, "aligned": f"{aligned}/{len(tensors)}"}))
+"""
+
+
+def measure_load(variant: str, path: Path) -> dict:
+    """LOAD_CHILD's figures for one load of the checkpoint at path (Linux only)."""
+    done = subprocess.run([sys.executable, "-c", LOAD_CHILD, variant, str(path)], check=True, capture_output=True,
+                          text=True)  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -7,43 +7,14 @@ process (torch imported before the clock starts), the two loaders alternating. L
     uv run python -m bench.load_bench [--quick]
 """
 
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import cpu_name, summary  # noqa: E402
+from bench.common import cpu_name, measure_load, summary  # noqa: E402
 
-# Peak resident memory of the load (VmHWM reset just before it, over the resident size before), through the load and
-# a read of every tensor (a memory map's pages come in only when read: a decoding step reads them all).
-LOAD = """
-import json, sys, time
-from pathlib import Path
-import torch
-from gptkit import checkpoint
-
-def status_mb(field):
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
-    return int(line.split()[1]) / 1024
-
-loader, path = sys.argv[1:]
-if loader == "memory map (safetensors load_file)":
-    from safetensors.torch import load_file
-    checkpoint.load_tensors = lambda file, device="cpu": load_file(str(file), device=str(device))
-Path("/proc/self/clear_refs").write_text("5")
-before = status_mb("VmRSS")
-t0 = time.perf_counter()
-model = checkpoint.load_checkpoint(path)
-elapsed = time.perf_counter() - t0
-tensors = list(model.state_dict().values())
-for tensor in tensors:
-    tensor.max()
-aligned = sum(t.data_ptr() % 64 == 0 for t in tensors)
-print(json.dumps({"load_s": elapsed, "peak_mb": status_mb("VmHWM") - before, "aligned": f"{aligned}/{len(tensors)}"}))
-"""
-LOADERS = ("gptkit (read, aligned)", "memory map (safetensors load_file)")
+LOADERS = {"gptkit (read, aligned)": "gptkit", "memory map (safetensors load_file)": "memory map"}
 
 
 def checkpoints(folder: Path, preset: str) -> dict[str, Path]:
@@ -68,10 +39,8 @@ def bench_load(quick: bool) -> list[dict]:
         for stored, path in checkpoints(Path(tmp), preset).items():
             runs = {loader: [] for loader in LOADERS}
             for _ in range(repeats):
-                for loader in LOADERS:
-                    out = subprocess.run([sys.executable, "-c", LOAD, loader, str(path)], capture_output=True,
-                                         text=True, check=True)  # fmt: skip
-                    runs[loader].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                for loader, variant in LOADERS.items():
+                    runs[loader].append(measure_load(variant, path))
             for loader, results in runs.items():
                 rows.append({"stored": stored, "loader": loader, "model": preset,
                              "load_s": summary([r["load_s"] for r in results]),

@@ -7,7 +7,6 @@ all of them. Linux only (the memory is read from /proc).
     uv run python -m bench.quantize_bench [--quick]
 """
 
-import json
 import shutil
 import subprocess
 import sys
@@ -16,35 +15,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import summary  # noqa: E402
+from bench.common import measure_load, summary  # noqa: E402
 
-# The load's memory: the peak resident size (Linux's VmHWM, reset just before the load) over the resident size before
-# it, through the load and a read of every tensor (safetensors maps the file, so weights used as stored come into
-# memory only when read: a decoding step reads them all).
-LOAD = """
-import json, sys, time
-from pathlib import Path
-import torch
-from gptkit.checkpoint import load_checkpoint
-from gptkit.int8 import quantize_int8
-
-def status_mb(field):
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
-    return int(line.split()[1]) / 1024
-
-kind, path = sys.argv[1:]
-Path("/proc/self/clear_refs").write_text("5")
-before = status_mb("VmRSS")
-t0 = time.perf_counter()
-model = load_checkpoint(path)
-if kind == "fp32 + quantize at load":
-    quantize_int8(model)
-elapsed = time.perf_counter() - t0
-for tensor in model.state_dict().values():
-    tensor.max()  # no copy (a sum would promote int8 to int64)
-print(json.dumps({"load_s": elapsed, "load_peak_mb": status_mb("VmHWM") - before}))
-"""
 KINDS = ("int8 checkpoint", "fp32 + quantize at load", "fp32 (no quantization)")
+VARIANTS = {KINDS[0]: "gptkit", KINDS[1]: "gptkit + quantize at load", KINDS[2]: "gptkit"}  # bench.common.LOAD_CHILD's
 
 
 def checkpoint_bytes(folder: Path) -> int:
@@ -71,16 +45,14 @@ def bench_quantize(quick: bool) -> dict:
         runs = {kind: [] for kind in KINDS}
         for turn in range(repeats + 1):  # the first turn warms the file cache and is not counted
             for kind in KINDS:
-                done = subprocess.run(
-                    [sys.executable, "-c", LOAD, kind, str(paths[kind])], check=True, capture_output=True, text=True
-                )
+                result = measure_load(VARIANTS[kind], paths[kind])
                 if turn:
-                    runs[kind].append(json.loads(done.stdout))
+                    runs[kind].append(result)
         baseline = summary([r["load_s"] for r in runs[KINDS[1]]])["median"]
         rows = []
         for kind, records in runs.items():
             load = summary([r["load_s"] for r in records])
-            peak = summary([r["load_peak_mb"] for r in records])["median"]
+            peak = summary([r["peak_mb"] for r in records])["median"]
             rows.append({"kind": kind, **load, "load_peak_mb": peak, "vs quantize at load": baseline / load["median"]})
         return {
             "model": preset,
