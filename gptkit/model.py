@@ -168,14 +168,25 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def on_meta_device() -> bool:
+    """Whether modules are being made on the meta device: a model of shapes only, whose weights are loaded next, so
+    nothing is initialized (normal_ on a meta tensor imports torch._dynamo: a second of every command's start)."""
+    return torch.get_default_device().type == "meta"
+
+
+def embedding(num: int, dim: int) -> nn.Embedding:
+    """nn.Embedding, left uninitialized on the meta device (see on_meta_device)."""
+    return nn.Embedding(num, dim, _weight=torch.empty(num, dim) if on_meta_device() else None)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
+                wte=embedding(config.vocab_size, config.n_embd),
+                wpe=embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
@@ -183,7 +194,8 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying, as GPT-2
-        self.apply(self._init_weights)
+        if not on_meta_device():
+            self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module):
         # GPT-2: normal(0, 0.02); projections into the residual stream scaled by 1/sqrt(2 * n_layer),

@@ -2,6 +2,8 @@ import errno
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -237,3 +239,14 @@ def test_every_loaded_tensor_is_64_byte_aligned(tiny_model, tmp_path, kind):
         ckpt = save_checkpoint(tiny_model, tmp_path / kind)
     for dtype in (torch.float32, torch.bfloat16):
         assert misaligned(load_checkpoint(ckpt, dtype=dtype)) == []
+
+
+def test_loading_a_checkpoint_leaves_torch_dynamo_unimported(tiny_checkpoint):
+    """The model is built on the meta device and then given the loaded weights: initializing it there (normal_ on a
+    meta tensor) imported torch._dynamo, a second of every command's start that sample and eval do not need."""
+    code = (
+        "import sys; from gptkit.checkpoint import load_checkpoint; "
+        f"load_checkpoint({str(tiny_checkpoint)!r}); assert 'torch._dynamo' not in sys.modules"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
