@@ -316,11 +316,15 @@ def expected_tensors(config: GPTConfig, int8: bool) -> dict[str, tuple[torch.Siz
     """gptkit's state-dict names of a model of config, each with its shape and whether it is int8."""
     import torch
 
+    from gptkit.int8 import Int8Linear, replace_linears
     from gptkit.model import GPT
-    from gptkit.int8 import quantize_int8
+
+    def int8_layer(_, linear):  # the shapes only: quantizing meta weights would import torch._dynamo (see model.py)
+        weight = torch.empty(linear.weight.shape, dtype=torch.int8)
+        return Int8Linear(weight, torch.empty(linear.out_features), linear.bias)
 
     with torch.device("meta"):
-        model = quantize_int8(GPT(config)) if int8 else GPT(config)
+        model = replace_linears(GPT(config), int8_layer) if int8 else GPT(config)
         return {k: (v.shape, v.dtype == torch.int8) for k, v in model.state_dict().items()}
 
 

@@ -241,12 +241,17 @@ def test_every_loaded_tensor_is_64_byte_aligned(tiny_model, tmp_path, kind):
         assert misaligned(load_checkpoint(ckpt, dtype=dtype)) == []
 
 
-def test_loading_a_checkpoint_leaves_torch_dynamo_unimported(tiny_checkpoint):
-    """The model is built on the meta device and then given the loaded weights: initializing it there (normal_ on a
-    meta tensor) imported torch._dynamo, a second of every command's start that sample and eval do not need."""
+@pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
+def test_loading_a_checkpoint_leaves_torch_dynamo_unimported(tiny_model, tmp_path, int8):
+    """The model is built on the meta device and then given the loaded weights: initializing or quantizing it there
+    (normal_, round on meta tensors) imported torch._dynamo, a second of every command's start that sample and eval
+    do not need."""
+    from gptkit.int8 import quantize_int8
+
+    ckpt = save_checkpoint(quantize_int8(tiny_model) if int8 else tiny_model, tmp_path / "ckpt")
     code = (
         "import sys; from gptkit.checkpoint import load_checkpoint; "
-        f"load_checkpoint({str(tiny_checkpoint)!r}); assert 'torch._dynamo' not in sys.modules"
+        f"load_checkpoint({str(ckpt)!r}); assert 'torch._dynamo' not in sys.modules"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
