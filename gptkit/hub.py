@@ -43,7 +43,9 @@ from gptkit.checkpoint import (
 )
 from gptkit.errors import GptkitError
 from gptkit.files import data_hash, read_json, write_json
+from gptkit.options import DOWNLOAD_FOLDER_IN_USE
 from gptkit.progress import progress_bar
+from gptkit.runlock import folder_lock
 from gptkit.units import human_bytes
 
 KNOWN_MODELS = {
@@ -188,9 +190,16 @@ def env_flag(name: str) -> bool:
 
 
 def download(name: str, out: Path | None = None, revision: str | None = None, force: bool = False) -> Path:
-    """Download a GPT-2 from the hub into the checkpoint directory `out` (default checkpoints/<name>)."""
+    """Download a GPT-2 from the hub into the checkpoint directory `out` (default checkpoints/<name>), holding the
+    folder's lock (runlock) as train and eval do: a second download, or a run, in the same folder is refused."""
     repo_id = repo_for(name)
     out = Path(out) if out else Path("checkpoints") / name.replace("/", "--")
+    with folder_lock(out, "gptkit download", DOWNLOAD_FOLDER_IN_USE):
+        return download_into(repo_id, out, revision, force)
+
+
+def download_into(repo_id: str, out: Path, revision: str | None, force: bool) -> Path:
+    """download's work, with out's lock held."""
     wanted = revision or "main"
     source = read_metadata(out).get("source", {}) if out.is_dir() else {}
     same = source.get("repo") == repo_id and wanted in (source.get("revision"), source.get("commit"))

@@ -30,11 +30,12 @@ HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/
 # The folder locks (runlock) of the commands: what to tell one turned away from a folder in use, and how long it waits
 # first. A run folder is held by a training run until it ends (train waits RUN_LOCK_WAIT_S for a process letting go);
 # eval's checkpoint folder by another eval's append for milliseconds (so eval waits EVAL_LOCK_WAIT_S), or by a
-# training run until it ends.
+# training run until it ends; download's folder by another download or a run, for as long as they last.
 RUN_FOLDER_IN_USE = "wait for that run to end (or stop it), or pick another --out"
 RUN_LOCK_WAIT_S = 0.5
 EVAL_FOLDER_IN_USE = "wait for it to end, or evaluate a copy of the checkpoint"
 EVAL_LOCK_WAIT_S = 0.5
+DOWNLOAD_FOLDER_IN_USE = "wait for it to end, or download into another --out"
 
 
 def fail_if(failed: bool, message: str):

@@ -266,7 +266,7 @@ def test_corrupted_download_is_refused(server, repo_files, tmp_path):
     assert str(failure.value) == (
         "openai-community/gpt2/model.safetensors arrived corrupted (checksum mismatch): run again to fetch it anew"
     )
-    assert list(out.iterdir()) == []  # no weights, no config.json, no partial file a next run would resume from
+    assert not out.exists()  # no weights, no config.json, no partial file a next run would resume from: no folder
 
     server.reset()
     hub.download("gpt2", out)
@@ -520,3 +520,21 @@ def test_cli(server, tmp_path):
     assert server.log == []  # neither asked the hub anything
     bad = run_cli(tmp_path, server.url, "gpt3")
     assert bad.returncode == 1 and bad.stderr.startswith("error: unknown model 'gpt3'") and bad.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("holder", ["gptkit download", "gptkit train"])
+def test_a_folder_in_use_is_refused_before_any_request(server, tmp_path, holder):
+    """download holds its folder's lock (runlock) as train and eval do: a second download into the same folder, or a
+    download into a folder a training run is using, is refused in one line, asking the hub nothing."""
+    from gptkit.runlock import folder_lock
+
+    out = tmp_path / "gpt2"
+    with folder_lock(out, holder, "the hint"):
+        with pytest.raises(GptkitError) as refused:
+            hub.download("gpt2", out)
+    assert str(refused.value) == (
+        f"{out} is in use by process {os.getpid()} ({holder}): wait for it to end, or download into another --out"
+    )
+    assert server.log == [] and not out.exists()
+    hub.download("gpt2", out)  # once the holder has let go
+    assert is_checkpoint(out)
