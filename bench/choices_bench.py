@@ -111,8 +111,8 @@ def muon_fns() -> dict:
 
 def measure(quick: bool) -> dict:
     """This process's figures (its level is ATEN_CPU_CAPABILITY's, or the host's)."""
-    from gptkit.int8 import has_int8_kernel
     from gptkit.cpu import cpu_level, cpu_prefers_bf16
+    from gptkit.int8 import has_int8_kernel
 
     repeats = 3 if quick else 10
     threads = torch.get_num_threads()

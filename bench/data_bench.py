@@ -128,8 +128,8 @@ def bench_step(folder: Path, steps: int) -> list[list]:
     from memory-mapped shards and from the same tokens in memory, alternating step by step in one process."""
     import torch
 
-    from gptkit.data import BatchLoader, open_data
     from gptkit.config import PRESETS
+    from gptkit.data import BatchLoader, open_data
     from gptkit.model import GPT
     from gptkit.optim import make_optimizer
     from gptkit.train_config import TrainConfig

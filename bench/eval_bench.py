@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from bench.common import summary
-from gptkit.eval import evaluate_lm
 from gptkit.config import PRESETS
+from gptkit.eval import evaluate_lm
 from gptkit.model import GPT
 from gptkit.runtime import autocast, pick_device
 

@@ -22,8 +22,8 @@ def checkpoints(folder: Path, preset: str) -> dict[str, Path]:
 
     from gptkit.checkpoint import load_checkpoint, save_checkpoint
     from gptkit.config import PRESETS
-    from gptkit.model import GPT
     from gptkit.int8 import quantize_int8
+    from gptkit.model import GPT
 
     torch.manual_seed(0)
     fp32 = save_checkpoint(GPT(PRESETS[preset]), folder / "fp32")

@@ -22,8 +22,8 @@ from torch import nn
 from bench.common import copy_bandwidth_gbs, summary
 from gptkit.checkpoint import save_checkpoint
 from gptkit.config import PRESETS
-from gptkit.model import GPT
 from gptkit.int8 import quantize_int8
+from gptkit.model import GPT
 from gptkit.sample import BlockedLinear, Sampling, generate, prepare_for_decoding
 from gptkit.tokenizer import EOT_TOKEN, encode
 

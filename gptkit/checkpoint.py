@@ -420,8 +420,8 @@ def load_checkpoint(path: str | Path, device="cpu", dtype=None) -> GPT:
     that of the activations, the scales and the float tensors."""
     import torch
 
-    from gptkit.model import GPT
     from gptkit.int8 import Int8Linear, replace_linears
+    from gptkit.model import GPT
 
     weights, _ = resolve(path)
     config = read_config(path)

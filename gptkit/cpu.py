@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+
 def cpu_level() -> str:
     """The instruction set torch's own CPU kernels run at: DEFAULT, AVX2, AVX512 (x86), or an ARM level. A machine
     runs at most what it has; ATEN_CPU_CAPABILITY=default|avx2|avx512 makes torch run lower."""

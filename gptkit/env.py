@@ -38,8 +38,8 @@ def environment() -> dict:
     """Everything `gptkit env` shows, as plain data."""
     import torch
 
-    from gptkit.int8 import has_int8_kernel, kernel_dtype_for_level
     from gptkit.cpu import cpu_level, cpu_prefers_bf16, lower_cpu_levels
+    from gptkit.int8 import has_int8_kernel, kernel_dtype_for_level
     from gptkit.runtime import pick_device, pick_dtype
 
     cpu = torch.device("cpu")

@@ -35,12 +35,12 @@ from gptkit.checkpoint import load_checkpoint, quantization_of, read_config, rea
 from gptkit.data import load_tokens, open_data, read_utf8
 from gptkit.errors import GptkitError
 from gptkit.files import data_hash
+from gptkit.int8 import quantize_int8
 from gptkit.model import GPT
 from gptkit.options import EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S, EvalOptions, check_hellaswag_file, check_window
 from gptkit.prepare import input_files
 from gptkit.progress import PrepareProgress, count_bar, track
 from gptkit.runlock import folder_lock
-from gptkit.int8 import quantize_int8
 from gptkit.runtime import autocast, keep_freed_memory, pick_device, pick_dtype
 from gptkit.tokenizer import EOT_TOKEN, get_tokenizer
 

@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from gptkit.model import GPT
 from gptkit.cpu import cpu_prefers_bf16
+from gptkit.model import GPT
 
 ADAMW_BETAS = (0.9, 0.95)
 MUON_MOMENTUM = 0.95

@@ -14,9 +14,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from gptkit.errors import GptkitError
+from gptkit.int8 import quantize_int8, replace_linears
 from gptkit.model import GPT
 from gptkit.options import SampleOptions
-from gptkit.int8 import quantize_int8, replace_linears
 from gptkit.tokenizer import EOT_TOKEN, encode, get_tokenizer
 
 

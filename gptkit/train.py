@@ -30,8 +30,8 @@ from gptkit.progress import PrepareProgress
 from gptkit.runfolder import (
     STATE_TENSORS,
     check_out,
-    lock_run_folder,
     load_run_state,
+    lock_run_folder,
     restore_rng,
     save_run,
     trim_metrics,

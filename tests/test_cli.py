@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from conftest import assert_one_line_error
+
 from gptkit.checkpoint import hf_config
 from gptkit.config import GPTConfig
 

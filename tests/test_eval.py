@@ -6,10 +6,10 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error
 from torch.nn import functional as F
 from typer.testing import CliRunner
 
-from conftest import assert_one_line_error
 from gptkit.checkpoint import read_metadata, save_checkpoint
 from gptkit.cli import app
 from gptkit.data import load_tokens, split_tokens

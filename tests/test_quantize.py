@@ -3,9 +3,9 @@ import shutil
 
 import pytest
 import torch
+from conftest import assert_one_line_error
 from typer.testing import CliRunner
 
-from conftest import assert_one_line_error
 from gptkit import checkpoint
 from gptkit.checkpoint import (
     is_checkpoint,

@@ -2,9 +2,9 @@ import os
 
 import pytest
 import torch
+from conftest import assert_one_line_error
 from typer.testing import CliRunner
 
-from conftest import assert_one_line_error
 from gptkit.checkpoint import save_checkpoint
 from gptkit.cli import app
 from gptkit.model import GPT, GPTConfig
