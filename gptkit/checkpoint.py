@@ -19,7 +19,9 @@ torch is imported inside the functions that need it, so that `gptkit inspect` ca
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import struct
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING
 from gptkit import __version__
 from gptkit.config import GPTConfig
 from gptkit.errors import GptkitError
-from gptkit.files import atomic_path, read_json, write_json
+from gptkit.files import atomic_dir, atomic_path, read_json, write_json
 from gptkit.tokenizer import EOT_TOKEN, VOCAB_SIZE
 
 if TYPE_CHECKING:
@@ -58,7 +60,15 @@ INT8_QUANTIZATION = {
 # safetensors' names of the float dtypes a checkpoint may store.
 FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 # torch's names of every dtype a checkpoint, a converted .bin or a run's state may hold.
-TENSOR_DTYPES = {**FLOAT_DTYPES, "F64": "float64", "I64": "int64", "I32": "int32", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+TENSOR_DTYPES = {
+    **FLOAT_DTYPES,
+    "F64": "float64",
+    "I64": "int64",
+    "I32": "int32",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 
 
 # --- safetensors files ---------------------------------------------------------------------------------------------
@@ -73,18 +83,25 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
         save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
 
 
-def load_tensors(path: Path, device="cpu") -> dict[str, torch.Tensor]:
-    """Read a safetensors file into freshly allocated tensors, with a clear error for anything that is not one.
+def load_tensors(path: Path, device="cpu", metadata: dict | None = None) -> dict[str, torch.Tensor]:
+    """Read a safetensors file into freshly allocated tensors, with a clear error for anything that is not one; the
+    file's metadata (header and tensors from the one open file, even if it is replaced meanwhile) into metadata.
 
     The bytes are read into memory from torch's allocator, never viewed in place in a memory map of the file: a
     view sits wherever its bytes are in the file (8-byte aligned at best), and torch's AVX-512 kernels load 64 bytes
     at a time from aligned addresses. Reading costs one copy, the same as a memory map's pages once touched."""
     import torch
 
-    header, data_start = read_safetensors_header_at(path)
-    header.pop("__metadata__", None)
     tensors = {}
-    with open(path, "rb", buffering=0) as f:
+    try:
+        f = open(path, "rb", buffering=0)
+    except FileNotFoundError:
+        raise GptkitError(f"{path} does not exist") from None
+    with f:
+        header, data_start = read_safetensors_header_at(path, f)
+        if metadata is not None:
+            metadata.update(header.get("__metadata__", {}))
+        header.pop("__metadata__", None)
         for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
             if info["dtype"] not in TENSOR_DTYPES:
                 raise GptkitError(f"cannot read {path}: tensor '{name}' has dtype {info['dtype']}, not a model's")
@@ -112,12 +129,14 @@ def read_safetensors_header(path: Path) -> dict:
     return read_safetensors_header_at(path)[0]
 
 
-def read_safetensors_header_at(path: Path) -> tuple[dict, int]:
-    """read_safetensors_header's header, and the offset in the file where the tensors' data starts."""
+def read_safetensors_header_at(path: Path, file=None) -> tuple[dict, int]:
+    """read_safetensors_header's header, and the offset in the file where the tensors' data starts; from file (path
+    open for reading) where given."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with open(path, "rb") if file is None else contextlib.nullcontext(file) as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(0)
             head = f.read(8)
             if len(head) < 8:
                 raise GptkitError(f"{path} is not a safetensors file (only {size} bytes)")
@@ -388,7 +407,8 @@ def convert_bin(bin_path: Path, out_path: Path, config: GPTConfig):
 def save_checkpoint(
     model: GPT, out_dir: str | Path, metadata: dict | None = None, extra_positions: torch.Tensor | None = None
 ) -> Path:
-    """Write model (and gptkit.json with metadata) as a checkpoint directory; weights first, config last.
+    """Write model (and gptkit.json with metadata) as a checkpoint directory: every file into a temporary folder
+    first, so that a failed write leaves the directory as it was (files.atomic_dir).
     extra_positions: position embeddings past the model's context (those a fine-tuning run at a shorter window set
     aside, see GPT.crop_block_size), saved after the model's own so that the checkpoint keeps its whole context."""
     import torch
@@ -402,22 +422,25 @@ def save_checkpoint(
         tensors["transformer.wpe.weight"] = torch.cat([wpe, extra_positions.to(wpe.device, wpe.dtype)])
         model_config = replace(model_config, block_size=model_config.block_size + len(extra_positions))
     config = hf_config(model_config, dtype, int8)
-    save_tensors(out_dir / WEIGHTS_FILE, tensors, {"gptkit_config": json.dumps(config)})
-    write_json(out_dir / CONFIG_FILE, config)
+    step = {"step": str(metadata["step"])} if metadata and "step" in metadata else {}  # eval's record of what it read
     info = {
         "gptkit_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
         **(metadata or {}),
     }
-    write_json(out_dir / METADATA_FILE, info)
+    with atomic_dir(out_dir, first=WEIGHTS_FILE) as folder:
+        save_tensors(folder / WEIGHTS_FILE, tensors, {"gptkit_config": json.dumps(config), **step})
+        write_json(folder / CONFIG_FILE, config)
+        write_json(folder / METADATA_FILE, info)
     return out_dir
 
 
-def load_checkpoint(path: str | Path, device="cpu", dtype=None) -> GPT:
+def load_checkpoint(path: str | Path, device="cpu", dtype=None, metadata: dict | None = None) -> GPT:
     """A GPT (eval mode) from a checkpoint directory or a bare .safetensors file; dtype defaults to float32. An int8
     checkpoint's Linears (and output head) become Int8Linear, from the stored int8 weights and scales; dtype is then
-    that of the activations, the scales and the float tensors."""
+    that of the activations, the scales and the float tensors. metadata: filled with the weights file's metadata
+    (its "step" where gptkit train saved it)."""
     import torch
 
     from gptkit.int8 import Int8Linear, replace_linears
@@ -425,7 +448,7 @@ def load_checkpoint(path: str | Path, device="cpu", dtype=None) -> GPT:
 
     weights, _ = resolve(path)
     config = read_config(path)
-    stored = load_tensors(weights, device)
+    stored = load_tensors(weights, device, metadata)
     int8 = any(t.dtype == torch.int8 for t in stored.values())
     tensors = from_hf_tensors(stored, config, weights, int8)
     dtype = dtype or torch.float32

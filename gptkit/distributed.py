@@ -1,5 +1,6 @@
 """This process's place among torchrun's processes: rank, world size, device, and the process group."""
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -56,4 +57,33 @@ def start_processes(device_name: str) -> Processes:
 
 def stop_processes(procs: Processes):
     if procs.distributed:
+        # DDP's reducer keeps the process group alive through reference cycles; left to the interpreter's exit, gloo's
+        # threads were torn down with it and a process died of SIGABRT after its run was done
+        gc.collect()
         dist.destroy_process_group()
+
+
+def rng_states(procs: Processes) -> dict[str, torch.Tensor]:
+    """Every process's torch RNG states (CPU, and CUDA when used), gathered on all processes."""
+    states = {"cpu": torch.get_rng_state()}
+    if procs.device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(procs.device)
+    if not procs.distributed:
+        return {f"rng.{kind}.0": s for kind, s in states.items()}
+    gathered = [None] * procs.world_size
+    dist.all_gather_object(gathered, {k: v.tolist() for k, v in states.items()})
+    return {
+        f"rng.{kind}.{rank}": torch.tensor(s, dtype=torch.uint8)
+        for rank, st in enumerate(gathered)
+        for kind, s in st.items()
+    }
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], procs: Processes, seed: int):
+    cpu = tensors.get(f"rng.cpu.{procs.rank}")
+    if cpu is None:  # resumed with more processes than saved it
+        torch.manual_seed(seed + procs.rank)
+        return
+    torch.set_rng_state(cpu.cpu())
+    if procs.device.type == "cuda" and f"rng.cuda.{procs.rank}" in tensors:
+        torch.cuda.set_rng_state(tensors[f"rng.cuda.{procs.rank}"].cpu(), procs.device)

@@ -37,15 +37,13 @@ from gptkit.errors import GptkitError
 from gptkit.files import data_hash
 from gptkit.int8 import quantize_int8
 from gptkit.model import GPT
-from gptkit.options import EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S, EvalOptions, check_hellaswag_file, check_window
+from gptkit.options import EvalOptions, check_hellaswag_file, check_window
 from gptkit.prepare import input_files
 from gptkit.progress import PrepareProgress, count_bar, track
-from gptkit.runlock import folder_lock
+from gptkit.runlock import EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S, EVALS_LOCK_FILE, folder_lock
+from gptkit.runlog import EVALS_FILE
 from gptkit.runtime import autocast, keep_freed_memory, pick_device, pick_dtype
 from gptkit.tokenizer import EOT_TOKEN, get_tokenizer
-
-EVALS_FILE = "evals.jsonl"
-
 
 # --- language modelling ----------------------------------------------------------------------------------------------
 
@@ -315,12 +313,13 @@ def evaluate_hellaswag(model: GPT, examples: list[dict] | Path, dtype=torch.floa
 
 
 def append_record(folder: Path, record: dict):
-    """Add one line to the checkpoint folder's evals.jsonl, under the folder's lock (runlock; EvalOptions refused a
-    folder held by a training run up front), on a line of its own even after a line that a crash cut short; a
-    read-only folder, or one a training run took meanwhile, only earns a warning."""
+    """Add one line to the checkpoint folder's evals.jsonl, under the lock of that file (runlock.EVALS_LOCK_FILE,
+    which other evals and a run's --overwrite take; a training run holds the folder's own lock, and goes on), on a
+    line of its own even after a line that a crash cut short; a read-only folder only earns a warning."""
     path = folder / EVALS_FILE
+    lock = folder_lock(folder, "gptkit eval", EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S, EVALS_LOCK_FILE)
     try:
-        with folder_lock(folder, "gptkit eval", EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S), open(path, "a+b") as f:
+        with lock, open(path, "a+b") as f:
             size = f.seek(0, os.SEEK_END)
             if size:
                 f.seek(size - 1)
@@ -386,13 +385,15 @@ def run_eval(opts: EvalOptions):
         examples = read_hellaswag(hellaswag)
 
     keep_freed_memory()
-    model = load_checkpoint(ckpt, device)  # float32 weights; bf16/fp16 runs under autocast
+    stored = {}
+    model = load_checkpoint(ckpt, device, metadata=stored)  # float32 weights; bf16/fp16 runs under autocast
     if opts.quantize == "int8":
         quantize_int8(model)
     record = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "gptkit_version": __version__,
         "checkpoint": str(ckpt.resolve()),
+        "step": int(stored["step"]) if "step" in stored else read_metadata(ckpt).get("step"),  # of the weights read
         "settings": {
             "block_size": block_size,
             "stride": stride,

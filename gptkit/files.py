@@ -29,8 +29,7 @@ def atomic_path(path: Path):
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's file is owner-only (and writers may replace it)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        fsync(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -49,7 +48,10 @@ def atomic_dir(path: Path, first: str | None = None):
         yield tmp
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's folder is owner-only
         if not path.exists():
+            for file in tmp.iterdir():
+                fsync(file)
             os.rename(tmp, path)
+            fsync(path.parent)
             return
         for file in sorted(tmp.iterdir(), key=lambda f: f.name != first):
             os.replace(file, path / file.name)
@@ -57,6 +59,47 @@ def atomic_dir(path: Path, first: str | None = None):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def fsync(path: Path):
+    """Flush a file's content, or a folder's entries, to the disk: a rename that follows is then durable."""
+    if path.is_dir() and os.name == "nt":  # Windows cannot open a folder to flush it
+        return
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether path is a temporary file or folder of atomic_path or atomic_dir (left behind by a killed process)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def remove(path: Path):
+    """Remove a file or a folder with all it holds, if it exists. A folder is first renamed to a temporary name, so
+    that a crash halfway leaves a name that is_temporary, never a part of the folder under its own name."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        if not is_temporary(path):
+            doomed = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+            os.replace(path, doomed)
+            path = doomed
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def link_or_copy(source: Path, path: Path):
+    """Make path hold source's content in one step (atomic_path): a hard link where the filesystem has them, else a
+    copy."""
+    with atomic_path(path) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
 
 
 def data_hash(files: list[Path]) -> str:

@@ -43,9 +43,8 @@ from gptkit.checkpoint import (
 )
 from gptkit.errors import GptkitError
 from gptkit.files import data_hash, read_json, write_json
-from gptkit.options import DOWNLOAD_FOLDER_IN_USE
 from gptkit.progress import progress_bar
-from gptkit.runlock import folder_lock
+from gptkit.runlock import DOWNLOAD_FOLDER_IN_USE, folder_lock
 from gptkit.units import human_bytes
 
 KNOWN_MODELS = {

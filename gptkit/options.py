@@ -13,7 +13,6 @@ from pathlib import Path
 
 from gptkit.checkpoint import quantization_of, read_config, read_metadata, resolve
 from gptkit.errors import GptkitError
-from gptkit.runlock import check_not_held
 
 # --dtype names and what they stand for (runtime.DTYPES maps them to torch dtypes).
 DTYPE_NAMES = {
@@ -27,15 +26,6 @@ DTYPE_NAMES = {
 DEVICE_NAME = re.compile(r"auto|cpu|(cuda|mps)(:\d+)?")
 QUANTIZATIONS = ("int8",)
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
-# The folder locks (runlock) of the commands: what to tell one turned away from a folder in use, and how long it waits
-# first. A run folder is held by a training run until it ends (train waits RUN_LOCK_WAIT_S for a process letting go);
-# eval's checkpoint folder by another eval's append for milliseconds (so eval waits EVAL_LOCK_WAIT_S), or by a
-# training run until it ends; download's folder by another download or a run, for as long as they last.
-RUN_FOLDER_IN_USE = "wait for that run to end (or stop it), or pick another --out"
-RUN_LOCK_WAIT_S = 0.5
-EVAL_FOLDER_IN_USE = "wait for it to end, or evaluate a copy of the checkpoint"
-EVAL_LOCK_WAIT_S = 0.5
-DOWNLOAD_FOLDER_IN_USE = "wait for it to end, or download into another --out"
 
 
 def fail_if(failed: bool, message: str):
@@ -222,8 +212,6 @@ class EvalOptions:
         check_dtype(self.dtype)
         check_device(self.device)
         resolve(self.ckpt)
-        ckpt = Path(self.ckpt)
-        check_not_held(ckpt if ckpt.is_dir() else ckpt.parent, EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S)
         if self.text is not None:
             check_text(self.text)
         if self.hellaswag is not None:

@@ -1,101 +1,213 @@
-"""A training run's folder: the checkpoint, metrics.jsonl, and the training state beside them
-(training_state.safetensors: the optimizer's moments and RNG states; training_state.json: step, data position,
-settings). Saved and checked here, so that --resume continues a run exactly; a crash at any moment leaves files
-that resume reads or explains."""
+"""A training run's folder, saved and checked here, so that --resume continues a run exactly and a crash at any
+moment loses nothing saved.
 
+    RUN/saves/step-000120/   one complete save: the checkpoint (model.safetensors, config.json, gptkit.json) and the
+                             training state beside it (training_state.safetensors: the optimizer's moments and RNG
+                             states; training_state.json: step, data position, settings)
+    RUN/model.safetensors    the newest save's checkpoint files, hard links into its folder (copies where the
+    RUN/config.json, ...     filesystem has no links): RUN itself is a checkpoint for sample, eval and transformers
+    RUN/metrics.jsonl, evals.jsonl, tensorboard/, wandb/   the run's logs (runlog)
+
+Needs no torch at import (save_run's caller gathers the tensors), so that options can tell run folders apart.
+
+A save is written into a temporary folder, then renamed to saves/step-N in one step: a save folder either is
+complete or does not exist, and the previous one is removed only after the new one is in place and published. So
+--resume always finds the newest complete save, and RUN/model.safetensors is always a whole file of one save.
+"""
+
+from __future__ import annotations
+
+import errno
 import json
+import re
+import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
-
-from gptkit.checkpoint import METADATA_FILE, is_checkpoint, read_safetensors_header, save_checkpoint, save_tensors
-from gptkit.distributed import Processes
+from gptkit.checkpoint import (
+    CONFIG_FILE,
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    is_checkpoint,
+    read_safetensors_header,
+    save_checkpoint,
+    save_tensors,
+)
 from gptkit.errors import GptkitError
-from gptkit.files import atomic_path, read_json, write_json
-from gptkit.model import GPT
-from gptkit.optim import optimizer_tensors
-from gptkit.options import RUN_FOLDER_IN_USE, RUN_LOCK_WAIT_S
-from gptkit.runlock import folder_lock
-from gptkit.runlog import METRICS_FILE, read_metrics
+from gptkit.files import atomic_dir, atomic_path, is_temporary, link_or_copy, read_json, remove, write_json
+from gptkit.runlock import EVAL_LOCK_WAIT_S, EVALS_LOCK_FILE, RUN_FOLDER_IN_USE, RUN_LOCK_WAIT_S, folder_lock
+from gptkit.runlog import EVALS_FILE, METRICS_FILE, TENSORBOARD_DIR, WANDB_DIR, WANDB_RUN_FILE, read_metrics
+from gptkit.units import human_bytes
 
+if TYPE_CHECKING:
+    import torch
+
+    from gptkit.model import GPT
+
+SAVES_DIR = "saves"
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
 STATE_KEYS = ("step", "steps", "model", "settings", "loader", "data", "tokens_seen", "wall_time_s")
+# Written first by --overwrite and removed last: a folder that has it is being emptied (finished by the next run).
+CLEARING_MARK = ".clearing"
+# Every file and folder of a run that --overwrite removes: gptkit's own, nothing a user put there.
+RUN_ENTRIES = (
+    WEIGHTS_FILE,  # first: from here on the folder is no checkpoint
+    SAVES_DIR,
+    STATE_TENSORS,
+    STATE_JSON,
+    METADATA_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    TENSORBOARD_DIR,
+    WANDB_DIR,
+    WANDB_RUN_FILE,
+)
+SPACE_MARGIN = 1 << 20  # bytes a save needs beyond its tensors: JSON files, headers
 
 
 def lock_run_folder(out: Path):
     """The run folder's lock, held by a training run from before it writes anything until it ends (waiting half a
-    second for a lock that an eval's append or another command's check holds for milliseconds)."""
+    second for a lock that another command's check holds for milliseconds)."""
     return folder_lock(out, "gptkit train", RUN_FOLDER_IN_USE, wait_s=RUN_LOCK_WAIT_S)
+
+
+def open_run_folder(out: Path, resume: bool, overwrite: bool):
+    """Under the run's lock, before anything else: finish an --overwrite a crash cut short, remove what killed saves
+    left, refuse a new run over an existing one without --overwrite, clear the old run with it, and publish the save
+    a run resumes from again (a crash may have cut its publishing short)."""
+    if (out / CLEARING_MARK).exists():
+        clear_run(out)
+    for folder in (out, out / SAVES_DIR):
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                if is_temporary(entry):
+                    remove(entry)
+    check_out(out, resume, overwrite)
+    if overwrite:
+        clear_run(out)
+    if resume and (saved := newest_save(out)) not in (None, out):
+        publish(saved, out)
+
+
+# --- the saves of a run ----------------------------------------------------------------------------------------------
+
+
+def save_folders(out: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete save in out, oldest first."""
+    saves = Path(out) / SAVES_DIR
+    if not saves.is_dir():
+        return []
+    found = [(re.fullmatch(r"step-(\d+)", p.name), p) for p in saves.iterdir()]
+    return sorted((int(m[1]), p) for m, p in found if m and p.is_dir())
+
+
+def newest_save(out: Path) -> Path | None:
+    """The folder of the newest complete save of the run in out: a save folder, or out itself for a run saved before
+    save folders (its state files beside the checkpoint); None when out holds no save."""
+    if saves := save_folders(out):
+        return saves[-1][1]
+    return Path(out) if (Path(out) / STATE_JSON).is_file() else None
 
 
 def check_out(out: Path, resume: bool, overwrite: bool):
     """Refuse to start a new run over an existing one without --overwrite (checked under the folder's lock, so that
     a run that has not saved yet counts too: it holds the lock)."""
-    if not resume and not overwrite and ((out / STATE_JSON).exists() or is_checkpoint(out)):
+    if not resume and not overwrite and (newest_save(out) or is_checkpoint(out)):
         raise GptkitError(
             f"{out} already holds a run: add --resume to continue it, --overwrite to start over, or pick another --out"
         )
 
 
-def rng_states(procs: Processes) -> dict[str, torch.Tensor]:
-    """Every process's torch RNG states (CPU, and CUDA when used), gathered on all processes."""
-    states = {"cpu": torch.get_rng_state()}
-    if procs.device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state(procs.device)
-    if not procs.distributed:
-        return {f"rng.{kind}.0": s for kind, s in states.items()}
-    gathered = [None] * procs.world_size
-    dist.all_gather_object(gathered, {k: v.tolist() for k, v in states.items()})
-    return {
-        f"rng.{kind}.{rank}": torch.tensor(s, dtype=torch.uint8)
-        for rank, st in enumerate(gathered)
-        for kind, s in st.items()
-    }
+def clear_run(out: Path):
+    """Remove the run in out (for --overwrite): every file gptkit wrote there, none a user put there. The mark written
+    first and removed last makes it one step for a crash: the next run finishes what a killed one began."""
+    with atomic_path(out / CLEARING_MARK):
+        pass
+    for name in RUN_ENTRIES:
+        remove(out / name)
+    with folder_lock(out, "gptkit train", "wait for that eval to end", EVAL_LOCK_WAIT_S, EVALS_LOCK_FILE):
+        remove(out / EVALS_FILE)  # under the lock an eval appends under
+    (out / CLEARING_MARK).unlink()
 
 
-def restore_rng(tensors: dict[str, torch.Tensor], procs: Processes, seed: int):
-    cpu = tensors.get(f"rng.cpu.{procs.rank}")
-    if cpu is None:  # resumed with more processes than saved it
-        torch.manual_seed(seed + procs.rank)
-        return
-    torch.set_rng_state(cpu.cpu())
-    if procs.device.type == "cuda" and f"rng.cuda.{procs.rank}" in tensors:
-        torch.cuda.set_rng_state(tensors[f"rng.cuda.{procs.rank}"].cpu(), procs.device)
+# --- saving ----------------------------------------------------------------------------------------------------------
 
 
-def save_run(out: Path, model: GPT, optimizer, metadata: dict, state: dict, procs: Processes, extra_positions=None):
-    """Checkpoint (with extra_positions, see save_checkpoint), then the optimizer and RNG tensors, then the state
-    JSON (each atomic; the step in each file lets resume check that they belong together)."""
-    rngs = rng_states(procs)
-    if procs.main:
-        save_checkpoint(model, out, metadata, extra_positions)
-        tensors = rngs | optimizer_tensors(model, optimizer)
-        save_tensors(out / STATE_TENSORS, tensors, {"step": str(state["step"])})
-        write_json(out / STATE_JSON, state)
-    procs.barrier()
+def save_run(
+    out: Path, model: GPT, tensors: dict[str, torch.Tensor], metadata: dict, state: dict, extra_positions=None
+):
+    """Save the run at state's step: the model (with metadata in gptkit.json, and extra_positions: see
+    save_checkpoint), the training state's tensors (optimizer, RNG) and state, into a save folder renamed into place
+    once complete; then publish its checkpoint files in out and remove the older saves. A failure (disk full, an I/O
+    error) is a one-line GptkitError that leaves the previous save as it was."""
+    step, previous = state["step"], newest_save(out)
+    folder = out / SAVES_DIR / f"step-{step:06d}"
+    weights = [*model.parameters(), *([] if extra_positions is None else [extra_positions])]
+    needed = SPACE_MARGIN + sum(t.numel() * t.element_size() for t in [*weights, *tensors.values()])
+    try:
+        free = shutil.disk_usage(out).free
+        if free < needed:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if folder.exists():  # left by a run that stopped before its next save; never the newest
+            remove(folder)
+        with atomic_dir(folder) as tmp:
+            save_checkpoint(model, tmp, metadata, extra_positions)
+            save_tensors(tmp / STATE_TENSORS, tensors, {"step": str(step)})
+            write_json(tmp / STATE_JSON, state)
+        publish(folder, out)
+        for _, older in save_folders(out)[:-1]:
+            remove(older)
+        if previous == out:  # a run saved before save folders: its state files are in the save now
+            for name in (STATE_TENSORS, STATE_JSON):
+                remove(out / name)
+    except OSError as e:
+        raise GptkitError(save_failure(out, step, previous, needed, e)) from None
 
 
-def load_run_state(out: Path) -> dict:
-    """The training state JSON of a run folder, checked to be complete and consistent."""
-    if not (out / STATE_JSON).is_file() or not (out / STATE_TENSORS).is_file() or not is_checkpoint(out):
+def save_failure(out: Path, step: int, previous: Path | None, needed: int, e: OSError) -> str:
+    kept = f"the previous save ({previous.name}) is kept: --resume goes on from it" if previous else "nothing is saved"
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        free = shutil.disk_usage(out).free
+        return (
+            f"not enough space in {out} to save step {step}: a save needs {human_bytes(needed)}, "
+            f"{human_bytes(free)} is free; free up {human_bytes(max(needed - free, 1))} or more ({kept})"
+        )
+    where = f" ({e.filename})" if e.filename else ""
+    return f"could not save step {step} to {out}: {e.strerror or e}{where} ({kept})"
+
+
+def publish(folder: Path, out: Path):
+    """Make the checkpoint files of the save in folder those of out, the weights first, each replaced in one step."""
+    names = [p.name for p in folder.iterdir() if p.name not in (STATE_TENSORS, STATE_JSON)]
+    for name in sorted(names, key=lambda name: name != WEIGHTS_FILE):
+        link_or_copy(folder / name, out / name)
+
+
+# --- resuming --------------------------------------------------------------------------------------------------------
+
+
+def load_run_state(out: Path) -> tuple[dict, Path]:
+    """(training state, the folder of the save it is in) of the newest save in out, checked to be complete and
+    consistent."""
+    folder = newest_save(out)
+    if folder is None or not (folder / STATE_TENSORS).is_file() or not is_checkpoint(folder):
         raise GptkitError(f"{out} holds no training state to resume: start a new run without --resume")
     remedy = (
         f"the run cannot be resumed exactly: start it over with --overwrite, or train on from its checkpoint as a new "
         f"run (--model {out} --out ANOTHER_FOLDER)"
     )
-    state = read_json(out / STATE_JSON, remedy)
+    state = read_json(folder / STATE_JSON, remedy)
     if missing := [key for key in STATE_KEYS if key not in state]:
-        raise GptkitError(f"{out / STATE_JSON} is damaged (it lacks {', '.join(missing)}): {remedy}")
-    tensors_step = read_safetensors_header(out / STATE_TENSORS).get("__metadata__", {}).get("step")
-    metadata = read_json(out / METADATA_FILE, remedy) if (out / METADATA_FILE).is_file() else {}
+        raise GptkitError(f"{folder / STATE_JSON} is damaged (it lacks {', '.join(missing)}): {remedy}")
+    tensors_step = read_safetensors_header(folder / STATE_TENSORS).get("__metadata__", {}).get("step")
+    metadata = read_json(folder / METADATA_FILE, remedy) if (folder / METADATA_FILE).is_file() else {}
     if str(state["step"]) != tensors_step or metadata.get("step") != state["step"]:
         raise GptkitError(
-            f"{out}: the checkpoint and training state are from different steps (a save cut short?): {remedy}"
+            f"{folder}: the checkpoint and training state are from different steps (a save cut short?): {remedy}"
         )
-    return state
+    return state, folder
 
 
 def trim_metrics(out: Path, step: int):

@@ -13,6 +13,17 @@ from pathlib import Path
 from gptkit.errors import GptkitError
 
 LOCK_FILE = ".lock"
+EVALS_LOCK_FILE = ".evals.lock"  # eval's appends to a run folder's evals.jsonl, beside a training run holding LOCK_FILE
+
+# What to tell a command turned away from a folder in use, and how long it waits first. A run folder is held by a
+# training run until it ends (train waits RUN_LOCK_WAIT_S for a process letting go); evals.jsonl by an eval appending
+# to it or a run clearing it (--overwrite), for milliseconds; a download's folder by another download or a run, for
+# as long as they last.
+RUN_FOLDER_IN_USE = "wait for that run to end (or stop it), or pick another --out"
+RUN_LOCK_WAIT_S = 0.5
+EVAL_FOLDER_IN_USE = "wait for it to end, or evaluate a copy of the checkpoint"
+EVAL_LOCK_WAIT_S = 0.5
+DOWNLOAD_FOLDER_IN_USE = "wait for it to end, or download into another --out"
 
 if os.name == "nt":
     import msvcrt
@@ -133,20 +144,24 @@ def check_not_held(folder: Path, hint: str, wait_s: float = 0.0):
 
 
 @contextmanager
-def folder_lock(folder: Path, command: str, hint: str, wait_s: float = 0.0):
+def folder_lock(folder: Path, command: str, hint: str, wait_s: float = 0.0, lock_file: str = LOCK_FILE):
     """Hold folder's lock (making the folder if missing) through the block, as command (e.g. 'gptkit train').
     Another process holding it for longer than wait_s: GptkitError '<folder> is in use by process PID (COMMAND):
-    <hint>'. Folders made here that the block leaves empty are removed again."""
+    <hint>'; a folder that cannot be written (read-only, not a folder): GptkitError too. Folders made here that the
+    block leaves empty are removed again."""
     folder = Path(folder)
     made = []
     for parent in (folder, *folder.parents):
         if parent.exists():
             break
         made.append(parent)
-    folder.mkdir(parents=True, exist_ok=True)
-    path, fd = folder / LOCK_FILE, None
+    path, fd = folder / lock_file, None
     try:
-        fd = acquire(path, command, hint, wait_s)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = acquire(path, command, hint, wait_s)
+        except OSError as e:
+            raise GptkitError(f"cannot write to {folder}: {e.strerror or e}") from None
         yield
     finally:
         if fd is not None:

@@ -16,6 +16,8 @@ from gptkit.progress import progress_bar
 METRICS_FILE = "metrics.jsonl"  # in a run folder: one record a step (MetricsFile), read back by read_metrics
 WANDB_RUN_FILE = "wandb.json"  # the wandb project and run id of a run folder, so that --resume continues that run
 TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"  # wandb's own files of a run folder's run (wandb.init(dir=RUN) makes it)
+EVALS_FILE = "evals.jsonl"  # in a checkpoint folder: one record a `gptkit eval`
 
 
 def read_records(path: Path) -> tuple[list[dict], int]:

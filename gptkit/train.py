@@ -21,21 +21,20 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from gptkit.checkpoint import load_checkpoint, load_tensors, read_config
 from gptkit.config import PRESETS, GPTConfig
 from gptkit.data import BatchLoader, TokenSource, eval_batches, open_data
-from gptkit.distributed import Processes, start_processes, stop_processes
+from gptkit.distributed import Processes, restore_rng, rng_states, start_processes, stop_processes
 from gptkit.errors import GptkitError
 from gptkit.eval import evaluate_hellaswag, read_hellaswag, summed_loss
 from gptkit.model import GPT
-from gptkit.optim import Optimizers, learning_rate, make_optimizer, restore_optimizer, set_learning_rate
-from gptkit.progress import PrepareProgress
-from gptkit.runfolder import (
-    STATE_TENSORS,
-    check_out,
-    load_run_state,
-    lock_run_folder,
-    restore_rng,
-    save_run,
-    trim_metrics,
+from gptkit.optim import (
+    Optimizers,
+    learning_rate,
+    make_optimizer,
+    optimizer_tensors,
+    restore_optimizer,
+    set_learning_rate,
 )
+from gptkit.progress import PrepareProgress
+from gptkit.runfolder import STATE_TENSORS, load_run_state, lock_run_folder, open_run_folder, save_run, trim_metrics
 from gptkit.runlog import (
     METRICS_FILE,
     MetricsFile,
@@ -202,7 +201,15 @@ class Run:
             "loader": self.loader.state(),
             "world_size": procs.world_size,
         }
-        save_run(self.out, self.model, self.optimizer, meta, state, procs, self.extra_positions)
+        tensors = rng_states(procs) | optimizer_tensors(self.model, self.optimizer)
+        failure = None
+        if procs.main:  # rank 0 writes; the others wait for it and stop with its message if it failed
+            try:
+                save_run(self.out, self.model, tensors, meta, state, self.extra_positions)
+            except GptkitError as e:
+                failure = str(e)
+        if failure := procs.from_main(failure):
+            raise GptkitError(failure)
 
 
 def train(cfg: TrainConfig, console=None) -> dict:
@@ -236,7 +243,7 @@ def tf32_matmuls(device: torch.device):
 
 def run(cfg: TrainConfig, procs: Processes, console, held: contextlib.ExitStack) -> dict:
     started = time.perf_counter()
-    cfg, out, state = open_run(cfg, procs, held)
+    cfg, out, state, saved = open_run(cfg, procs, held)
     if procs.main:  # a missing package or login stops the run now, not after loading the data and the model
         if cfg.tensorboard:
             check_tensorboard()
@@ -245,9 +252,9 @@ def run(cfg: TrainConfig, procs: Processes, console, held: contextlib.ExitStack)
     hellaswag = read_hellaswag(Path(cfg.hellaswag)) if cfg.hellaswag else None
     cfg, source = load_data(cfg, procs, console, state)
     model_name = cfg.model or "gpt2"
-    base = model_config(model_name) if state is None else read_config(out)
+    base = model_config(model_name) if state is None else read_config(saved)
     cfg = resolve(cfg, procs.device, base, model_name not in PRESETS, procs.world_size)
-    r = build_run(cfg, procs, out, state, source)
+    r = build_run(cfg, procs, out, state, saved, source)
     r.started, r.hellaswag = started, hellaswag
     if procs.main:
         announce(r, procs, console)
@@ -257,27 +264,30 @@ def run(cfg: TrainConfig, procs: Processes, console, held: contextlib.ExitStack)
     return finish(r, procs, console)
 
 
-def open_run(cfg: TrainConfig, procs: Processes, held: contextlib.ExitStack) -> tuple[TrainConfig, Path, dict | None]:
-    """The run folder, locked (by rank 0, into held) and checked; when resuming, the saved state and the settings
-    merged with the options given."""
+def open_run(
+    cfg: TrainConfig, procs: Processes, held: contextlib.ExitStack
+) -> tuple[TrainConfig, Path, dict | None, Path | None]:
+    """The run folder, locked (by rank 0, into held) and made ready (runfolder.open_run_folder); when resuming, the
+    saved state, the folder of that save, and the settings merged with the options given."""
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     refusal = None
     if procs.main:
         try:
             held.enter_context(lock_run_folder(out))
+            open_run_folder(out, cfg.resume, cfg.overwrite)
         except GptkitError as e:
             refusal = str(e)
-    refusal = procs.from_main(refusal)
-    if refusal:  # every process stops with rank 0's message
+        except OSError as e:
+            refusal = f"cannot write to {out}: {e.strerror or e}"
+    if refusal := procs.from_main(refusal):  # every process stops with rank 0's message
         raise GptkitError(refusal)
-    check_out(out, cfg.resume, cfg.overwrite)
     if not cfg.resume:
-        return cfg, out, None
-    state = load_run_state(out)
+        return cfg, out, None, None
+    state, saved = load_run_state(out)
     cfg = merge_for_resume(cfg, state["settings"], state["model"])
     if cfg.steps <= state["step"]:
         raise GptkitError(f"the run in {out} has done its {state['step']} steps: give a larger --steps to go on")
-    return cfg, out, state
+    return cfg, out, state, saved
 
 
 def load_data(cfg: TrainConfig, procs: Processes, console, state: dict | None) -> tuple[TrainConfig, TokenSource]:
@@ -301,8 +311,10 @@ def load_data(cfg: TrainConfig, procs: Processes, console, state: dict | None) -
     return cfg, source
 
 
-def build_run(cfg: TrainConfig, procs: Processes, out: Path, state: dict | None, source: TokenSource) -> Run:
-    """The model, optimizer and data stream of the run: new, or restored to where the saved run stopped."""
+def build_run(
+    cfg: TrainConfig, procs: Processes, out: Path, state: dict | None, saved: Path | None, source: TokenSource
+) -> Run:
+    """The model, optimizer and data stream of the run: new, or restored from the save in the folder saved."""
     train_tokens, val_tokens = source.split(cfg.val_fraction)
     loader = BatchLoader(train_tokens, cfg.batch_size, cfg.block_size, cfg.seed, procs.rank, procs.world_size)
     torch.manual_seed(cfg.seed)
@@ -312,7 +324,7 @@ def build_run(cfg: TrainConfig, procs: Processes, out: Path, state: dict | None,
         model, extra_positions = build_model(cfg)
         model_label = cfg.model if cfg.model in PRESETS else str(Path(cfg.model).resolve())
     else:
-        (model, extra_positions), model_label = load_for_training(out, cfg), state["model"]
+        (model, extra_positions), model_label = load_for_training(saved, cfg), state["model"]
     model.to(procs.device).train()
     check_step_fits(model, cfg, dtype, procs)
     optimizer = make_optimizer(model, cfg, procs.device)
@@ -338,7 +350,7 @@ def build_run(cfg: TrainConfig, procs: Processes, out: Path, state: dict | None,
         extra_positions=extra_positions,
     )
     if state is not None:
-        tensors = load_tensors(out / STATE_TENSORS, procs.device)
+        tensors = load_tensors(saved / STATE_TENSORS, procs.device)
         restore_optimizer(optimizer, model, tensors)
         restore_rng({k: v for k, v in tensors.items() if k.startswith("rng.")}, procs, cfg.seed)
         loader.load_state(state["loader"])
@@ -488,7 +500,9 @@ def evaluate(model: GPT, val_tokens, cfg: TrainConfig, procs: Processes, dtype, 
     windows); None when Ctrl-C cut it short (every process still adds up its sums, so none waits for another)."""
 
     def batches():
-        for x, y in eval_batches(val_tokens, cfg.eval_tokens, cfg.batch_size, cfg.block_size, procs.rank, procs.world_size):
+        for x, y in eval_batches(
+            val_tokens, cfg.eval_tokens, cfg.batch_size, cfg.block_size, procs.rank, procs.world_size
+        ):
             if stop.requested:
                 return
             yield x, y, [y.size(1)] * len(y)

@@ -15,8 +15,6 @@ from gptkit.config import PRESETS, GPTConfig
 from gptkit.errors import GptkitError
 from gptkit.options import (
     DTYPE_NAMES,
-    RUN_FOLDER_IN_USE,
-    RUN_LOCK_WAIT_S,
     check_device,
     check_dtype,
     check_hellaswag_file,
@@ -24,7 +22,7 @@ from gptkit.options import (
     check_text,
     fail_if,
 )
-from gptkit.runlock import check_not_held
+from gptkit.runlock import RUN_FOLDER_IN_USE, RUN_LOCK_WAIT_S, check_not_held
 
 if TYPE_CHECKING:
     import torch

@@ -123,16 +123,7 @@ def test_a_failed_write_keeps_that_file_and_leaves_no_temporary_file(tiny_model,
     load_checkpoint(tiny_checkpoint)
 
 
-ISSUE_24 = pytest.mark.xfail(
-    strict=True,
-    reason="issue 24: each file is replaced on its own, so a failed config.json or gptkit.json leaves the new weights "
-    "beside the old files; atomic whole-checkpoint saves will keep the previous checkpoint whole",
-)
-
-
-@pytest.mark.parametrize(
-    "name", [CHECKPOINT_FILES[0], *(pytest.param(name, marks=ISSUE_24) for name in CHECKPOINT_FILES[1:])]
-)
+@pytest.mark.parametrize("name", CHECKPOINT_FILES)
 def test_a_failed_save_keeps_the_whole_previous_checkpoint(tiny_model, tiny_checkpoint, monkeypatch, name):
     before = digests(tiny_checkpoint)
     assert failed_save(tiny_model, tiny_checkpoint, monkeypatch, name) == before

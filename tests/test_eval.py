@@ -18,6 +18,7 @@ from gptkit.eval import evaluate_hellaswag, evaluate_lm, hellaswag_rows, lm_wind
 from gptkit.files import write_json
 from gptkit.model import GPT
 from gptkit.runfolder import lock_run_folder
+from gptkit.runlock import EVALS_LOCK_FILE, folder_lock
 from gptkit.runlog import read_records
 from gptkit.tokenizer import encode, get_tokenizer
 
@@ -242,16 +243,23 @@ def test_bad_input(tiny_checkpoint, tmp_path):
     assert not (tiny_checkpoint / "evals.jsonl").exists()
 
 
-def test_evals_log_takes_the_folder_lock_and_survives_a_cut_line(tiny_checkpoint, tmp_path):
+def test_evals_log_takes_its_lock_and_survives_a_cut_line(tiny_checkpoint, tmp_path):
     text = tmp_path / "a.txt"
     text.write_text(TEXT)
-    with lock_run_folder(tiny_checkpoint):  # as a training run in this folder holds it
-        holder = f"{tiny_checkpoint} is in use by process {os.getpid()} (gptkit train)"
-        assert_one_line_error(run(tiny_checkpoint, text, "--dtype", "float32"), holder)
+    with folder_lock(tiny_checkpoint, "gptkit eval", "wait", lock_file=EVALS_LOCK_FILE):  # another eval appending
+        holder = f"{tiny_checkpoint} is in use by process {os.getpid()} (gptkit eval)"
+        result = run(tiny_checkpoint, text, "--dtype", "float32")
+        assert result.exit_code == 0 and "warning: could not append the results to" in result.stderr
+        assert holder in result.stderr
     assert not (tiny_checkpoint / "evals.jsonl").exists()
+    with lock_run_folder(tiny_checkpoint):  # a training run in the folder: eval reads its checkpoint and appends
+        run_json(tiny_checkpoint, text, "--block-size", "32")
+    records, _ = read_records(tiny_checkpoint / "evals.jsonl")
+    assert len(records) == 1
+    (tiny_checkpoint / "evals.jsonl").unlink()
 
     (tiny_checkpoint / "evals.jsonl").write_text('{"date": "2026-11-25T15:')  # a line cut short by a crash
     record = run_json(tiny_checkpoint, text, "--block-size", "32")
     records, unreadable = read_records(tiny_checkpoint / "evals.jsonl")
     assert unreadable == 1 and len(records) == 1 and records[0]["lm"]["loss"] == record["lm"]["loss"]
-    assert not (tiny_checkpoint / ".lock").exists()
+    assert not (tiny_checkpoint / ".lock").exists() and not (tiny_checkpoint / ".evals.lock").exists()

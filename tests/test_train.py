@@ -21,7 +21,7 @@ from gptkit.checkpoint import load_checkpoint, load_tensors, read_metadata
 from gptkit.cli import app
 from gptkit.data import BatchLoader
 from gptkit.optim import learning_rate
-from gptkit.runfolder import STATE_TENSORS
+from gptkit.runfolder import STATE_JSON, STATE_TENSORS, newest_save
 from gptkit.train import Interrupted, TrainConfig, train
 
 
@@ -100,8 +100,8 @@ def test_interrupt_saves_and_resume_is_exact(text, tiny_checkpoint, tmp_path, mo
     assert losses(tmp_path / "split") == losses(tmp_path / "straight")  # every line parses, one per step
     straight, split = weights(tmp_path / "straight"), weights(tmp_path / "split")
     assert all(torch.equal(straight[name], split[name]) for name in straight)
-    straight_state = load_tensors(tmp_path / "straight" / STATE_TENSORS)
-    split_state = load_tensors(tmp_path / "split" / STATE_TENSORS)
+    straight_state = load_tensors(newest_save(tmp_path / "straight") / STATE_TENSORS)
+    split_state = load_tensors(newest_save(tmp_path / "split") / STATE_TENSORS)
     assert straight_state.keys() == split_state.keys()
     if options:  # Muon's momentum for the blocks' matrices, AdamW's moments for the rest
         assert "optimizer.transformer.h.0.mlp.c_fc.weight.momentum_buffer" in split_state
@@ -127,7 +127,7 @@ def test_a_second_ctrl_c_stops_at_once(text, tiny_checkpoint, tmp_path, monkeypa
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert code == 130 and errors == ["error: interrupted"] and "Traceback" not in output, output
     assert len(losses(out)) == 2  # stopped inside step 3, without finishing it
-    assert not (out / "training_state.json").exists() and not (out / ".lock").exists()
+    assert newest_save(out) is None and not (out / ".lock").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # train's own handler is gone
 
 
@@ -247,7 +247,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(text, tiny_checkpoint,
     assert child.returncode == 130, stderr
     assert "--resume" in stderr and "Traceback" not in stderr + stdout
     step = read_metadata(out)["step"]
-    assert step >= 1 and len(losses(out)) == step and (out / "training_state.json").is_file()
+    assert step >= 1 and len(losses(out)) == step and (newest_save(out) / STATE_JSON).is_file()
 
 
 # How far a weight of a two-process run may end from the one-process run's with the same global batch (fp32), for
@@ -561,21 +561,22 @@ def test_a_lock_left_by_a_killed_run_does_not_block_the_next(text, tmp_path):
 def test_damaged_run_files_are_clear_errors(text, tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
     run(text, tiny_checkpoint, out, steps=2)
-    state = (out / "training_state.json").read_text()
-    metadata = (out / "gptkit.json").read_text()
+    saved = newest_save(out)
+    state = (saved / "training_state.json").read_text()
+    metadata = (saved / "gptkit.json").read_text()
     damage = {
         "training_state.json": [state[: len(state) // 2], "\x00\xff garbage", "[1, 2]", json.dumps({"step": 2})],
         "gptkit.json": [metadata[:10], ""],
     }
     for name, contents in damage.items():
         for content in contents:
-            (out / name).write_bytes(content.encode("latin-1"))
+            (saved / name).write_bytes(content.encode("latin-1"))
             code, output = cli(text, "--resume", "--out", out, "--steps", "4", "--device", "cpu")
             errors = [line for line in output.splitlines() if line.startswith("error:")]
             assert code == 1 and len(errors) == 1 and "Traceback" not in output, output
-            assert f"{out / name} is damaged" in errors[0] and "--overwrite" in errors[0], errors[0]
-        (out / "training_state.json").write_text(state)
-        (out / "gptkit.json").write_text(metadata)
+            assert f"{saved / name} is damaged" in errors[0] and "--overwrite" in errors[0], errors[0]
+        (saved / "training_state.json").write_text(state)
+        (saved / "gptkit.json").write_text(metadata)
     code, output = cli(text, "--resume", "--out", out, "--steps", "3", "--device", "cpu")
     assert code == 0, output
 
