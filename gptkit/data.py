@@ -198,6 +198,54 @@ def load_tokens(path: str | Path, progress=None) -> tuple[np.ndarray, str]:
     return np.concatenate(shards) if len(shards) != 1 else np.array(shards[0]), source.digest
 
 
+class TokenSequence:
+    """Token arrays (memory-mapped shards, or views of them) read as one sequence without ever being concatenated:
+    len(), and a slice [begin:end] that copies only those tokens, across the arrays' boundaries. np.asarray() of it
+    copies them all (for small data and tests)."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = [p for p in parts if len(p)]
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])  # where each part begins; its end last
+        self.dtype = np.result_type(*self.parts) if self.parts else TOKEN_DTYPE
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            begin, end, step = key.indices(len(self))
+            if step != 1:
+                raise ValueError("a TokenSequence is sliced with a step of 1")
+            return self.read(begin, end)
+        index = int(key) + (len(self) if int(key) < 0 else 0)
+        if not 0 <= index < len(self):
+            raise IndexError(f"token {key} of {len(self)}")
+        return self.read(index, index + 1)[0]
+
+    def read(self, begin: int, end: int) -> np.ndarray:
+        """A copy of tokens begin to end (0 <= begin, end <= len)."""
+        out = np.empty(max(end - begin, 0), dtype=self.dtype)
+        part = int(np.searchsorted(self.starts, begin, side="right")) - 1
+        at = begin
+        while at < end:
+            offset = at - int(self.starts[part])
+            n = min(end - at, len(self.parts[part]) - offset)
+            out[at - begin : at - begin + n] = self.parts[part][offset : offset + n]
+            at, part = at + n, part + 1
+        return out
+
+    def head(self, n: int) -> "TokenSequence":
+        """The first n tokens, as views of the same arrays (nothing read)."""
+        return TokenSequence([p[: max(0, n - int(begin))] for p, begin in zip(self.parts, self.starts)])
+
+    def __array__(self, dtype=None, copy=None):
+        tokens = self.read(0, len(self))
+        return tokens if dtype is None else tokens.astype(dtype)
+
+    def tolist(self) -> list[int]:
+        return self.read(0, len(self)).tolist()
+
+
 def split_tokens(tokens: np.ndarray | list[np.ndarray], val_fraction: float = 0.1):
     """(train, validation) of tokens, cut where tokenfolder.val_start says: of an array, two arrays; of shards (arrays
     one after the other), two lists of shards (the shard the cut falls in split in two, no empty shard)."""

@@ -8,6 +8,8 @@ of Hugging Face's perplexity guide, applied to the (input, target) pairs. Either
 scored exactly once (the first is never a target). Bits per byte = total nats / ln 2 / UTF-8 bytes of the scored
 tokens, where <|endoftext|> (a separator the data loader adds between documents, not text) counts 0 bytes: for a
 whole file that is the file's bytes less those of its first token. It compares models with different tokenizers.
+The tokens are read a batch of windows at a time from the memory-mapped shards (a TokenSequence: the windows cross
+shard boundaries as over one array), so the memory does not grow with the text or the validation split.
 
 HellaSwag (Zellers et al., 2019) is sentence completion: a context and four endings, one right. Each ending is
 scored by the model's loss on the ending's tokens given the context, the four rows in one forward pass (as
@@ -32,7 +34,7 @@ from torch.nn import functional as F
 
 from gptkit import __version__
 from gptkit.checkpoint import load_checkpoint, quantization_of, read_config, read_metadata
-from gptkit.data import load_tokens, open_data, read_utf8
+from gptkit.data import TokenSequence, open_data, read_utf8
 from gptkit.errors import GptkitError
 from gptkit.files import data_hash
 from gptkit.int8 import quantize_int8
@@ -57,17 +59,17 @@ def token_byte_lengths() -> np.ndarray:
     return lengths
 
 
-def lm_windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
-    """(begin, end, n_scored) of each window: inputs tokens[begin:end], targets tokens[begin + 1:end + 1], of which
-    the last n_scored are scored (those no earlier window scored)."""
-    windows, scored_until = [], 0
+def lm_windows(n_tokens: int, block_size: int, stride: int):
+    """Yields (begin, end, n_scored) of each window in order: inputs tokens[begin:end], targets tokens[begin + 1:end
+    + 1], of which the last n_scored are scored (those no earlier window scored). Every window is block_size long but
+    the last, which may be shorter."""
+    scored_until = 0
     for begin in range(0, n_tokens - 1, stride):
         end = min(begin + block_size, n_tokens - 1)
-        windows.append((begin, end, end - scored_until))
+        yield begin, end, end - scored_until
         scored_until = end
         if end == n_tokens - 1:
             break
-    return windows
 
 
 @torch.no_grad()
@@ -103,7 +105,8 @@ def evaluate_lm(
     dtype: torch.dtype = torch.float32,
     progress=None,
 ) -> dict:
-    """Mean next-token loss (nats), perplexity and bits per byte of tokens under model.
+    """Mean next-token loss (nats), perplexity and bits per byte of tokens (an array, or a TokenSequence of
+    memory-mapped shards, read a batch of windows at a time) under model.
 
     block_size defaults to the model's context, stride to block_size; max_tokens caps the scored tokens.
     progress(scored, total) is called after each batch.
@@ -111,30 +114,44 @@ def evaluate_lm(
     block_size = model.config.block_size if block_size is None else block_size
     stride = block_size if stride is None else stride
     check_window(block_size, stride, model.config.block_size)
-    tokens = np.asarray(tokens)
-    if max_tokens is not None:
-        tokens = tokens[: max_tokens + 1]
-    if len(tokens) < 2:
-        raise GptkitError(f"the text is {len(tokens)} token(s) long: it needs at least 2 to score one")
-    windows = lm_windows(len(tokens), block_size, stride)
-    # Full windows go in batches; only the last window can be shorter, and it goes alone.
-    full = [w for w in windows if w[1] - w[0] == block_size]
-    groups = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
-    if len(full) < len(windows):
-        groups.append(windows[len(full) :])
+    if not isinstance(tokens, TokenSequence):
+        tokens = np.asarray(tokens)
+    n_tokens = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
+    if n_tokens < 2:
+        raise GptkitError(f"the text is {n_tokens} token(s) long: it needs at least 2 to score one")
+    byte_lengths = token_byte_lengths()
+    counts = {"windows": 0, "bytes": 0}
+
+    def batch(group):
+        rows = np.stack([tokens[begin : end + 1] for begin, end, _ in group]).astype(np.int64)
+        inputs, targets = rows[:, :-1], rows[:, 1:]
+        counts["windows"] += len(group)
+        counts["bytes"] += sum(int(byte_lengths[targets[row, -n:]].sum()) for row, (_, _, n) in enumerate(group))
+        return torch.from_numpy(inputs), torch.from_numpy(targets), [n for _, _, n in group]
 
     def batches():
-        for group in groups:
-            inputs = np.stack([tokens[begin:end] for begin, end, _ in group]).astype(np.int64)
-            targets = np.stack([tokens[begin + 1 : end + 1] for begin, end, _ in group]).astype(np.int64)
-            yield torch.from_numpy(inputs), torch.from_numpy(targets), [n for _, _, n in group]
+        # Full windows go in batches of batch_size; only the last window can be shorter, and it goes alone.
+        group = []
+        for window in lm_windows(n_tokens, block_size, stride):
+            if window[1] - window[0] < block_size:
+                if group:
+                    yield batch(group)
+                group = []
+                yield batch([window])
+                continue
+            group.append(window)
+            if len(group) == batch_size:
+                yield batch(group)
+                group = []
+        if group:
+            yield batch(group)
 
-    n_targets = len(tokens) - 1
+    n_targets = n_tokens - 1
     start = time.perf_counter()
     total_nats, scored = summed_loss(model, batches(), dtype, progress=progress and (lambda n: progress(n, n_targets)))
     seconds = time.perf_counter() - start
 
-    n_bytes = int(token_byte_lengths()[tokens[1:]].sum())
+    n_bytes = counts["bytes"]  # of the scored targets, tokens[1:n_tokens], each scored once
     loss = total_nats / scored
     return {
         "loss": loss,
@@ -142,24 +159,27 @@ def evaluate_lm(
         "bits_per_byte": total_nats / math.log(2) / n_bytes if n_bytes else None,
         "tokens": scored,
         "bytes": n_bytes,
-        "windows": len(windows),
+        "windows": counts["windows"],
         "seconds": seconds,
         "tokens_per_second": scored / seconds,
     }
 
 
-def read_tokens(path: Path, quiet: bool = False) -> tuple[np.ndarray, str]:
-    """load_tokens with a progress bar while a large text is tokenized for the first time."""
+def read_tokens(path: Path, quiet: bool = False) -> tuple[TokenSequence, str]:
+    """(all the tokens of TEXT, its digest): its token files (a prepared or foreign token folder, or the token cache
+    of a text, tokenized the first time with a progress bar), memory-mapped and read as one sequence."""
     progress = PrepareProgress(enabled=not quiet)
     try:
-        return load_tokens(path, progress)
+        source = open_data(path, progress)
     finally:
         progress.close()
+    return TokenSequence(source.shards + (source.val_shards or [])), source.digest
 
 
-def validation_split(ckpt: Path, quiet: bool = False, max_tokens: int | None = None) -> tuple[np.ndarray, dict]:
+def validation_split(ckpt: Path, quiet: bool = False, max_tokens: int | None = None) -> tuple[TokenSequence, dict]:
     """The validation tokens `gptkit train` held out (at most max_tokens + 1 of them), rebuilt from the data recorded
-    in the checkpoint's metadata: the tail of text or prepared data, or the val files of nanoGPT / build-nanogpt."""
+    in the checkpoint's metadata: the tail of text or prepared data, or the val files of nanoGPT / build-nanogpt. They
+    stay in their memory-mapped shards (a TokenSequence): nothing is read here."""
     data = read_metadata(ckpt).get("data")
     if not isinstance(data, dict) or "path" not in data:
         raise GptkitError(
@@ -192,12 +212,9 @@ def validation_split(ckpt: Path, quiet: bool = False, max_tokens: int | None = N
         progress.close()
     check(source.digest)
     _, val_shards = source.split(float(val_fraction or 0.0))
-    val, wanted = [], None if max_tokens is None else max_tokens + 1
-    for shard in val_shards:
-        val.append(np.asarray(shard[:wanted] if wanted is not None else shard))
-        if wanted is not None and (wanted := wanted - len(val[-1])) == 0:
-            break
-    val = np.concatenate(val) if val else np.zeros(0, dtype=np.uint16)
+    val = TokenSequence(val_shards)
+    if max_tokens is not None:
+        val = val.head(max_tokens + 1)
     if len(val) < 2:
         raise GptkitError(
             f"{ckpt} was trained with no validation split (val_fraction {val_fraction}): give a TEXT to evaluate on"

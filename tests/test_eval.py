@@ -12,9 +12,18 @@ from typer.testing import CliRunner
 
 from gptkit.checkpoint import read_metadata, save_checkpoint
 from gptkit.cli import app
-from gptkit.data import load_tokens, split_tokens
+from gptkit.data import TokenSequence, load_tokens, open_data, split_tokens
 from gptkit.errors import GptkitError
-from gptkit.eval import evaluate_hellaswag, evaluate_lm, hellaswag_rows, lm_windows, read_hellaswag, score_endings
+from gptkit.eval import (
+    evaluate_hellaswag,
+    evaluate_lm,
+    hellaswag_rows,
+    lm_windows,
+    read_hellaswag,
+    score_endings,
+    token_byte_lengths,
+    validation_split,
+)
 from gptkit.files import write_json
 from gptkit.model import GPT
 from gptkit.runfolder import lock_run_folder
@@ -86,7 +95,7 @@ def test_stride_one_gives_each_token_its_full_context(tiny_model):
 
 def test_windows_score_every_token_once():
     for n, block, stride in [(2, 8, 8), (100, 8, 8), (101, 8, 3), (9, 8, 1), (50, 64, 64)]:
-        windows = lm_windows(n, block, stride)
+        windows = list(lm_windows(n, block, stride))
         scored = [t for begin, end, k in windows for t in range(end - k + 1, end + 1)]
         assert scored == list(range(1, n))
         assert all(end - begin <= block and k <= end - begin for begin, end, k in windows)
@@ -130,10 +139,11 @@ def test_folder_input(tiny_checkpoint, tmp_path):
     assert lm["bytes"] == len(("Hello there." + TEXT).encode()) - len(b"Hello")
 
 
-def with_training_data(checkpoint, data_path, sha256, val_fraction=0.25):
+def with_training_data(checkpoint, data_path, sha256, val_fraction=0.25, format="text"):
     meta = read_metadata(checkpoint)
     meta["data"] = {
         "path": str(data_path),
+        "format": format,
         "sha256": sha256,
         "tokens": 0,
         "val_fraction": val_fraction,
@@ -158,6 +168,86 @@ def test_validation_split_from_metadata(tiny_model, tiny_checkpoint, tmp_path):
     data.unlink()
     gone = run(tiny_checkpoint)
     assert gone.exit_code == 1 and "no longer exists" in gone.output
+
+
+def test_token_sequence_reads_its_arrays_as_one():
+    parts = [random_tokens(n, seed=n) for n in (5, 0, 1, 7, 3)]
+    whole = np.concatenate(parts)
+    tokens = TokenSequence(parts)
+    assert len(tokens) == len(whole) == 16
+    for begin in range(len(whole) + 1):
+        for end in range(len(whole) + 2):
+            assert tokens[begin:end].tolist() == whole[begin:end].tolist()
+    assert tokens[-3:].tolist() == whole[-3:].tolist() and tokens[:].dtype == np.uint16
+    assert [tokens[i] for i in range(-16, 16)] == [whole[i] for i in range(-16, 16)]
+    with pytest.raises(IndexError):
+        tokens[16]
+    assert np.asarray(tokens).tolist() == tokens.tolist() == whole.tolist()
+    for n in (0, 1, 5, 6, 9, 16, 20):
+        assert tokens.head(n).tolist() == whole[:n].tolist()
+    assert len(TokenSequence([])) == 0 and TokenSequence([])[0:5].tolist() == []
+
+
+@pytest.fixture
+def token_folder(text, tmp_path):
+    """The Shakespeare excerpt (about 11k tokens) prepared into shards of 500 tokens, the last 25% for validation."""
+    from gptkit.prepare import prepare
+
+    return prepare(text, tmp_path / "tokens", val_fraction=0.25, shard_tokens=500).out
+
+
+class CountingReads(TokenSequence):
+    """A TokenSequence that records the length of each read."""
+
+    reads: list[int]
+
+    def read(self, begin, end):
+        self.reads.append(end - begin)
+        return super().read(begin, end)
+
+
+@pytest.mark.parametrize("block_size, stride, batch_size, max_tokens", [(64, 64, 4, None), (40, 24, 3, None),
+                                                                         (33, 33, 2, 700)])  # fmt: skip
+def test_shards_evaluate_as_their_concatenation(tiny_model, token_folder, block_size, stride, batch_size, max_tokens):
+    _, val_shards = open_data(token_folder).split(0.25)
+    assert len(val_shards) >= 5  # windows cross shard boundaries at many offsets
+    whole = np.concatenate(val_shards)
+    streamed = CountingReads(val_shards)
+    streamed.reads = []
+    settings = {"block_size": block_size, "stride": stride, "batch_size": batch_size, "max_tokens": max_tokens}
+    result, in_memory = evaluate_lm(tiny_model, streamed, **settings), evaluate_lm(tiny_model, whole, **settings)
+    for key in ("loss", "perplexity", "bits_per_byte", "tokens", "bytes", "windows"):
+        assert result[key] == in_memory[key], key
+    n_tokens = len(whole) if max_tokens is None else max_tokens + 1
+    assert result["tokens"] == n_tokens - 1
+    assert result["bytes"] == int(token_byte_lengths()[whole[1:n_tokens]].sum())
+    assert max(streamed.reads) == block_size + 1  # a window at a time, never the split
+    assert sum(streamed.reads) == sum(end + 1 - begin for begin, end, _ in lm_windows(n_tokens, block_size, stride))
+
+
+def test_eval_of_a_token_folder_streams_its_shards(tiny_model, tiny_checkpoint, token_folder):
+    source = open_data(token_folder)
+    with_training_data(tiny_checkpoint, token_folder, source.digest, format="gptkit")
+    val, evaluated = validation_split(tiny_checkpoint, quiet=True)
+    assert isinstance(val, TokenSequence) and all(isinstance(part, np.memmap) for part in val.parts)
+    assert val.tolist() == np.concatenate(source.split(0.25)[1]).tolist()
+    assert evaluated == {"validation_split_of": str(token_folder), "sha256": source.digest, "val_fraction": 0.25}
+    assert len(validation_split(tiny_checkpoint, quiet=True, max_tokens=600)[0]) == 601
+
+    options = ["--block-size", "40", "--stride", "24", "--batch-size", "3"]
+    lm = run_json(tiny_checkpoint, *options)["lm"]
+    expected = evaluate_lm(tiny_model, np.concatenate(source.split(0.25)[1]), 40, 24, 3)
+    for key in ("tokens", "bytes", "windows"):
+        assert lm[key] == expected[key], key
+    assert lm["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+    assert lm["bits_per_byte"] == pytest.approx(expected["bits_per_byte"], abs=1e-6)
+
+    # the folder as TEXT: all its shards, train and validation, one after the other
+    lm = run_json(tiny_checkpoint, token_folder, *options)["lm"]
+    expected = evaluate_lm(tiny_model, np.concatenate(source.shards), 40, 24, 3)
+    assert lm["tokens"] == expected["tokens"] == source.tokens - 1 and lm["bytes"] == expected["bytes"]
+    assert lm["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+    assert lm["evaluated"] == {"text": str(token_folder.resolve()), "sha256": source.digest}
 
 
 def test_hellaswag_scores_equal_direct_computation(tiny_model):
