@@ -42,6 +42,9 @@ def atomic_dir(path: Path, first: str | None = None):
     rename), or, where `path` exists, its files replace those of `path` one by one (the file named `first` before the
     others); else it is deleted. So an interrupted write leaves nothing half-written."""
     path = Path(path)
+    if is_temporary(path) and path.is_dir():  # a temporary folder already, made whole by an atomic_dir of its own
+        yield path
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
@@ -94,6 +97,8 @@ def remove(path: Path):
 def link_or_copy(source: Path, path: Path):
     """Make path hold source's content in one step (atomic_path): a hard link where the filesystem has them, else a
     copy."""
+    if path.exists() and os.path.samefile(source, path):  # a rename onto another link of the same file does nothing
+        return
     with atomic_path(path) as tmp:
         tmp.unlink()
         try:

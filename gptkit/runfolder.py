@@ -147,8 +147,7 @@ def save_run(
     weights = [*model.parameters(), *([] if extra_positions is None else [extra_positions])]
     needed = SPACE_MARGIN + sum(t.numel() * t.element_size() for t in [*weights, *tensors.values()])
     try:
-        free = shutil.disk_usage(out).free
-        if free < needed:
+        if shutil.disk_usage(out).free < needed:
             raise OSError(errno.ENOSPC, "No space left on device")
         if folder.exists():  # left by a run that stopped before its next save; never the newest
             remove(folder)
@@ -156,14 +155,30 @@ def save_run(
             save_checkpoint(model, tmp, metadata, extra_positions)
             save_tensors(tmp / STATE_TENSORS, tensors, {"step": str(step)})
             write_json(tmp / STATE_JSON, state)
-        publish(folder, out)
-        for _, older in save_folders(out)[:-1]:
-            remove(older)
-        if previous == out:  # a run saved before save folders: its state files are in the save now
-            for name in (STATE_TENSORS, STATE_JSON):
-                remove(out / name)
     except OSError as e:
-        raise GptkitError(save_failure(out, step, previous, needed, e)) from None
+        if not folder.is_dir():
+            raise GptkitError(save_failure(out, step, previous, needed, e)) from None
+        saved_but(folder, e)  # the folder was renamed into place: the save is whole
+    try:
+        publish(folder, out)
+    except OSError as e:
+        saved_but(folder, e)
+    stale = [older for _, older in save_folders(out)[:-1]]
+    if previous == out:  # a run saved before save folders: its state files are in the save now
+        stale += [out / STATE_TENSORS, out / STATE_JSON]
+    try:
+        for path in stale:
+            remove(path)
+    except OSError as e:  # the new save is whole: the next save removes what is left
+        print(f"warning: could not remove the older save {path}: {e.strerror or e}", file=sys.stderr)
+
+
+def saved_but(folder: Path, e: OSError):
+    where = f" ({e.filename})" if e.filename else ""
+    raise GptkitError(
+        f"saved step {folder.name.removeprefix('step-').lstrip('0') or 0} to {folder}, but what followed failed: "
+        f"{e.strerror or e}{where} (--resume goes on from that save)"
+    ) from None
 
 
 def save_failure(out: Path, step: int, previous: Path | None, needed: int, e: OSError) -> str:
@@ -192,16 +207,24 @@ def load_run_state(out: Path) -> tuple[dict, Path]:
     """(training state, the folder of the save it is in) of the newest save in out, checked to be complete and
     consistent."""
     folder = newest_save(out)
-    if folder is None or not (folder / STATE_TENSORS).is_file() or not is_checkpoint(folder):
+    if folder is None:
         raise GptkitError(f"{out} holds no training state to resume: start a new run without --resume")
     remedy = (
         f"the run cannot be resumed exactly: start it over with --overwrite, or train on from its checkpoint as a new "
         f"run (--model {out} --out ANOTHER_FOLDER)"
     )
+    if missing := [
+        name for name in (STATE_JSON, STATE_TENSORS, WEIGHTS_FILE, CONFIG_FILE) if not (folder / name).is_file()
+    ]:
+        raise GptkitError(f"{folder} is damaged (it lacks {', '.join(missing)}): {remedy}")
     state = read_json(folder / STATE_JSON, remedy)
     if missing := [key for key in STATE_KEYS if key not in state]:
         raise GptkitError(f"{folder / STATE_JSON} is damaged (it lacks {', '.join(missing)}): {remedy}")
-    tensors_step = read_safetensors_header(folder / STATE_TENSORS).get("__metadata__", {}).get("step")
+    try:
+        tensors_step = read_safetensors_header(folder / STATE_TENSORS).get("__metadata__", {}).get("step")
+        read_safetensors_header(folder / WEIGHTS_FILE)  # whole, as its header says
+    except GptkitError as e:
+        raise GptkitError(f"{e}: {remedy}") from None
     metadata = read_json(folder / METADATA_FILE, remedy) if (folder / METADATA_FILE).is_file() else {}
     if str(state["step"]) != tensors_step or metadata.get("step") != state["step"]:
         raise GptkitError(
@@ -219,5 +242,8 @@ def trim_metrics(out: Path, step: int):
     records, unreadable = read_metrics(path)
     if unreadable:
         print(f"warning: dropped {unreadable} unreadable line(s) of {path} (cut short by a crash?)", file=sys.stderr)
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records if r["step"] <= step))
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in records if r["step"] <= step))
+    except OSError as e:
+        raise GptkitError(f"cannot write to {out}: {e.strerror or e}") from None

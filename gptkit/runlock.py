@@ -117,9 +117,11 @@ def release(fd: int, path: Path):
         except OSError:
             pass
         return
-    if is_same_file(fd, path):
-        path.unlink(missing_ok=True)  # while still locked, so that no one locks the file being removed
-    os.close(fd)  # lets go of the lock
+    try:
+        if is_same_file(fd, path):
+            path.unlink(missing_ok=True)  # while still locked, so that no one locks the file being removed
+    finally:
+        os.close(fd)  # lets go of the lock
 
 
 def check_not_held(folder: Path, hint: str, wait_s: float = 0.0):
