@@ -359,6 +359,15 @@ def train(
             "--compile/--no-compile", help="torch.compile the model.", show_default=False, rich_help_panel=HARDWARE
         ),
     ] = None,
+    activation_checkpointing: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--activation-checkpointing/--no-activation-checkpointing",
+            help="Recompute each block's activations in the backward pass: less memory, about a third more compute.",
+            show_default=False,
+            rich_help_panel=HARDWARE,
+        ),
+    ] = None,
     tensorboard: Annotated[
         Optional[bool],
         typer.Option(

@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from gptkit.config import GPTConfig
 
@@ -194,6 +195,7 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying, as GPT-2
+        self.activation_checkpointing = False  # training: recompute each block's activations in the backward
         if not on_meta_device():
             self.apply(self._init_weights)
 
@@ -245,8 +247,10 @@ class GPT(nn.Module):
                 )
             positions = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
+        recompute = self.activation_checkpointing and pos is None and torch.is_grad_enabled()
         for block in self.transformer.h:
-            x = block(x, pos)
+            # the recomputation replays the RNG states of the first pass: dropout masks are the same, and so is the step
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x, pos)
         x = self.transformer.ln_f(x)
         if targets is not None:
             return None, self.loss(x, targets)

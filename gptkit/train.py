@@ -90,10 +90,11 @@ def flops_per_token(model: GPT, block_size: int) -> float:
 
 def step_memory_floor(model: GPT, batch_size: int, block_size: int, dtype: torch.dtype) -> int:
     """A lower bound on the bytes a training step adds to the loaded model: gradients and AdamW's two moments (fp32),
-    the logits, and the activations each block keeps for backward (at least a dozen (tokens, n_embd) tensors)."""
+    the logits, and the activations each block keeps for backward (at least a dozen (tokens, n_embd) tensors; its
+    input alone under activation checkpointing)."""
     tokens, itemsize = batch_size * block_size, torch.finfo(dtype).bits // 8
-    c = model.config
-    return 12 * model.num_params() + tokens * itemsize * (c.vocab_size + 12 * c.n_layer * c.n_embd)
+    c, kept = model.config, 1 if model.activation_checkpointing else 12
+    return 12 * model.num_params() + tokens * itemsize * (c.vocab_size + kept * c.n_layer * c.n_embd)
 
 
 def out_of_memory_error(cfg: TrainConfig, detail: str = "") -> GptkitError:
@@ -326,6 +327,7 @@ def build_run(
     else:
         (model, extra_positions), model_label = load_for_training(saved, cfg), state["model"]
     model.to(procs.device).train()
+    model.activation_checkpointing = cfg.activation_checkpointing
     check_step_fits(model, cfg, dtype, procs)
     optimizer = make_optimizer(model, cfg, procs.device)
     data_info = {

@@ -65,6 +65,7 @@ class TrainConfig:
     dtype: str | None = None  # auto, float32, bfloat16; default auto
     device: str | None = None  # auto, cpu, cuda, cuda:N, mps; default auto
     compile: bool | None = None
+    activation_checkpointing: bool | None = None  # recompute each block's activations in the backward; default off
     seed: int | None = None  # default 1337
     tensorboard: bool | None = None  # TensorBoard event files in RUN/tensorboard; default off
     wandb: str | None = None  # Weights & Biases project to log to; default none
@@ -88,6 +89,7 @@ CHANGEABLE_ON_RESUME = {
     "save_every",
     "device",
     "compile",
+    "activation_checkpointing",
     "out",
     "tensorboard",
     "wandb",
@@ -256,6 +258,7 @@ def resolve(cfg: TrainConfig, device: torch.device, base: GPTConfig, fine_tuning
     c.val_fraction = 0.1 if c.val_fraction is None else c.val_fraction
     c.dtype = str(pick_dtype(c.dtype or "auto", device)).removeprefix("torch.")
     c.compile = bool(c.compile)
+    c.activation_checkpointing = bool(c.activation_checkpointing)
     c.seed = 1337 if c.seed is None else c.seed
     c.tensorboard = bool(c.tensorboard)
     c.device = str(device)

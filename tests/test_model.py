@@ -132,3 +132,34 @@ def test_context_limit_and_crop(tiny_model, tiny_config):
 def test_config_validation():
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(n_embd=100, n_head=3)
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients_with_dropout(tiny_config):
+    """The backward recomputes each block's forward with the RNG states of the first pass: the same dropout masks,
+    the same operations, so bit-identical gradients; and the model keeps only each block's input for the backward."""
+    config = GPTConfig(**{**tiny_config.__dict__, "dropout": 0.1})
+    torch.manual_seed(0)
+    model = GPT(config).train()
+    idx = torch.randint(0, config.vocab_size, (2, 32))
+    results = []
+    for recompute in (False, True):
+        model.activation_checkpointing = recompute
+        model.zero_grad()
+        torch.manual_seed(1)
+        _, loss = model(idx, idx)
+        loss.backward()
+        results.append((loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}))
+    (plain_loss, plain), (recomputed_loss, recomputed) = results
+    assert torch.equal(plain_loss, recomputed_loss)
+    assert all(torch.equal(plain[name], recomputed[name]) for name in plain)
+
+    def kept_for_backward() -> int:
+        """The elements of the activations autograd keeps for the backward of the logits (the weights aside)."""
+        weights, kept = {p.data_ptr() for p in model.parameters()}, []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+            model(idx)
+        return sum(t.numel() for t in kept if t.data_ptr() not in weights)
+
+    checkpointed = kept_for_backward()
+    model.activation_checkpointing = False
+    assert checkpointed < kept_for_backward() / 4

@@ -855,3 +855,12 @@ def test_hellaswag_in_training(text, tiny_checkpoint, hellaswag_file, tmp_path):
     expected = evaluate_hellaswag(load_checkpoint(out), HELLASWAG[:3])["acc_norm"]
     assert scored[4] == expected == summary["hellaswag_acc_norm"] == read_metadata(out)["hellaswag_acc_norm"]
     assert f"hellaswag {expected:.3f}" in console.getvalue()
+
+
+def test_activation_checkpointing_trains_the_same_weights_and_may_change_on_resume(text, tiny_checkpoint, tmp_path):
+    flat = dict(dropout=0.1, min_lr=1e-3, warmup_steps=0)  # a flat schedule: 2 steps then 1 more train as 3
+    run(text, tiny_checkpoint, tmp_path / "plain", steps=3, **flat)
+    run(text, tiny_checkpoint, tmp_path / "recomputed", steps=2, activation_checkpointing=True, **flat)
+    run(text, None, tmp_path / "recomputed", steps=3, resume=True, activation_checkpointing=False)
+    plain, recomputed = weights(tmp_path / "plain"), weights(tmp_path / "recomputed")
+    assert all(torch.equal(plain[name], recomputed[name]) for name in plain)
