@@ -1,7 +1,8 @@
 """`gptkit download`: GPT-2 weights from the Hugging Face hub, as a gptkit checkpoint directory.
 
 Only config.json and the weights are fetched (model.safetensors, else pytorch_model.bin, converted), never the other
-formats the repos carry. config.json goes through the hub's cache, which also resolves the revision to a commit and
+formats the repos carry; the tokenizer files that transformers loads are written from GPT-2's, which gptkit ships
+(tokenizer_files.py). config.json goes through the hub's cache, which also resolves the revision to a commit and
 works offline. Weights already in that cache are linked from it; otherwise they are fetched with huggingface_hub's
 http_get into a hidden `.incomplete` file in the output directory that a later run resumes (hf_hub_download deletes
 its partial files on failure, so it cannot resume). The checkpoint's model.safetensors appears, by a rename, only
@@ -45,6 +46,7 @@ from gptkit.errors import GptkitError
 from gptkit.files import data_hash, read_json, write_json
 from gptkit.progress import progress_bar
 from gptkit.runlock import DOWNLOAD_FOLDER_IN_USE, folder_lock
+from gptkit.tokenizer_files import TOKENIZER_FILES, write_tokenizer_files
 from gptkit.units import human_bytes
 
 KNOWN_MODELS = {
@@ -203,6 +205,8 @@ def download_into(repo_id: str, out: Path, revision: str | None, force: bool) ->
     source = read_metadata(out).get("source", {}) if out.is_dir() else {}
     same = source.get("repo") == repo_id and wanted in (source.get("revision"), source.get("commit"))
     if same and is_checkpoint(out) and not force:
+        if not all((out / name).is_file() for name in TOKENIZER_FILES):  # a download made before they were written
+            write_tokenizer_files(out)
         console.print(
             f"{out} already holds {repo_id} ({wanted}, commit {source['commit'][:12]}): nothing to download "
             "(--force downloads it again)"
@@ -257,6 +261,7 @@ def download_into(repo_id: str, out: Path, revision: str | None, force: bool) ->
         os.replace(weights, out / WEIGHTS_FILE)
     if fetched_bin:
         fetched_bin.unlink()
+    write_tokenizer_files(out)
     write_json(
         out / METADATA_FILE,
         {

@@ -62,6 +62,34 @@ def tiny_model(tiny_config) -> GPT:
 
 
 @pytest.fixture
+def offline_hub(monkeypatch):
+    """No request to the Hugging Face hub. huggingface_hub reads HF_HUB_OFFLINE once, when first imported, so its
+    constant is set too, and put back afterwards (a test of downloads later in the same process needs it off)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def lively(config: GPTConfig) -> GPT:
+    """A model of config whose weight matrices are drawn wider than at initialization, so that its greedy text
+    changes with the context (a fresh model's near-uniform logits repeat one token): comparing greedy text then
+    compares models."""
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2:
+                param.normal_(0, 1.0 if name == "transformer.wte.weight" else 0.3)
+    return model
+
+
+@pytest.fixture
+def lively_model(tiny_config) -> GPT:
+    return lively(tiny_config)
+
+
+@pytest.fixture
 def tiny_checkpoint(tmp_path, tiny_model):
     """A saved gptkit checkpoint directory of tiny_model."""
     return save_checkpoint(tiny_model, tmp_path / "tiny", {"note": "test fixture"})

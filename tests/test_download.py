@@ -20,6 +20,7 @@ from gptkit import hub
 from gptkit.checkpoint import is_checkpoint, load_checkpoint, read_config, read_metadata
 from gptkit.errors import GptkitError
 from gptkit.inspect import inspect_checkpoint
+from gptkit.tokenizer_files import TOKENIZER_FILES, file_bytes
 from tests.hub_server import RESET, STALL, HubServer
 
 NEEDED = {"config.json", "model.safetensors"}
@@ -105,6 +106,7 @@ def test_download_fetches_only_config_and_weights(server, repo_files, tmp_path):
     assert is_checkpoint(out)
     fetched = server.fetched()
     assert set(fetched) == NEEDED  # no decoy, no pytorch_model.bin, no tokenizer files
+    assert all((out / name).read_bytes() == data for name, data in file_bytes().items())  # gptkit's own
     assert sum(fetched.values()) == needed_bytes(repo_files)
     assert (out / "model.safetensors").read_bytes() == (repo_files["gpt2"] / "model.safetensors").read_bytes()
     assert not list(out.glob(".*"))  # no partial files left
@@ -144,6 +146,16 @@ def test_rerun_is_a_noop(server, tmp_path, capsys):
     hub.download("gpt2", out)
     assert server.log == []  # not even a HEAD request
     assert "nothing to download" in capsys.readouterr().err
+
+
+def test_rerun_writes_the_tokenizer_files_a_download_lacks(server, tmp_path):
+    out = hub.download("gpt2", tmp_path / "gpt2")
+    for name in TOKENIZER_FILES[::2]:  # as a download made before they were written
+        (out / name).unlink()
+    server.reset()
+    hub.download("gpt2", out)
+    assert server.log == []
+    assert all((out / name).is_file() for name in TOKENIZER_FILES)
 
 
 def test_resume_after_dropped_connection_within_one_run(server, repo_files, tmp_path):
