@@ -557,6 +557,38 @@ def quantize(
     quantize_checkpoint(ckpt, out, overwrite)
 
 
+# --- export ----------------------------------------------------------------------------------------------------------
+
+
+@command
+def export(
+    ckpt: Annotated[Path, typer.Argument(help="A checkpoint directory or .safetensors file (float or int8).")],
+    format: Annotated[
+        str,
+        typer.Option("--format", help="The file format: gguf (llama.cpp, Ollama, LM Studio; needs gptkit\\[gguf])."),
+    ],
+    type: Annotated[
+        str,
+        typer.Option(
+            "--type", help="The weight matrices' type: f32, f16, bf16 or q8_0 (biases, norms, positions stay f32)."
+        ),
+    ] = "f16",
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="The file to write. \\[default: <name>-<type>.gguf beside CKPT]"),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
+):
+    """Write CKPT as a GGUF file, for llama.cpp, Ollama and LM Studio."""
+    arguments = dict(locals())  # the options, before any other name is bound here
+    from gptkit.options import ExportOptions
+
+    options = options_from(ExportOptions, arguments)
+    from gptkit.export import export as run_export
+
+    run_export(options)
+
+
 # --- plot ------------------------------------------------------------------------------------------------------------
 
 

@@ -7,12 +7,14 @@ device or the model (does CUDA exist, is --block-size within the model's context
 known. train's options and checks are in train_config.py.
 """
 
+import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptkit.checkpoint import quantization_of, read_config, read_metadata, resolve
+from gptkit.checkpoint import checkpoint_files, quantization_of, read_config, read_metadata, resolve
 from gptkit.errors import GptkitError
+from gptkit.tokenizer import VOCAB_SIZE
 
 # --dtype names and what they stand for (runtime.DTYPES maps them to torch dtypes).
 DTYPE_NAMES = {
@@ -26,6 +28,8 @@ DTYPE_NAMES = {
 DEVICE_NAME = re.compile(r"auto|cpu|(cuda|mps)(:\d+)?")
 QUANTIZATIONS = ("int8",)
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+EXPORT_FORMATS = ("gguf",)
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")  # export's --type: llama.cpp's names of the weight matrices' types
 
 
 def fail_if(failed: bool, message: str):
@@ -217,3 +221,56 @@ class EvalOptions:
         if self.hellaswag is not None:
             check_hellaswag_file(self.hellaswag)
         check_window(self.block_size, self.stride, read_config(self.ckpt).block_size)  # the model's context
+
+
+def default_export_out(ckpt: Path, type: str) -> Path:
+    """`gptkit export`'s default output: `<name>-<type>.gguf` beside the checkpoint folder (or .safetensors file)."""
+    path = Path(ckpt)
+    path = path.resolve() if path.name in ("", ".", "..") else path
+    return path.parent / f"{path.stem if path.is_file() else path.name}-{type}.gguf"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """`gptkit export`'s options, checked when made (no torch needed): the gguf package is there, the checkpoint is
+    one llama.cpp can run (GPT-2's vocabulary, padded or not), --out is a file that may be written."""
+
+    ckpt: Path
+    """A checkpoint directory or .safetensors file, float or int8."""
+    format: str
+    """The file format: gguf."""
+    type: str = "f16"
+    """The weight matrices' type in the file (GGUF_TYPES); biases, layer norms and positions stay f32."""
+    out: Path | None = None
+    """The file to write; None: default_export_out."""
+    overwrite: bool = False
+    """Replace --out if it exists."""
+
+    def __post_init__(self):
+        fail_if(self.format not in EXPORT_FORMATS, f"unknown --format '{self.format}': use --format gguf")
+        fail_if(self.type not in GGUF_TYPES, f"unknown --type '{self.type}': use {', '.join(GGUF_TYPES)}")
+        fail_if(
+            importlib.util.find_spec("gguf") is None,
+            "gptkit export --format gguf needs the gguf package: pip install 'gptkit[gguf]' "
+            "(from a clone: uv sync --extra gguf)",
+        )
+        resolve(self.ckpt)
+        vocab_size = read_config(self.ckpt).vocab_size
+        fail_if(
+            vocab_size < VOCAB_SIZE,
+            f"{self.ckpt} has a vocabulary of {vocab_size} tokens, fewer than GPT-2's {VOCAB_SIZE}: the GGUF file "
+            "carries GPT-2's tokenizer, which this model does not fit",
+        )
+        out = self.out_path
+        fail_if(out.is_dir(), f"--out {out} is a folder: give the .gguf file to write")
+        fail_if(
+            any(out.resolve() == f.resolve() for f in checkpoint_files(self.ckpt)),
+            f"--out {out} is a file of the checkpoint being exported: give another file",
+        )
+        fail_if(
+            out.exists() and not self.overwrite, f"{out} exists: add --overwrite to replace it, or give another --out"
+        )
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out) if self.out is not None else default_export_out(self.ckpt, self.type)

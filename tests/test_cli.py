@@ -116,6 +116,22 @@ BAD_OPTIONS = [
     (["quantize", "{root}/ckpt", "--out", "{root}/text.txt"], "{root}/text.txt is a file: give a folder"),
     (["quantize", "{root}/ckpt", "--out", "{root}"], "{root} exists: add --overwrite"),
     (["inspect", "{root}/nowhere"], "checkpoint {root}/nowhere does not exist"),
+    (["export", "{root}/ckpt", "--format", "onnx"], "unknown --format 'onnx': use --format gguf"),
+    (
+        ["export", "{root}/ckpt", "--format", "gguf", "--type", "q4_0"],
+        "unknown --type 'q4_0': use f32, f16, bf16, q8_0",
+    ),
+    (["export", "{root}/nowhere", "--format", "gguf"], "checkpoint {root}/nowhere does not exist"),
+    (["export", "{root}/folder", "--format", "gguf"], "is not a checkpoint"),
+    (["export", "{root}/ckpt", "--format", "gguf", "--out", "{root}/folder"], "--out {root}/folder is a folder"),
+    (
+        ["export", "{root}/ckpt", "--format", "gguf", "--out", "{root}/text.txt"],
+        "{root}/text.txt exists: add --overwrite",
+    ),
+    (
+        ["export", "{root}/ckpt", "--format", "gguf", "--out", "{root}/ckpt/model.safetensors", "--overwrite"],
+        "is a file of the checkpoint being exported",
+    ),
 ]
 
 
