@@ -15,6 +15,7 @@ exported too, and compared with gptkit's int8 model.
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -114,7 +115,14 @@ def main():
     parser.add_argument("--ckpt", type=Path, help="a float checkpoint (default: checkpoints/gpt2, else random GPT-2)")
     parser.add_argument("--tokens", type=int, default=32, help="greedy tokens per prompt")
     args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="gptkit-gguf-"))  # the checkpoints and files: 2 GB for GPT-2 124M
+    try:
+        check(args, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
+
+def check(args, folder: Path):
     from importlib.metadata import version
 
     from gptkit.checkpoint import load_checkpoint, save_checkpoint
@@ -124,7 +132,6 @@ def main():
     from gptkit.options import ExportOptions
     from gptkit.tokenizer import encode
 
-    folder = Path(tempfile.mkdtemp(prefix="gptkit-gguf-"))
     ckpt = args.ckpt or (Path("checkpoints/gpt2") if Path("checkpoints/gpt2/model.safetensors").is_file() else None)
     if ckpt is None:
         ckpt, what = save_checkpoint(lively_gpt2(), folder / "gpt2-random"), "GPT-2 124M shape, random weights"
