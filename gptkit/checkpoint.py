@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gptkit import __version__
-from gptkit.config import GPTConfig
+from gptkit.config import LORA_TARGETS, GPTConfig, LoraSettings
 from gptkit.errors import GptkitError
 from gptkit.files import atomic_dir, atomic_path, read_json, write_json
 from gptkit.tokenizer import EOT_TOKEN, VOCAB_SIZE
+from gptkit.tokenizer_files import write_tokenizer_files
 
 if TYPE_CHECKING:
     import torch
@@ -42,6 +43,10 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "gptkit.json"
+# A LoRA run's adapters, as PEFT's save_pretrained writes them for GPT-2 (see save_adapters).
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
 
 # Hugging Face's GPT-2 uses Conv1D layers, whose weights are the transpose of nn.Linear's.
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -166,10 +171,16 @@ def read_safetensors_header_at(path: Path, file=None) -> tuple[dict, int]:
 
 
 def resolve(path: str | Path) -> tuple[Path, Path | None]:
-    """(weights file, config file or None) for a checkpoint directory or a bare .safetensors file."""
+    """(weights file, config file or None) for a checkpoint directory or a bare .safetensors file; for a folder of
+    LoRA adapters, those of the base checkpoint they name."""
     path = Path(path)
     if path.is_dir():
         weights = path / WEIGHTS_FILE
+        if not weights.is_file() and (path / ADAPTER_CONFIG_FILE).is_file():  # LoRA adapters: their base's files
+            base = Path(lora_settings(path)[1])
+            if (base / ADAPTER_CONFIG_FILE).is_file() and not (base / WEIGHTS_FILE).is_file():
+                raise GptkitError(f"{path}: the base of LoRA adapters must be a checkpoint, not more adapters ({base})")
+            return resolve(base)
         if not weights.is_file():
             if (path / "pytorch_model.bin").is_file():
                 raise GptkitError(
@@ -433,14 +444,18 @@ def save_checkpoint(
         save_tensors(folder / WEIGHTS_FILE, tensors, {"gptkit_config": json.dumps(config), **step})
         write_json(folder / CONFIG_FILE, config)
         write_json(folder / METADATA_FILE, info)
+        write_tokenizer_files(folder)  # for transformers' AutoTokenizer and pipeline
     return out_dir
 
 
-def load_checkpoint(path: str | Path, device="cpu", dtype=None, metadata: dict | None = None) -> GPT:
+def load_checkpoint(
+    path: str | Path, device="cpu", dtype=None, metadata: dict | None = None, merge_adapters: bool = True
+) -> GPT:
     """A GPT (eval mode) from a checkpoint directory or a bare .safetensors file; dtype defaults to float32. An int8
     checkpoint's Linears (and output head) become Int8Linear, from the stored int8 weights and scales; dtype is then
     that of the activations, the scales and the float tensors. metadata: filled with the weights file's metadata
-    (its "step" where gptkit train saved it)."""
+    (its "step" where gptkit train saved it). A folder of LoRA adapters gives its base with the adapters, merged
+    into the weights (or, without merge_adapters, as trainable LoRA layers beside the frozen weights)."""
     import torch
 
     from gptkit.int8 import Int8Linear, replace_linears
@@ -465,6 +480,21 @@ def load_checkpoint(path: str | Path, device="cpu", dtype=None, metadata: dict |
     model.load_state_dict(state, assign=True)
     if not int8:
         model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied parameter
+    if (
+        Path(path).is_dir()
+        and not (Path(path) / WEIGHTS_FILE).is_file()
+        and (Path(path) / ADAPTER_CONFIG_FILE).is_file()
+    ):
+        from gptkit.lora import add_lora, merge_lora
+
+        if int8:
+            raise GptkitError(
+                f"{path}: LoRA adapters on an int8 base are not supported: train them on a float checkpoint"
+            )
+        add_lora(model, lora_settings(path)[0])
+        load_adapters(model, path)
+        if merge_adapters:
+            merge_lora(model)
     return model.eval()
 
 
@@ -475,3 +505,80 @@ def read_metadata(path: str | Path) -> dict:
     meta = folder / METADATA_FILE
     remedy = "it only records how the checkpoint was made: restore it, or delete it to use the weights without it"
     return read_json(meta, remedy) if meta.is_file() else {}
+
+
+# --- LoRA adapters (PEFT's format) -----------------------------------------------------------------------------------
+
+
+def lora_settings(folder: Path) -> tuple[LoraSettings, str]:
+    """(the LoRA settings, the base checkpoint) of a folder of adapters, from its adapter_config.json."""
+    path = Path(folder) / ADAPTER_CONFIG_FILE
+    config = read_json(path, "restore it, or train the adapters again")
+    by_module = {module: target for target, modules in LORA_TARGETS.items() for module in modules}
+    modules = config.get("target_modules") or []
+    targets = tuple(dict.fromkeys(by_module.get(m, by_module.get(f"attn.{m}")) for m in modules))
+    if config.get("peft_type") != "LORA" or not modules or None in targets or not config.get("fan_in_fan_out"):
+        raise GptkitError(f"{path}: not LoRA adapters of GPT-2's layers that gptkit reads")
+    if not config.get("base_model_name_or_path"):
+        raise GptkitError(f"{path} names no base model (base_model_name_or_path)")
+    rank = int(config["r"])
+    alpha, dropout = float(config.get("lora_alpha", rank)), float(config.get("lora_dropout") or 0.0)
+    return LoraSettings(rank, alpha, dropout, targets), config["base_model_name_or_path"]
+
+
+def save_adapters(model: GPT, folder: Path, settings: LoraSettings, base: str, metadata: dict | None = None):
+    """A LoRA model's adapters as PEFT's save_pretrained writes them for GPT-2 (adapter_config.json,
+    adapter_model.safetensors), and gptkit.json with metadata, in one step (atomic_dir)."""
+    import torch
+
+    from gptkit.lora import lora_layers
+
+    tensors = {}
+    for name, layer in lora_layers(model).items():
+        tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = layer.lora_A
+        tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = layer.lora_B
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "r": settings.rank,
+        "lora_alpha": settings.alpha,
+        "lora_dropout": settings.dropout,
+        "target_modules": settings.modules,
+        "fan_in_fan_out": True,  # GPT-2's Conv1D layers store (in, out)
+        "bias": "none",
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "modules_to_save": None,
+    }
+    info = {"gptkit_version": __version__, "torch_version": torch.__version__, **(metadata or {})}
+    step = {"step": str(metadata["step"])} if metadata and "step" in metadata else {}
+    with atomic_dir(folder) as tmp:
+        save_tensors(tmp / ADAPTER_WEIGHTS_FILE, tensors, step)
+        write_json(tmp / ADAPTER_CONFIG_FILE, config)
+        write_json(tmp / METADATA_FILE, info)
+        write_tokenizer_files(tmp)
+
+
+def load_adapters(model: GPT, folder: Path):
+    """Set the adapters of a model add_lora prepared from folder's adapter_model.safetensors."""
+    import torch
+
+    from gptkit.lora import lora_layers
+
+    path = Path(folder) / ADAPTER_WEIGHTS_FILE
+    tensors = load_tensors(path)
+    layers = lora_layers(model)
+    expected = {f"{PEFT_PREFIX}{name}.lora_{ab}.weight" for name in layers for ab in "AB"}
+    if missing := sorted(expected - tensors.keys()):
+        raise GptkitError(f"{path} lacks {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    with torch.no_grad():
+        for name, layer in layers.items():
+            for ab, param in (("A", layer.lora_A), ("B", layer.lora_B)):
+                tensor = tensors[f"{PEFT_PREFIX}{name}.lora_{ab}.weight"]
+                if tensor.shape != param.shape:
+                    raise GptkitError(
+                        f"{path}: {name}.lora_{ab} has shape {tuple(tensor.shape)}, not {tuple(param.shape)}: "
+                        "the adapters do not fit their base model"
+                    )
+                param.copy_(tensor)

@@ -33,6 +33,7 @@ SCHEDULE = "Schedule"
 EVALUATION_AND_SAVING = "Evaluation and saving"
 HARDWARE = "Hardware"
 LOGGING = "Logging"
+LORA = "LoRA"
 SAMPLING = "Sampling"
 SPEED = "Speed"
 SCORING = "Scoring"
@@ -368,6 +369,28 @@ def train(
             rich_help_panel=HARDWARE,
         ),
     ] = None,
+    lora_rank: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Train LoRA adapters of this rank on the frozen checkpoint --model (PEFT's format). \\[default: off]",
+            rich_help_panel=LORA,
+        ),
+    ] = None,
+    lora_alpha: Annotated[
+        Optional[float],
+        typer.Option(help="The adapters' scale: alpha / rank. \\[default: 2 x rank]", rich_help_panel=LORA),
+    ] = None,
+    lora_dropout: Annotated[
+        Optional[float], typer.Option(help="Dropout on the adapters' input. \\[default: 0]", rich_help_panel=LORA)
+    ] = None,
+    lora_targets: Annotated[
+        Optional[str],
+        typer.Option(
+            help="The layers of each block that get adapters, comma-separated: attn (c_attn), proj (attn.c_proj), "
+            "mlp (c_fc, c_proj). \\[default: attn]",
+            rich_help_panel=LORA,
+        ),
+    ] = None,
     tensorboard: Annotated[
         Optional[bool],
         typer.Option(
@@ -555,6 +578,27 @@ def quantize(
     from gptkit.quantize import quantize_checkpoint
 
     quantize_checkpoint(ckpt, out, overwrite)
+
+
+# --- merge -----------------------------------------------------------------------------------------------------------
+
+
+@command
+def merge(
+    run: Annotated[Path, typer.Argument(help="A LoRA run folder (or a save of one): adapters and the base they name.")],
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Checkpoint directory to write (default: <run>-merged beside RUN)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the checkpoint --out holds.")] = False,
+):
+    """Write a LoRA run's base with its adapters merged into the weights, as a plain checkpoint (same logits)."""
+    from gptkit.options import check_merge_command
+
+    check_merge_command(run, out, overwrite)
+    from gptkit.merge import merge_adapters
+
+    merge_adapters(run, out, overwrite)
 
 
 # --- export ----------------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The model's shape (GPTConfig) and its named sizes (PRESETS). No torch: the CLI checks options against them before
-it imports torch."""
+"""The model's shape (GPTConfig), its named sizes (PRESETS), and the shape of LoRA adapters (LoraSettings). No
+torch: the CLI checks options against them before it imports torch."""
 
 from dataclasses import asdict, dataclass
 
@@ -32,3 +32,23 @@ PRESETS: dict[str, GPTConfig] = {
     "micro": GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=256),  # 7M
     "nano": GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=128),  # 3M
 }
+
+
+# --lora-targets names: the Linear layers of each block that get adapters.
+LORA_TARGETS = {"attn": ("attn.c_attn",), "proj": ("attn.c_proj",), "mlp": ("mlp.c_fc", "mlp.c_proj")}
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int
+    """The adapters' rank r."""
+    alpha: float
+    """Their scale: the update is alpha / rank * B A."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input while training."""
+    targets: tuple[str, ...] = ("attn",)
+    """Which layers get adapters (LORA_TARGETS' names)."""
+
+    @property
+    def modules(self) -> list[str]:
+        return [module for target in self.targets for module in LORA_TARGETS[target]]

@@ -285,15 +285,16 @@ class GPT(nn.Module):
         if block_size > self.config.block_size:
             raise ValueError(f"cannot grow the context from {self.config.block_size} to {block_size}")
         self.config.block_size = block_size
-        wpe = self.transformer.wpe.weight.detach()
-        self.transformer.wpe.weight = nn.Parameter(wpe[:block_size].clone())
+        wpe = self.transformer.wpe.weight
+        self.transformer.wpe.weight = nn.Parameter(wpe.detach()[:block_size].clone(), requires_grad=wpe.requires_grad)
+        wpe = wpe.detach()
         return wpe[block_size:].clone()
 
     def set_dropout(self, p: float):
-        """Set the dropout probability of every dropout layer (it acts only in training mode)."""
+        """Set the dropout probability of every dropout layer (it acts only in training mode), LoRA adapters' aside."""
         self.config.dropout = p
-        for module in self.modules():
-            if isinstance(module, nn.Dropout):
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Dropout) and not name.endswith("lora_dropout"):
                 module.p = p
             elif isinstance(module, CausalSelfAttention):
                 module.dropout = p

@@ -12,7 +12,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptkit.checkpoint import checkpoint_files, quantization_of, read_config, read_metadata, resolve
+from gptkit.checkpoint import (
+    ADAPTER_CONFIG_FILE,
+    checkpoint_files,
+    quantization_of,
+    read_config,
+    read_metadata,
+    resolve,
+)
 from gptkit.errors import GptkitError
 from gptkit.tokenizer import VOCAB_SIZE
 
@@ -111,6 +118,32 @@ def check_quantize_command(ckpt: Path, out: Path | None, overwrite: bool):
         out.resolve() == folder.resolve(),
         f"--out {out} is the checkpoint being quantized: give another folder, the float weights stay where they are",
     )
+    fail_if(out.exists() and not out.is_dir(), f"--out {out} is a file: give a folder")
+    fail_if(
+        out.is_dir() and any(out.iterdir()) and not overwrite,
+        f"{out} exists: add --overwrite to replace the checkpoint in it, or give another --out",
+    )
+
+
+def default_merged_out(run: Path) -> Path:
+    """`gptkit merge`'s default output: `<run>-merged` beside the run folder."""
+    run = Path(run).resolve()
+    return run.parent / f"{run.name}-merged"
+
+
+def check_merge_command(run: Path, out: Path | None, overwrite: bool):
+    """gptkit merge's input (a folder of LoRA adapters whose base exists) and output (a folder that is not the input,
+    and that exists only with --overwrite)."""
+    run = Path(run)
+    fail_if(not run.exists(), f"{run} does not exist")
+    fail_if(
+        not (run / ADAPTER_CONFIG_FILE).is_file(),
+        f"{run} holds no LoRA adapters ({ADAPTER_CONFIG_FILE}): gptkit merge takes the folder of a run trained with "
+        "--lora-rank",
+    )
+    resolve(run)  # the base checkpoint it names
+    out = Path(out) if out is not None else default_merged_out(run)
+    fail_if(out.resolve() == run.resolve(), f"--out {out} is the run folder: give another folder")
     fail_if(out.exists() and not out.is_dir(), f"--out {out} is a file: give a folder")
     fail_if(
         out.is_dir() and any(out.iterdir()) and not overwrite,

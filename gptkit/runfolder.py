@@ -23,27 +23,24 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Callable
 
 from gptkit.checkpoint import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
     CONFIG_FILE,
     METADATA_FILE,
     WEIGHTS_FILE,
     is_checkpoint,
     read_safetensors_header,
-    save_checkpoint,
     save_tensors,
 )
 from gptkit.errors import GptkitError
 from gptkit.files import atomic_dir, atomic_path, is_temporary, link_or_copy, read_json, remove, write_json
 from gptkit.runlock import EVAL_LOCK_WAIT_S, EVALS_LOCK_FILE, RUN_FOLDER_IN_USE, RUN_LOCK_WAIT_S, folder_lock
 from gptkit.runlog import EVALS_FILE, METRICS_FILE, TENSORBOARD_DIR, WANDB_DIR, WANDB_RUN_FILE, read_metrics
+from gptkit.tokenizer_files import TOKENIZER_FILES
 from gptkit.units import human_bytes
-
-if TYPE_CHECKING:
-    import torch
-
-    from gptkit.model import GPT
 
 SAVES_DIR = "saves"
 STATE_TENSORS = "training_state.safetensors"
@@ -53,7 +50,8 @@ STATE_KEYS = ("step", "steps", "model", "settings", "loader", "data", "tokens_se
 CLEARING_MARK = ".clearing"
 # Every file and folder of a run that --overwrite removes: gptkit's own, nothing a user put there.
 RUN_ENTRIES = (
-    WEIGHTS_FILE,  # first: from here on the folder is no checkpoint
+    WEIGHTS_FILE,  # first: from here on the folder is no checkpoint (nor adapters)
+    ADAPTER_CONFIG_FILE,
     SAVES_DIR,
     STATE_TENSORS,
     STATE_JSON,
@@ -63,8 +61,10 @@ RUN_ENTRIES = (
     TENSORBOARD_DIR,
     WANDB_DIR,
     WANDB_RUN_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    *TOKENIZER_FILES,
 )
-SPACE_MARGIN = 1 << 20  # bytes a save needs beyond its tensors: JSON files, headers
+SPACE_MARGIN = 1 << 23  # bytes a save needs beyond its tensors: tokenizer and JSON files, headers
 
 
 def lock_run_folder(out: Path):
@@ -135,24 +135,21 @@ def clear_run(out: Path):
 # --- saving ----------------------------------------------------------------------------------------------------------
 
 
-def save_run(
-    out: Path, model: GPT, tensors: dict[str, torch.Tensor], metadata: dict, state: dict, extra_positions=None
-):
-    """Save the run at state's step: the model (with metadata in gptkit.json, and extra_positions: see
-    save_checkpoint), the training state's tensors (optimizer, RNG) and state, into a save folder renamed into place
-    once complete; then publish its checkpoint files in out and remove the older saves. A failure (disk full, an I/O
-    error) is a one-line GptkitError that leaves the previous save as it was."""
+def save_run(out: Path, write_model: Callable[[Path], None], model_bytes: int, tensors: dict, state: dict):
+    """Save the run at state's step: the model (write_model(folder) writes its files: a checkpoint, or a LoRA run's
+    adapters; model_bytes, about their size), the training state's tensors (optimizer, RNG) and state, into a save
+    folder renamed into place once complete; then publish its model files in out and remove the older saves. A
+    failure (disk full, an I/O error) is a one-line GptkitError that leaves the previous save as it was."""
     step, previous = state["step"], newest_save(out)
     folder = out / SAVES_DIR / f"step-{step:06d}"
-    weights = [*model.parameters(), *([] if extra_positions is None else [extra_positions])]
-    needed = SPACE_MARGIN + sum(t.numel() * t.element_size() for t in [*weights, *tensors.values()])
+    needed = SPACE_MARGIN + model_bytes + sum(t.numel() * t.element_size() for t in tensors.values())
     try:
         if shutil.disk_usage(out).free < needed:
             raise OSError(errno.ENOSPC, "No space left on device")
         if folder.exists():  # left by a run that stopped before its next save; never the newest
             remove(folder)
         with atomic_dir(folder) as tmp:
-            save_checkpoint(model, tmp, metadata, extra_positions)
+            write_model(tmp)
             save_tensors(tmp / STATE_TENSORS, tensors, {"step": str(step)})
             write_json(tmp / STATE_JSON, state)
     except OSError as e:
@@ -213,16 +210,16 @@ def load_run_state(out: Path) -> tuple[dict, Path]:
         f"the run cannot be resumed exactly: start it over with --overwrite, or train on from its checkpoint as a new "
         f"run (--model {out} --out ANOTHER_FOLDER)"
     )
-    if missing := [
-        name for name in (STATE_JSON, STATE_TENSORS, WEIGHTS_FILE, CONFIG_FILE) if not (folder / name).is_file()
-    ]:
+    lora = (folder / ADAPTER_CONFIG_FILE).is_file()  # a LoRA run's save: the adapters, not a whole checkpoint
+    weights, config = (ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE) if lora else (WEIGHTS_FILE, CONFIG_FILE)
+    if missing := [name for name in (STATE_JSON, STATE_TENSORS, weights, config) if not (folder / name).is_file()]:
         raise GptkitError(f"{folder} is damaged (it lacks {', '.join(missing)}): {remedy}")
     state = read_json(folder / STATE_JSON, remedy)
     if missing := [key for key in STATE_KEYS if key not in state]:
         raise GptkitError(f"{folder / STATE_JSON} is damaged (it lacks {', '.join(missing)}): {remedy}")
     try:
         tensors_step = read_safetensors_header(folder / STATE_TENSORS).get("__metadata__", {}).get("step")
-        read_safetensors_header(folder / WEIGHTS_FILE)  # whole, as its header says
+        read_safetensors_header(folder / weights)  # whole, as its header says
     except GptkitError as e:
         raise GptkitError(f"{e}: {remedy}") from None
     metadata = read_json(folder / METADATA_FILE, remedy) if (folder / METADATA_FILE).is_file() else {}

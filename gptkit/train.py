@@ -11,6 +11,7 @@ import contextlib
 import signal
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gptkit.checkpoint import load_checkpoint, load_tensors, read_config
+from gptkit.checkpoint import load_checkpoint, load_tensors, read_config, save_adapters, save_checkpoint
 from gptkit.config import PRESETS, GPTConfig
 from gptkit.data import BatchLoader, TokenSource, eval_batches, open_data
 from gptkit.distributed import Processes, restore_rng, rng_states, start_processes, stop_processes
 from gptkit.errors import GptkitError
 from gptkit.eval import evaluate_hellaswag, read_hellaswag, summed_loss
+from gptkit.lora import add_lora
 from gptkit.model import GPT
 from gptkit.optim import (
     Optimizers,
@@ -46,7 +48,7 @@ from gptkit.runlog import (
     check_wandb,
 )
 from gptkit.runtime import autocast, available_memory, keep_freed_memory
-from gptkit.train_config import TrainConfig, check, default_out, merge_for_resume, resolve, settings_of
+from gptkit.train_config import TrainConfig, check, default_out, lora_of, merge_for_resume, resolve, settings_of
 
 EXIT_INTERRUPTED = 130
 
@@ -60,13 +62,17 @@ def build_model(cfg: TrainConfig) -> tuple[GPT, torch.Tensor | None]:
     if cfg.model in PRESETS:
         shape = {name: getattr(cfg, name) for name in ("n_layer", "n_head", "n_embd", "block_size", "dropout")}
         return GPT(replace(PRESETS[cfg.model], **shape)), None
-    return load_for_training(Path(cfg.model), cfg)
+    model, extra_positions = load_for_training(Path(cfg.model), cfg)
+    if lora := lora_of(cfg):
+        add_lora(model, lora)
+    return model, extra_positions
 
 
 def load_for_training(path: Path, cfg: TrainConfig) -> tuple[GPT, torch.Tensor | None]:
-    """A checkpoint with cfg's dropout, cut to a context of cfg.block_size: training at a shorter window sees only
-    the first block_size position embeddings; the rest are returned, to be saved unchanged with the model."""
-    model = load_checkpoint(path, dtype=torch.float32)
+    """A checkpoint (or a LoRA run's save: the frozen base with its adapters) with cfg's dropout, cut to a context
+    of cfg.block_size: training at a shorter window sees only the first block_size position embeddings; the rest are
+    returned, to be saved unchanged with the model."""
+    model = load_checkpoint(path, dtype=torch.float32, merge_adapters=False)
     model.set_dropout(cfg.dropout)
     if cfg.block_size < model.config.block_size:
         return model, model.crop_block_size(cfg.block_size)
@@ -203,10 +209,16 @@ class Run:
             "world_size": procs.world_size,
         }
         tensors = rng_states(procs) | optimizer_tensors(self.model, self.optimizer)
+        if lora := lora_of(self.cfg):  # the adapters alone, named after their base
+            written = [p for p in self.model.parameters() if p.requires_grad]
+            write_model = partial(save_adapters, self.model, settings=lora, base=self.model_label, metadata=meta)
+        else:
+            written = [*self.model.parameters(), *([] if self.extra_positions is None else [self.extra_positions])]
+            write_model = partial(save_checkpoint, self.model, metadata=meta, extra_positions=self.extra_positions)
         failure = None
         if procs.main:  # rank 0 writes; the others wait for it and stop with its message if it failed
             try:
-                save_run(self.out, self.model, tensors, meta, state, self.extra_positions)
+                save_run(self.out, write_model, sum(t.numel() * t.element_size() for t in written), tensors, state)
             except GptkitError as e:
                 failure = str(e)
         if failure := procs.from_main(failure):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gptkit.checkpoint import resolve as resolve_checkpoint
-from gptkit.config import PRESETS, GPTConfig
+from gptkit.config import LORA_TARGETS, PRESETS, GPTConfig, LoraSettings
 from gptkit.errors import GptkitError
 from gptkit.options import (
     DTYPE_NAMES,
@@ -66,6 +66,10 @@ class TrainConfig:
     device: str | None = None  # auto, cpu, cuda, cuda:N, mps; default auto
     compile: bool | None = None
     activation_checkpointing: bool | None = None  # recompute each block's activations in the backward; default off
+    lora_rank: int | None = None  # train LoRA adapters of this rank on the frozen checkpoint --model; default: no LoRA
+    lora_alpha: float | None = None  # the adapters' scale alpha / rank; default 2 * rank
+    lora_dropout: float | None = None  # dropout on the adapters' input; default 0.0
+    lora_targets: str | None = None  # comma-separated LORA_TARGETS names; default attn
     seed: int | None = None  # default 1337
     tensorboard: bool | None = None  # TensorBoard event files in RUN/tensorboard; default off
     wandb: str | None = None  # Weights & Biases project to log to; default none
@@ -121,6 +125,11 @@ def check(cfg: TrainConfig):
             )
         resolve_checkpoint(cfg.model)
         check_not_int8(cfg.model, "cannot be trained", "fine-tune the float checkpoint it was made from")
+    fail_if(
+        cfg.lora_rank is not None and not cfg.resume and (cfg.model is None or cfg.model in PRESETS),
+        "--lora-rank trains adapters on a frozen checkpoint: give it as --model (a preset from scratch has nothing "
+        "to adapt)",
+    )
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     fail_if(
         cfg.resume and not out.is_dir(), f"{out} does not exist: there is no run to resume (start one without --resume)"
@@ -193,6 +202,18 @@ def check_values(cfg: TrainConfig):
     if c.device is not None:
         check_device(c.device)
     fail_if(c.wandb is not None and not c.wandb.strip(), "--wandb needs a project name: --wandb PROJECT")
+    fail_if(given(c.lora_rank) and c.lora_rank < 1, f"--lora-rank must be at least 1, not {c.lora_rank}")
+    fail_if(given(c.lora_alpha) and c.lora_alpha <= 0, f"--lora-alpha must be positive, not {c.lora_alpha}")
+    fail_if(
+        given(c.lora_dropout) and not 0 <= c.lora_dropout < 1, f"--lora-dropout must be in [0, 1), not {c.lora_dropout}"
+    )
+    if given(c.lora_targets):
+        unknown = [t for t in c.lora_targets.split(",") if t.strip() not in LORA_TARGETS]
+        fail_if(bool(unknown), f"--lora-targets: no layers named '{','.join(unknown)}': use {', '.join(LORA_TARGETS)}")
+    fail_if(
+        not given(c.lora_rank) and any(given(v) for v in (c.lora_alpha, c.lora_dropout, c.lora_targets)),
+        "--lora-alpha, --lora-dropout and --lora-targets shape LoRA adapters: add --lora-rank",
+    )
 
 
 def default_lr(optimizer: str, fine_tuning: bool) -> float:
@@ -259,11 +280,22 @@ def resolve(cfg: TrainConfig, device: torch.device, base: GPTConfig, fine_tuning
     c.dtype = str(pick_dtype(c.dtype or "auto", device)).removeprefix("torch.")
     c.compile = bool(c.compile)
     c.activation_checkpointing = bool(c.activation_checkpointing)
+    if c.lora_rank is not None:
+        c.lora_alpha = 2.0 * c.lora_rank if c.lora_alpha is None else float(c.lora_alpha)
+        c.lora_dropout = 0.0 if c.lora_dropout is None else c.lora_dropout
+        c.lora_targets = ",".join(t.strip() for t in (c.lora_targets or "attn").split(","))
     c.seed = 1337 if c.seed is None else c.seed
     c.tensorboard = bool(c.tensorboard)
     c.device = str(device)
     check_values(c)  # the values that came from defaults (or the resumed run), against the ones given
     return c
+
+
+def lora_of(cfg: TrainConfig) -> LoraSettings | None:
+    """The LoRA adapters a resolved cfg trains, if any."""
+    if cfg.lora_rank is None:
+        return None
+    return LoraSettings(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.lora_targets.split(",")))
 
 
 def settings_of(cfg: TrainConfig) -> dict:

@@ -164,7 +164,7 @@ def test_train_help_groups_the_options_in_panels():
     )
     panels = re.findall(r"^╭─ (.+?) ─", result.stdout, re.MULTILINE)
     assert panels == ["Arguments", "Options", "Model", "Data", "Optimization", "Schedule", "Evaluation and saving",
-                      "Hardware", "Logging"]  # fmt: skip
+                      "Hardware", "LoRA", "Logging"]  # fmt: skip
     model_panel = result.stdout.split("╭─ Model")[1].split("╰")[0]
     assert "--model" in model_panel and "--block-size" in model_panel and "--lr" not in model_panel
     logging_panel = result.stdout.split("╭─ Logging")[1].split("╰")[0]
