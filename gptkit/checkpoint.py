@@ -32,6 +32,7 @@ from gptkit import __version__
 from gptkit.config import LORA_TARGETS, GPTConfig, LoraSettings
 from gptkit.errors import GptkitError
 from gptkit.files import atomic_dir, atomic_path, read_json, write_json
+from gptkit.nanogpt import is_peer_file
 from gptkit.tokenizer import EOT_TOKEN, VOCAB_SIZE
 from gptkit.tokenizer_files import write_tokenizer_files
 
@@ -52,7 +53,8 @@ PEFT_PREFIX = "base_model.model."
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Causal-mask buffers some repos (openai-community/gpt2) store alongside the weights.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
-SUPPORTED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
+# config.json's activation_function -> GPTConfig.activation: the tanh approximation by either name, or the exact GELU.
+SUPPORTED_ACTIVATIONS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu"}
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 SCALES_SUFFIX = ".scales"
 INT8_QUANTIZATION = {
@@ -138,6 +140,11 @@ def read_safetensors_header_at(path: Path, file=None) -> tuple[dict, int]:
     """read_safetensors_header's header, and the offset in the file where the tensors' data starts; from file (path
     open for reading) where given."""
     path = Path(path)
+    if is_peer_file(path):
+        raise GptkitError(
+            f"{path} is a nanoGPT / build-nanogpt checkpoint, not a safetensors file: make it a checkpoint folder with "
+            f"gptkit convert {path} (sample, eval and train --model read it as it is)"
+        )
     try:
         with open(path, "rb") if file is None else contextlib.nullcontext(file) as f:
             size = os.fstat(f.fileno()).st_size
@@ -190,8 +197,13 @@ def resolve(path: str | Path) -> tuple[Path, Path | None]:
         config = path / CONFIG_FILE
         return weights, config if config.is_file() else None
     if path.is_file():
+        if is_peer_file(path):  # nanoGPT's ckpt.pt, build-nanogpt's model_XXXXX.pt: read through nanogpt.py
+            return path, None
         if path.suffix != ".safetensors":
-            raise GptkitError(f"{path} is not a checkpoint: give a checkpoint directory or a .safetensors file")
+            raise GptkitError(
+                f"{path} is not a checkpoint: give a checkpoint directory, a .safetensors file, or a nanoGPT / "
+                "build-nanogpt .pt file"
+            )
         config = path.parent / CONFIG_FILE
         return path, config if config.is_file() else None
     raise GptkitError(f"checkpoint {path} does not exist")
@@ -211,6 +223,8 @@ def is_int8(header: dict) -> bool:
 
 def quantization_of(path: str | Path) -> str | None:
     """The quantization of a checkpoint's weights: "int8" (written by gptkit quantize) or None; needs no torch."""
+    if is_peer_file(resolve(path)[0]):  # nanoGPT's and build-nanogpt's weights are float
+        return None
     return "int8" if is_int8(read_safetensors_header(resolve(path)[0])) else None
 
 
@@ -250,7 +264,7 @@ def hf_config(config: GPTConfig, dtype: str = "float32", int8: bool = False) -> 
         "n_layer": config.n_layer,
         "n_head": config.n_head,
         "n_inner": None,
-        "activation_function": "gelu_new",
+        "activation_function": config.activation,
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,
@@ -291,6 +305,7 @@ def config_from_hf(cfg: dict, source: str | Path = "config.json") -> GPTConfig:
             n_embd=int(cfg["n_embd"]),
             dropout=float(cfg.get("resid_pdrop", 0.0)),
             layer_norm_epsilon=float(cfg.get("layer_norm_epsilon", 1e-5)),
+            activation=SUPPORTED_ACTIVATIONS[cfg.get("activation_function", "gelu_new")],
         )
     except KeyError as e:
         raise GptkitError(f"{source}: missing {e.args[0]}") from None
@@ -316,6 +331,10 @@ def config_from_shapes(header: dict, source: Path) -> GPTConfig:
 
 def read_config(path: str | Path) -> GPTConfig:
     weights, config_file = resolve(path)
+    if is_peer_file(weights):  # a nanoGPT / build-nanogpt .pt: its config is pickled (reading it imports torch)
+        from gptkit.nanogpt import read_peer
+
+        return read_peer(weights).config
     meta = read_safetensors_header(weights).get("__metadata__", {})
     if config_file is not None:
         return config_from_hf(read_json(config_file, "copy or download the checkpoint again"), config_file)
@@ -412,6 +431,25 @@ def convert_bin(bin_path: Path, out_path: Path, config: GPTConfig):
     save_tensors(out_path, keep)
 
 
+def read_peer_tensors(path: Path, device="cpu", metadata: dict | None = None) -> tuple[GPTConfig, dict]:
+    """A nanoGPT / build-nanogpt .pt file (see nanogpt.py) as (its config, its tensors under GPT2LMHeadModel's names
+    and orientation, views of nn.Linear's), to be loaded as any checkpoint's; its step into metadata."""
+    from gptkit.nanogpt import peer_state_dict, read_peer
+
+    peer = read_peer(path)
+    if metadata is not None and peer.step is not None:
+        metadata["step"] = str(peer.step)
+    tensors = peer_state_dict(peer)
+    for name, (shape, _) in expected_tensors(peer.config, int8=False).items():  # named as the peer saved them
+        if name in tensors and tensors[name].shape != shape:
+            raise GptkitError(
+                f"{path}: tensor '{name}' has shape {tuple(tensors[name].shape)}, expected {tuple(shape)} for its "
+                "model_args / GPTConfig"
+            )
+    tensors = {k: v.t() if k.endswith(TRANSPOSED) else v for k, v in tensors.items()}
+    return peer.config, {k: v.to(device) for k, v in tensors.items()}
+
+
 # --- whole checkpoints ---------------------------------------------------------------------------------------------
 
 
@@ -462,8 +500,11 @@ def load_checkpoint(
     from gptkit.model import GPT
 
     weights, _ = resolve(path)
-    config = read_config(path)
-    stored = load_tensors(weights, device, metadata)
+    if is_peer_file(weights):  # converted on the fly, then checked as any checkpoint's tensors are
+        config, stored = read_peer_tensors(weights, device, metadata)
+    else:
+        config = read_config(path)
+        stored = load_tensors(weights, device, metadata)
     int8 = any(t.dtype == torch.int8 for t in stored.values())
     tensors = from_hf_tensors(stored, config, weights, int8)
     dtype = dtype or torch.float32

@@ -181,7 +181,7 @@ def train(
         Optional[str],
         typer.Option(
             help="Preset (gpt2, gpt2-medium, ..., mini, micro, nano) to train from scratch, or a checkpoint directory "
-            "to fine-tune. \\[default: gpt2]",
+            "(or nanoGPT / build-nanogpt .pt file) to fine-tune. \\[default: gpt2]",
             rich_help_panel=MODEL,
         ),
     ] = None,
@@ -438,7 +438,11 @@ def sample(
     prompt: Annotated[str, typer.Argument(help="The text to continue; '-' reads standard input.")] = "",
     ckpt: Annotated[
         Optional[Path],
-        typer.Option(help="Checkpoint directory. Default: the newest one under checkpoints/.", rich_help_panel=MODEL),
+        typer.Option(
+            help="Checkpoint directory (or .safetensors, or nanoGPT / build-nanogpt .pt file). Default: the newest "
+            "one under checkpoints/.",
+            rich_help_panel=MODEL,
+        ),
     ] = None,
     max_new_tokens: Annotated[
         int, typer.Option(help="Tokens to generate per sample, at most.", rich_help_panel=SAMPLING)
@@ -506,7 +510,9 @@ def sample(
 
 @command
 def eval(
-    ckpt: Annotated[Path, typer.Argument(help="A checkpoint directory or .safetensors file.")],
+    ckpt: Annotated[
+        Path, typer.Argument(help="A checkpoint directory, .safetensors file, or nanoGPT / build-nanogpt .pt file.")
+    ],
     text: Annotated[
         Optional[Path],
         typer.Argument(
@@ -631,6 +637,27 @@ def export(
     from gptkit.export import export as run_export
 
     run_export(options)
+
+
+# --- convert --------------------------------------------------------------------------------------------------------
+
+
+@command
+def convert(
+    src: Annotated[Path, typer.Argument(help="nanoGPT's out/ckpt.pt or build-nanogpt's log/model_XXXXX.pt.")],
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Checkpoint directory to write. \\[default: SRC without .pt, beside it]"),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the checkpoint --out holds.")] = False,
+):
+    """Write a nanoGPT or build-nanogpt checkpoint (.pt) as a gptkit checkpoint folder; no pickled code runs."""
+    from gptkit.options import check_convert_command
+
+    check_convert_command(src, out, overwrite)
+    from gptkit.convert import convert_checkpoint
+
+    convert_checkpoint(src, out, overwrite)
 
 
 # --- plot ------------------------------------------------------------------------------------------------------------

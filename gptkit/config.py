@@ -3,6 +3,9 @@ torch: the CLI checks options against them before it imports torch."""
 
 from dataclasses import asdict, dataclass
 
+# GPTConfig.activation's values: F.gelu's `approximate` for each.
+ACTIVATIONS = {"gelu_new": "tanh", "gelu": "none"}
+
 
 @dataclass
 class GPTConfig:
@@ -13,10 +16,15 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     layer_norm_epsilon: float = 1e-5
+    # The MLP's GELU, by transformers' names: "gelu_new" the tanh approximation (GPT-2's, build-nanogpt's), "gelu" the
+    # exact one (erf: nanoGPT's model.py), so that a model converted from nanoGPT computes what it was trained with.
+    activation: str = "gelu_new"
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {self.activation!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

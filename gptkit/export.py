@@ -175,6 +175,8 @@ def export(opts: ExportOptions) -> Path:
     notes = []
     if config.vocab_size > VOCAB_SIZE:
         notes.append(f"vocabulary cut from {config.vocab_size} to GPT-2's {VOCAB_SIZE} tokens")
+    if config.activation == "gelu":  # a model converted from nanoGPT (gptkit convert)
+        notes.append("llama.cpp's gpt2 runs GELU's tanh approximation, not the exact GELU this model was trained with")
     fallback = sum(1 for *_, qtype in plan if qtype == qtypes.F16 and wanted == qtypes.Q8_0)
     if fallback:
         notes.append(f"{fallback} matrices f16 (rows not a multiple of 32)")

@@ -21,6 +21,7 @@ from gptkit.checkpoint import (
     resolve,
 )
 from gptkit.errors import GptkitError
+from gptkit.nanogpt import is_peer_file
 from gptkit.tokenizer import VOCAB_SIZE
 
 # --dtype names and what they stand for (runtime.DTYPES maps them to torch dtypes).
@@ -144,6 +145,29 @@ def check_merge_command(run: Path, out: Path | None, overwrite: bool):
     resolve(run)  # the base checkpoint it names
     out = Path(out) if out is not None else default_merged_out(run)
     fail_if(out.resolve() == run.resolve(), f"--out {out} is the run folder: give another folder")
+    fail_if(out.exists() and not out.is_dir(), f"--out {out} is a file: give a folder")
+    fail_if(
+        out.is_dir() and any(out.iterdir()) and not overwrite,
+        f"{out} exists: add --overwrite to replace the checkpoint in it, or give another --out",
+    )
+
+
+def default_converted_out(src: Path) -> Path:
+    """`gptkit convert`'s default output: SRC without its suffix, beside it (out/ckpt.pt -> out/ckpt)."""
+    return Path(src).with_suffix("")
+
+
+def check_convert_command(src: Path, out: Path | None, overwrite: bool):
+    """gptkit convert's input (a .pt file: what it holds, nanogpt.read_peer checks) and output (a folder that exists
+    only with --overwrite)."""
+    src = Path(src)
+    fail_if(not src.exists(), f"{src} does not exist")
+    fail_if(
+        not src.is_file() or not is_peer_file(src),
+        f"{src} is not a nanoGPT or build-nanogpt checkpoint: give its .pt file (nanoGPT's out/ckpt.pt, "
+        "build-nanogpt's log/model_XXXXX.pt)",
+    )
+    out = Path(out) if out is not None else default_converted_out(src)
     fail_if(out.exists() and not out.is_dir(), f"--out {out} is a file: give a folder")
     fail_if(
         out.is_dir() and any(out.iterdir()) and not overwrite,

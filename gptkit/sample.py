@@ -14,10 +14,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from gptkit.errors import GptkitError
-from gptkit.int8 import quantize_int8, replace_linears
+from gptkit.int8 import Int8Linear, quantize_int8, replace_linears
 from gptkit.model import GPT
 from gptkit.options import SampleOptions
-from gptkit.tokenizer import EOT_TOKEN, encode, get_tokenizer
+from gptkit.tokenizer import EOT_TOKEN, VOCAB_SIZE, encode, get_tokenizer
 
 
 def candidates(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None):
@@ -354,10 +354,25 @@ def check_draft(draft_config, config, draft: Path):
         )
 
 
+def drop_padded_vocabulary(model: GPT) -> GPT:
+    """model (in place) with an output head for GPT-2's tokens only, where its vocabulary is padded past them (nanoGPT's
+    50304 rows): the logits of the padding, which no text has, are never computed, so no sample can draw one. The
+    head's rows are views of the first VOCAB_SIZE (no copy); the token embedding keeps every row."""
+    head = model.lm_head
+    if head.weight.size(0) <= VOCAB_SIZE:
+        return model
+    if isinstance(head, Int8Linear):  # an int8 checkpoint's own head
+        model.lm_head = Int8Linear(head.weight[:VOCAB_SIZE], head.scales[:VOCAB_SIZE], None)
+    else:
+        model.lm_head = nn.Linear(head.in_features, VOCAB_SIZE, bias=False, device="meta")
+        model.lm_head.weight = nn.Parameter(head.weight[:VOCAB_SIZE], requires_grad=False)
+    return model
+
+
 def load_for_decoding(ckpt: Path, device, dtype, quantize: str | None, compile: bool) -> GPT:
     from gptkit.checkpoint import load_checkpoint
 
-    model = load_checkpoint(ckpt, device, dtype)
+    model = drop_padded_vocabulary(load_checkpoint(ckpt, device, dtype))
     if quantize == "int8":
         quantize_int8(model)
     return prepare_for_decoding(model, compile)

@@ -105,7 +105,8 @@ NOT_SETTINGS = {"data", "model", "out", "resume", "overwrite"}
 def run_name(data: str, model: str) -> str:
     """<data>-<preset> from scratch, <data>-<checkpoint>-finetuned from a checkpoint (never the same folder)."""
     stem = Path(data).resolve().stem or "data"
-    return f"{stem}-{Path(model).name}-finetuned" if model not in PRESETS else f"{stem}-{model}"
+    name = Path(model).stem if Path(model).suffix in (".pt", ".pth") else Path(model).name  # nanoGPT's ckpt.pt: ckpt
+    return f"{stem}-{name}-finetuned" if model not in PRESETS else f"{stem}-{model}"
 
 
 def default_out(cfg: TrainConfig) -> Path:
