@@ -4,8 +4,8 @@ each with and without activation checkpointing (issue 27's table).
 Each configuration runs in a fresh process: a model of the preset's real shape with random weights (made in the
 process: nothing to download), AdamW as gptkit train makes it (over the adapters alone for LoRA), then steps of
 batch 1 x block 1024 under bf16 autocast where the CPU multiplies bf16 natively (fp32 elsewhere); it reports the
-process's peak resident size (ru_maxrss) and the seconds of its last step. A configuration whose weights, gradients
-and AdamW moments alone do not fit in the machine's memory is reported as such, not run.
+process's peak resident size (ru_maxrss) and the seconds of its last step. A full fine-tuning whose weights, gradients
+and AdamW moments alone take 90% of the machine's memory is reported as not fitting, not run.
 
     uv run python -m bench.memory_bench                       # gpt2-large and gpt2-xl
     uv run python -m bench.memory_bench --models gpt2-medium --steps 1
@@ -87,7 +87,7 @@ def main():
             for checkpointing in (False, True):
                 training = f"LoRA r={lora_rank} (attn, proj, mlp)" if lora_rank else "full fine-tuning"
                 row = f"| {name} | {training} | {'yes' if checkpointing else 'no'} |"
-                if not lora_rank and 16 * n_params / 2**30 > machine_memory_gb():
+                if not lora_rank and 16 * n_params / 2**30 > 0.9 * machine_memory_gb():  # and the activations
                     print(
                         f"{row} does not fit: weights, gradients and AdamW's moments alone need "
                         f"{16 * n_params / 2**30:.1f} GB | | | |",
