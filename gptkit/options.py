@@ -108,6 +108,15 @@ def check_not_int8(ckpt: Path, what: str, remedy: str):
     raise GptkitError(f"{ckpt} holds int8 weights (written by gptkit quantize), which {what}: {remedy}{made_from}")
 
 
+def check_out_folder(out: Path, overwrite: bool):
+    """A command's --out checkpoint folder: not a file, and one that holds files only with --overwrite."""
+    fail_if(out.exists() and not out.is_dir(), f"--out {out} is a file: give a folder")
+    fail_if(
+        out.is_dir() and any(out.iterdir()) and not overwrite,
+        f"{out} exists: add --overwrite to replace the checkpoint in it, or give another --out",
+    )
+
+
 def check_quantize_command(ckpt: Path, out: Path | None, overwrite: bool):
     """gptkit quantize's input (a float checkpoint) and output (a folder that is not the input, and that exists only
     with --overwrite)."""
@@ -119,11 +128,7 @@ def check_quantize_command(ckpt: Path, out: Path | None, overwrite: bool):
         out.resolve() == folder.resolve(),
         f"--out {out} is the checkpoint being quantized: give another folder, the float weights stay where they are",
     )
-    fail_if(out.exists() and not out.is_dir(), f"--out {out} is a file: give a folder")
-    fail_if(
-        out.is_dir() and any(out.iterdir()) and not overwrite,
-        f"{out} exists: add --overwrite to replace the checkpoint in it, or give another --out",
-    )
+    check_out_folder(out, overwrite)
 
 
 def default_merged_out(run: Path) -> Path:
@@ -145,11 +150,7 @@ def check_merge_command(run: Path, out: Path | None, overwrite: bool):
     resolve(run)  # the base checkpoint it names
     out = Path(out) if out is not None else default_merged_out(run)
     fail_if(out.resolve() == run.resolve(), f"--out {out} is the run folder: give another folder")
-    fail_if(out.exists() and not out.is_dir(), f"--out {out} is a file: give a folder")
-    fail_if(
-        out.is_dir() and any(out.iterdir()) and not overwrite,
-        f"{out} exists: add --overwrite to replace the checkpoint in it, or give another --out",
-    )
+    check_out_folder(out, overwrite)
 
 
 def default_converted_out(src: Path) -> Path:
@@ -168,11 +169,7 @@ def check_convert_command(src: Path, out: Path | None, overwrite: bool):
         "build-nanogpt's log/model_XXXXX.pt)",
     )
     out = Path(out) if out is not None else default_converted_out(src)
-    fail_if(out.exists() and not out.is_dir(), f"--out {out} is a file: give a folder")
-    fail_if(
-        out.is_dir() and any(out.iterdir()) and not overwrite,
-        f"{out} exists: add --overwrite to replace the checkpoint in it, or give another --out",
-    )
+    check_out_folder(out, overwrite)
 
 
 def check_hellaswag_file(path: Path):
