@@ -25,7 +25,8 @@ app = typer.Typer(
 
 # The help panels (rich_help_panel) that group the options; a new option goes in one of them. train's, in the order
 # one thinks about a run: MODEL, DATA, OPTIMIZATION, SCHEDULE, EVALUATION_AND_SAVING, HARDWARE, LOGGING; sample's:
-# MODEL, SAMPLING, HARDWARE; eval's: SCORING, OUTPUT, HARDWARE. A panel shows only once an option is in it.
+# MODEL, SAMPLING, HARDWARE; eval's: SCORING, OUTPUT, HARDWARE; serve's: MODEL, SERVER, LIMITS, HARDWARE, SPEED.
+# A panel shows only once an option is in it.
 MODEL = "Model"
 DATA = "Data"
 OPTIMIZATION = "Optimization"
@@ -38,6 +39,8 @@ SAMPLING = "Sampling"
 SPEED = "Speed"
 SCORING = "Scoring"
 OUTPUT = "Output"
+SERVER = "Server"
+LIMITS = "Limits"
 
 
 def fail(message: str, code: int = 1):
@@ -503,6 +506,71 @@ def sample(
     from gptkit.sample import sample as run_sample
 
     run_sample(options)
+
+
+# --- serve -----------------------------------------------------------------------------------------------------------
+
+
+@command
+def serve(
+    ckpt: Annotated[
+        Optional[Path],
+        typer.Argument(help="Checkpoint directory. \\[default: the newest one under checkpoints/]", show_default=False),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="The address to listen on (one other than loopback needs a key).", rich_help_panel=SERVER)
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The port to listen on; 0: any free one.", rich_help_panel=SERVER)] = 8000,
+    api_key: Annotated[
+        Optional[str],
+        typer.Option(
+            envvar="GPTKIT_API_KEY",
+            help="Every request but /health must send 'Authorization: Bearer KEY'.",
+            show_default=False,
+            rich_help_panel=SERVER,
+        ),
+    ] = None,
+    no_api_key: Annotated[
+        bool,
+        typer.Option(
+            "--no-api-key", help="Serve an address other than loopback without a key.", rich_help_panel=SERVER
+        ),
+    ] = False,
+    chat_template: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="A JSON file of chat template keys for /v1/chat/completions. \\[default: the checkpoint's, or "
+            "'User: ... Assistant: ...']",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    max_batch: Annotated[int, typer.Option(help="Sequences decoded at once.", rich_help_panel=LIMITS)] = 16,
+    max_body_mb: Annotated[float, typer.Option(help="The largest request body, in MB.", rich_help_panel=LIMITS)] = 1.0,
+    grace_period: Annotated[
+        float,
+        typer.Option(
+            help="Seconds SIGTERM or Ctrl-C give the requests in flight before cancelling them.", rich_help_panel=LIMITS
+        ),
+    ] = 30.0,
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.", rich_help_panel=HARDWARE)] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=HARDWARE)] = "auto",
+    quantize: Annotated[
+        Optional[str],
+        typer.Option(help="int8: weight-only int8 (per-channel scales), quantized at load.", rich_help_panel=SPEED),
+    ] = None,
+    compile: Annotated[
+        bool,
+        typer.Option("--compile", help="torch.compile the decoding step (at start-up).", rich_help_panel=SPEED),
+    ] = False,
+):
+    """Serve a checkpoint over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions), batching requests."""
+    arguments = dict(locals())  # the options, before any other name is bound here
+    from gptkit.options import ServeOptions
+
+    options = options_from(ServeOptions, arguments)
+    from gptkit.serve import serve as run_server
+
+    run_server(options)
 
 
 # --- eval ------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,14 @@ from gptkit import __version__
 
 # The packages whose versions matter to a report: the dependencies, then the optional extras.
 PACKAGES = ("torch", "transformers", "safetensors", "tiktoken", "numpy", "typer", "rich", "huggingface_hub")
-EXTRAS = {"parquet": "pyarrow", "tensorboard": "tensorboard", "wandb": "wandb", "plot": "matplotlib", "gguf": "gguf"}
+EXTRAS = {
+    "parquet": "pyarrow",
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "plot": "matplotlib",
+    "gguf": "gguf",
+    "serve": "fastapi",
+}
 
 
 def version_of(package: str) -> str | None:

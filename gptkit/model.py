@@ -5,6 +5,7 @@ Module and parameter names follow Hugging Face's GPT2LMHeadModel (transformer.wt
 """
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -17,23 +18,41 @@ from gptkit.config import ACTIVATIONS, GPTConfig
 class KVCache(nn.Module):
     """Preallocated keys and values of one attention layer, for decoding one token at a time."""
 
-    def __init__(self, batch_size: int, max_seq_len: int, n_head: int, head_dim: int, dtype, device):
+    def __init__(self, k: torch.Tensor, v: torch.Tensor):
         super().__init__()
-        shape = (batch_size, n_head, max_seq_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("k", k, persistent=False)
+        self.register_buffer("v", v, persistent=False)
 
     def update(self, pos: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, H, T, D) at positions pos..pos+T-1; return all keys and values up to there. With pos a
-        1-element tensor (one token, T = 1), return the whole cache: the caller masks what lies past pos."""
+        tensor (one token, T = 1) of one position for all rows (1,) or one a row (B,), return the whole cache: the
+        caller masks what lies past each row's position."""
         if isinstance(pos, torch.Tensor):
-            self.k.index_copy_(2, pos, k)
-            self.v.index_copy_(2, pos, v)
+            if pos.numel() == 1:
+                self.k.index_copy_(2, pos, k)
+                self.v.index_copy_(2, pos, v)
+            else:
+                rows = torch.arange(k.size(0), device=k.device)
+                self.k[rows, :, pos] = k[:, :, 0]
+                self.v[rows, :, pos] = v[:, :, 0]
             return self.k, self.v
         end = pos + k.size(2)
         self.k[:, :, pos:end] = k
         self.v[:, :, pos:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def narrow(self, rows: slice, length: int) -> "KVCacheView":
+        """The cache of rows up to position length, as views: what is stored in it lands in this cache."""
+        return KVCacheView(self.k[rows, :, :length], self.v[rows, :, :length])
+
+
+class KVCacheView(KVCache):
+    """Some rows and positions of a KVCache (KVCache.narrow). Its tensors are plain attributes, not buffers: a
+    compiled step keeps buffers' shapes static, but takes any number of rows and positions from attributes."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor):
+        nn.Module.__init__(self)
+        self.k, self.v = k, v
 
 
 # Vocabulary columns per slice in LinearCrossEntropy: (tokens x 8192) slices keep the CPU's matmul near its peak,
@@ -123,8 +142,8 @@ class CausalSelfAttention(nn.Module):
         mask, is_causal = None, True
         if pos is not None:  # incremental decoding: attend to everything cached so far
             k, v = self.kv_cache.update(pos, k, v)
-            if isinstance(pos, torch.Tensor):  # one token over the whole cache, masked past pos (see KVCache)
-                mask = torch.arange(k.size(2), device=x.device) <= pos
+            if isinstance(pos, torch.Tensor):  # one token over the whole cache, masked past each row's pos
+                mask = torch.arange(k.size(2), device=x.device) <= pos.view(-1, 1, 1, 1)
                 is_causal = False
             elif T == 1:
                 is_causal = False
@@ -235,11 +254,11 @@ class GPT(nn.Module):
         returned with it, since not keeping them all at once is what makes training fast (LinearCrossEntropy).
         pos: with caches set up (setup_kv_cache), idx holds the tokens at positions pos..pos+T-1 and attends to
         the cached keys and values of the earlier positions. A 1-element tensor pos (with T = 1) keeps every
-        step's shapes the same, for a compiled decoding step.
+        step's shapes the same, for a compiled decoding step; a (B,) tensor gives each row its own position.
         """
         B, T = idx.size()
         if isinstance(pos, torch.Tensor):  # one token at a position held in a tensor: the same shapes at every step
-            positions = pos
+            positions = pos.view(-1, 1)
         else:
             start = 0 if pos is None else pos
             if start + T > self.config.block_size:
@@ -271,14 +290,28 @@ class GPT(nn.Module):
         max_seq_len = min(max_seq_len or self.config.block_size, self.config.block_size)
         weight = self.transformer.wte.weight
         head_dim = self.config.n_embd // self.config.n_head
+        shape = (batch_size, self.config.n_head, max_seq_len, head_dim)
         for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(
-                batch_size, max_seq_len, self.config.n_head, head_dim, dtype or weight.dtype, device or weight.device
-            )
+            k, v = (torch.zeros(shape, dtype=dtype or weight.dtype, device=device or weight.device) for _ in "kv")
+            block.attn.kv_cache = KVCache(k, v)
 
     def clear_kv_cache(self):
         for block in self.transformer.h:
             block.attn.kv_cache = None
+
+    @contextmanager
+    def kv_cache_narrowed(self, rows: slice, length: int | None = None):
+        """Run forward(..., pos=...) on some rows of the caches, up to position length (default: all): each row one
+        sequence of its own, for continuous batching."""
+        caches = [block.attn.kv_cache for block in self.transformer.h]
+        length = length or caches[0].k.size(2)
+        for block, cache in zip(self.transformer.h, caches):
+            block.attn.kv_cache = cache.narrow(rows, length)
+        try:
+            yield
+        finally:
+            for block, cache in zip(self.transformer.h, caches):
+                block.attn.kv_cache = cache
 
     def crop_block_size(self, block_size: int) -> torch.Tensor:
         """Shorten the context to the first block_size position embeddings; return the rest (detached), which

@@ -8,10 +8,12 @@ known. train's options and checks are in train_config.py.
 """
 
 import importlib.util
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptkit.chat import read_template
 from gptkit.checkpoint import (
     ADAPTER_CONFIG_FILE,
     checkpoint_files,
@@ -229,6 +231,71 @@ class SampleOptions:
             resolve(self.ckpt)
         if self.draft is not None:
             resolve(self.draft)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether host is this machine only (localhost, 127.0.0.1, ::1): no other machine reaches a server there."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """`gptkit serve`'s options, checked when made (no torch needed): FastAPI and uvicorn are installed, the address
+    is safe to listen on (loopback, else with an API key or --no-api-key), the limits make sense."""
+
+    ckpt: Path | None = None
+    """Checkpoint directory or .safetensors file; None: the newest checkpoint under checkpoints/."""
+    host: str = "127.0.0.1"
+    """The address to listen on."""
+    port: int = 8000
+    """The port to listen on; 0: any free one."""
+    api_key: str | None = None
+    """The key every request but /health must carry (Authorization: Bearer KEY)."""
+    no_api_key: bool = False
+    """Serve an address other than loopback without a key, on purpose."""
+    max_batch: int = 16
+    """Sequences decoded at once; more wait for a free row."""
+    max_body_mb: float = 1.0
+    """The largest request body accepted, in MB."""
+    grace_period: float = 30.0
+    """Seconds SIGTERM or Ctrl-C give the requests in flight before cancelling them."""
+    chat_template: Path | None = None
+    """A JSON file of chat template keys (gptkit.chat); None: the checkpoint's, else the default."""
+    dtype: str = "auto"
+    """auto, float32, bfloat16 or float16 (or their short names, see DTYPE_NAMES)."""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps."""
+    quantize: str | None = None
+    """int8: weight-only int8 (per-channel scales), quantized at load."""
+    compile: bool = False
+    """torch.compile the decoding step (at start-up)."""
+
+    def __post_init__(self):
+        fail_if(
+            importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None,
+            "gptkit serve needs FastAPI and uvicorn: pip install 'gptkit[serve]' (from a clone: uv sync --extra serve)",
+        )
+        fail_if(not 0 <= self.port <= 65535, f"--port must be between 0 and 65535, not {self.port}")
+        fail_if(self.max_batch < 1, f"--max-batch must be at least 1, not {self.max_batch}")
+        fail_if(self.max_body_mb <= 0, f"--max-body-mb must be positive, not {self.max_body_mb}")
+        fail_if(self.grace_period < 0, f"--grace-period must be 0 or more, not {self.grace_period}")
+        fail_if(self.api_key == "", "--api-key (or GPTKIT_API_KEY) is empty: give a key, or leave it out")
+        fail_if(self.api_key is not None and self.no_api_key, "--api-key and --no-api-key contradict each other")
+        fail_if(
+            not is_loopback(self.host) and self.api_key is None and not self.no_api_key,
+            f"--host {self.host} can be reached from other machines: give --api-key KEY (or set GPTKIT_API_KEY), "
+            "or add --no-api-key to serve it without a key",
+        )
+        check_quantize(self.quantize)
+        check_dtype(self.dtype)
+        check_device(self.device)
+        if self.ckpt is not None:
+            resolve(self.ckpt)
+        if self.chat_template is not None:
+            read_template(self.chat_template)
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,10 @@ class Sampling:
     top_p: float | None = None
     generator: torch.Generator | None = None
 
+    def next(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token (B,) of each row of logits (B, vocab_size), as sample_next draws it."""
+        return sample_next(logits, self.temperature, self.top_k, self.top_p, self.generator)
+
     def distribution(self, logits: torch.Tensor) -> torch.Tensor:
         return next_token_distribution(logits, self.temperature, self.top_k, self.top_p)
 
@@ -105,20 +109,22 @@ class BlockedLinear(nn.Module):
         return y.transpose(0, 1).reshape(*x.shape[:-1], -1)[..., : self.out_features]
 
 
-def prepare_for_decoding(model: GPT, compile: bool = False) -> GPT:
+def prepare_for_decoding(model: GPT, compile: bool = False, dynamic: bool = False) -> GPT:
     """Make model decode fast (in place; for inference only): on the CPU in fp32, spread each matrix-vector product
-    over the threads (BlockedLinear); with compile, torch.compile its one-token step (decode_step)."""
+    over the threads (BlockedLinear); with compile, torch.compile its one-token step (decode_step), for the shapes of
+    generate() or, dynamic, for any number of rows and cache length (continuous batching)."""
     weight = model.transformer.wte.weight
     if weight.dtype == torch.float32 and weight.device.type == "cpu":
         replace_linears(model, lambda _, linear: BlockedLinear(linear, torch.get_num_threads()))
     if compile:
         # Static shapes (a preallocated cache, the position in a tensor): one graph serves every step of a sample.
-        model.compiled_step = torch.compile(one_token_logits, dynamic=False, fullgraph=True)
+        model.compiled_step = torch.compile(one_token_logits, dynamic=dynamic, fullgraph=True)
     return model
 
 
 def one_token_logits(model: GPT, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Logits (B, vocab_size) of the next token after token (B, 1) at position pos (a 1-element tensor)."""
+    """Logits (B, vocab_size) of the next token after token (B, 1) at position pos (a tensor: (1,) for all rows, or
+    (B,) one a row)."""
     return model(token, pos=pos)[0][:, -1]
 
 
@@ -135,10 +141,11 @@ def cache_length(model: GPT, tokens: int) -> int:
     return min(tokens, model.config.block_size)
 
 
-def decode_step(model: GPT, token: torch.Tensor, pos: int) -> torch.Tensor:
-    """One decoding step: one_token_logits, compiled if prepare_for_decoding(compile=True) compiled it."""
+def decode_step(model: GPT, token: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
+    """One decoding step: one_token_logits, compiled if prepare_for_decoding(compile=True) compiled it; pos an int
+    for all rows, or a (B,) tensor of each row's."""
     step = getattr(model, "compiled_step", None) or one_token_logits
-    return step(model, token, torch.tensor([pos], device=token.device))
+    return step(model, token, pos if isinstance(pos, torch.Tensor) else torch.tensor([pos], device=token.device))
 
 
 def prefill(model: GPT, tokens: torch.Tensor) -> torch.Tensor:
@@ -180,7 +187,7 @@ def generate(
         logits = prefill(model, idx)
         pos = prompt_len
         for step in range(max_new_tokens):
-            next_token = sample_next(logits, sampling.temperature, sampling.top_k, sampling.top_p, sampling.generator)
+            next_token = sampling.next(logits)
             yield next_token
             if stop_tokens:
                 done |= torch.isin(next_token, stop)
@@ -303,11 +310,11 @@ def verify(logits: torch.Tensor, proposed: torch.Tensor, draft_probs: list, samp
 
 class TextStream:
     """One sample's tokens in, printable text out. Holds back the bytes of a UTF-8 character split across tokens
-    until it is complete, and any tail that may be the start of the stop text; ends the sample at the stop text."""
+    until it is complete, and any tail that may be the start of a stop text; ends the sample at the first stop text."""
 
-    def __init__(self, stop: str | None = None):
+    def __init__(self, stop: str | tuple[str, ...] | None = None):
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.stop = stop
+        self.stops = tuple(s for s in ((stop,) if isinstance(stop, str) else stop or ()) if s)
         self.pending = ""
         self.done = False
 
@@ -327,14 +334,13 @@ class TextStream:
 
     def _release(self, final: bool = False) -> str:
         held = 0
-        if self.stop:
-            cut = self.pending.find(self.stop)
-            if cut >= 0:
-                self.done = True
-                text, self.pending = self.pending[:cut], ""
-                return text
-            if not final:
-                held = next((n for n in range(len(self.stop) - 1, 0, -1) if self.pending.endswith(self.stop[:n])), 0)
+        cuts = [cut for cut in (self.pending.find(stop) for stop in self.stops) if cut >= 0]
+        if cuts:
+            self.done = True
+            text, self.pending = self.pending[: min(cuts)], ""
+            return text
+        if not final:
+            held = max((n for s in self.stops for n in range(1, len(s)) if self.pending.endswith(s[:n])), default=0)
         split = len(self.pending) - held
         text, self.pending = self.pending[:split], self.pending[split:]
         return text
@@ -369,13 +375,13 @@ def drop_padded_vocabulary(model: GPT) -> GPT:
     return model
 
 
-def load_for_decoding(ckpt: Path, device, dtype, quantize: str | None, compile: bool) -> GPT:
+def load_for_decoding(ckpt: Path, device, dtype, quantize: str | None, compile: bool, dynamic: bool = False) -> GPT:
     from gptkit.checkpoint import load_checkpoint
 
     model = drop_padded_vocabulary(load_checkpoint(ckpt, device, dtype))
     if quantize == "int8":
         quantize_int8(model)
-    return prepare_for_decoding(model, compile)
+    return prepare_for_decoding(model, compile, dynamic)
 
 
 class SamplePrinter:
