@@ -22,6 +22,7 @@ from gptkit.cli import app
 from gptkit.files import is_temporary
 from gptkit.runfolder import CLEARING_MARK, SAVES_DIR, STATE_TENSORS, load_run_state, newest_save, save_folders
 from gptkit.runlog import EVALS_FILE
+from gptkit.tokenizer_files import TOKENIZER_FILES
 
 FAULTS = Path(__file__).with_name("faults.py")
 # a flat learning rate (no warmup, min_lr = lr): runs resumed with a larger --steps train as one run of that many
@@ -201,7 +202,8 @@ def test_overwrite_starts_clean_and_a_crash_in_it_leaves_the_old_run_or_none(tex
     out = old_run(text, tmp_path / "run")
     assert train(text, out, 1, "--overwrite")[0] == 0
     left = {p.name for p in out.iterdir()}
-    assert left == {"saves", "model.safetensors", "config.json", "gptkit.json", "metrics.jsonl", "notes.txt"}, left
+    new_run = {"saves", "model.safetensors", "config.json", "gptkit.json", "metrics.jsonl", *TOKENIZER_FILES}
+    assert left == new_run | {"notes.txt"}, left
     assert [step for step, _ in save_folders(out)] == [1] and len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
     old = old_run(text, tmp_path / "old")
