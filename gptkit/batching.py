@@ -146,6 +146,7 @@ class Engine:
                 self.step()
 
     def submit(self, job: Job):
+        """Queue job (from any thread); it joins the batch when a row is free."""
         if len(job.prompt) + job.max_tokens > self.model.config.block_size:
             raise ValueError(f"{len(job.prompt)} + {job.max_tokens} tokens exceed the context")
         with self.wake:
@@ -154,6 +155,7 @@ class Engine:
 
     @torch.inference_mode()
     def run(self):
+        """The loop, in the engine's thread: waiting jobs join the free rows, then the batch runs one step."""
         while True:
             with self.wake:
                 while not (self.stopping or self.waiting or self.rows):
