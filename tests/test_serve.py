@@ -16,7 +16,7 @@ import openai
 import pytest
 import torch
 import uvicorn
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, lively
 from typer.testing import CliRunner
 
 from gptkit import batching
@@ -25,7 +25,6 @@ from gptkit.chat import DEFAULT_TEMPLATE, render
 from gptkit.checkpoint import save_checkpoint
 from gptkit.cli import app
 from gptkit.config import GPTConfig
-from gptkit.model import GPT
 from gptkit.options import ServeOptions
 from gptkit.sample import load_for_decoding
 from gptkit.serve import ServerInfo, chat_template_of, listen, make_app
@@ -50,18 +49,6 @@ PROMPTS = [
     "Why",
     "To be, or not to be",
 ]
-
-
-def wide_model(config: GPTConfig) -> GPT:
-    """A model whose weights are drawn wider than at initialization: its greedy tokens change with the context and
-    win by wide margins (a fresh model's near-uniform logits repeat one token)."""
-    torch.manual_seed(0)
-    model = GPT(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 2:
-                param.normal_(0, 1.0 if name == "transformer.wte.weight" else 0.3)
-    return model
 
 
 class ThreadedServer:
@@ -94,7 +81,7 @@ class ThreadedServer:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     config = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=50257)
-    return save_checkpoint(wide_model(config), tmp_path_factory.mktemp("serve") / "tiny")
+    return save_checkpoint(lively(config), tmp_path_factory.mktemp("serve") / "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -504,7 +491,7 @@ class ServeProcess:
 def long_checkpoint(tmp_path_factory):
     """A tiny model with a context of 1024: one request can stream for a while."""
     config = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=1024, vocab_size=50257)
-    return save_checkpoint(wide_model(config), tmp_path_factory.mktemp("serve") / "long")
+    return save_checkpoint(lively(config), tmp_path_factory.mktemp("serve") / "long")
 
 
 def stream_in_thread(url: str, body: dict) -> tuple[threading.Event, list[str]]:
