@@ -183,9 +183,9 @@ def resolve(path: str | Path) -> tuple[Path, Path | None]:
     path = Path(path)
     if path.is_dir():
         weights = path / WEIGHTS_FILE
-        if not weights.is_file() and (path / ADAPTER_CONFIG_FILE).is_file():  # LoRA adapters: their base's files
+        if is_adapter_folder(path):  # LoRA adapters: their base's files
             base = Path(lora_settings(path)[1])
-            if (base / ADAPTER_CONFIG_FILE).is_file() and not (base / WEIGHTS_FILE).is_file():
+            if is_adapter_folder(base):
                 raise GptkitError(f"{path}: the base of LoRA adapters must be a checkpoint, not more adapters ({base})")
             return resolve(base)
         if not weights.is_file():
@@ -521,11 +521,7 @@ def load_checkpoint(
     model.load_state_dict(state, assign=True)
     if not int8:
         model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied parameter
-    if (
-        Path(path).is_dir()
-        and not (Path(path) / WEIGHTS_FILE).is_file()
-        and (Path(path) / ADAPTER_CONFIG_FILE).is_file()
-    ):
+    if is_adapter_folder(path):
         from gptkit.lora import add_lora, merge_lora
 
         if int8:
@@ -549,6 +545,12 @@ def read_metadata(path: str | Path) -> dict:
 
 
 # --- LoRA adapters (PEFT's format) -----------------------------------------------------------------------------------
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    """Whether path is a folder of LoRA adapters (a LoRA run, or one of its saves), not a whole checkpoint."""
+    path = Path(path)
+    return path.is_dir() and (path / ADAPTER_CONFIG_FILE).is_file() and not (path / WEIGHTS_FILE).is_file()
 
 
 def lora_settings(folder: Path) -> tuple[LoraSettings, str]:

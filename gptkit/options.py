@@ -17,6 +17,7 @@ from gptkit.chat import read_template
 from gptkit.checkpoint import (
     ADAPTER_CONFIG_FILE,
     checkpoint_files,
+    is_adapter_folder,
     quantization_of,
     read_config,
     read_metadata,
@@ -145,7 +146,7 @@ def check_merge_command(run: Path, out: Path | None, overwrite: bool):
     run = Path(run)
     fail_if(not run.exists(), f"{run} does not exist")
     fail_if(
-        not (run / ADAPTER_CONFIG_FILE).is_file(),
+        not is_adapter_folder(run),
         f"{run} holds no LoRA adapters ({ADAPTER_CONFIG_FILE}): gptkit merge takes the folder of a run trained with "
         "--lora-rank",
     )

@@ -31,6 +31,7 @@ from gptkit.checkpoint import (
     CONFIG_FILE,
     METADATA_FILE,
     WEIGHTS_FILE,
+    is_adapter_folder,
     is_checkpoint,
     read_safetensors_header,
     save_tensors,
@@ -210,7 +211,7 @@ def load_run_state(out: Path) -> tuple[dict, Path]:
         f"the run cannot be resumed exactly: start it over with --overwrite, or train on from its checkpoint as a new "
         f"run (--model {out} --out ANOTHER_FOLDER)"
     )
-    lora = (folder / ADAPTER_CONFIG_FILE).is_file()  # a LoRA run's save: the adapters, not a whole checkpoint
+    lora = is_adapter_folder(folder)  # a LoRA run's save: the adapters, not a whole checkpoint
     weights, config = (ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE) if lora else (WEIGHTS_FILE, CONFIG_FILE)
     if missing := [name for name in (STATE_JSON, STATE_TENSORS, weights, config) if not (folder / name).is_file()]:
         raise GptkitError(f"{folder} is damaged (it lacks {', '.join(missing)}): {remedy}")
