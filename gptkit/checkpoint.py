@@ -32,7 +32,7 @@ from gptkit import __version__
 from gptkit.config import LORA_TARGETS, GPTConfig, LoraSettings
 from gptkit.errors import GptkitError
 from gptkit.files import atomic_dir, atomic_path, read_json, write_json
-from gptkit.nanogpt import is_peer_file
+from gptkit.nanogpt import PeerCheckpoint, is_peer_file
 from gptkit.tokenizer import EOT_TOKEN, VOCAB_SIZE
 from gptkit.tokenizer_files import write_tokenizer_files
 
@@ -431,12 +431,15 @@ def convert_bin(bin_path: Path, out_path: Path, config: GPTConfig):
     save_tensors(out_path, keep)
 
 
-def read_peer_tensors(path: Path, device="cpu", metadata: dict | None = None) -> tuple[GPTConfig, dict]:
+def read_peer_tensors(
+    path: Path, device="cpu", metadata: dict | None = None, peer: PeerCheckpoint | None = None
+) -> tuple[GPTConfig, dict]:
     """A nanoGPT / build-nanogpt .pt file (see nanogpt.py) as (its config, its tensors under GPT2LMHeadModel's names
-    and orientation, views of nn.Linear's), to be loaded as any checkpoint's; its step into metadata."""
+    and orientation, views of nn.Linear's), to be loaded as any checkpoint's; its step into metadata. peer: the file
+    as nanogpt.read_peer read it already (None: read it here)."""
     from gptkit.nanogpt import peer_state_dict, read_peer
 
-    peer = read_peer(path)
+    peer = peer if peer is not None else read_peer(path)
     if metadata is not None and peer.step is not None:
         metadata["step"] = str(peer.step)
     tensors = peer_state_dict(peer)
@@ -487,13 +490,19 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: str | Path, device="cpu", dtype=None, metadata: dict | None = None, merge_adapters: bool = True
+    path: str | Path,
+    device="cpu",
+    dtype=None,
+    metadata: dict | None = None,
+    merge_adapters: bool = True,
+    peer: PeerCheckpoint | None = None,
 ) -> GPT:
     """A GPT (eval mode) from a checkpoint directory or a bare .safetensors file; dtype defaults to float32. An int8
     checkpoint's Linears (and output head) become Int8Linear, from the stored int8 weights and scales; dtype is then
     that of the activations, the scales and the float tensors. metadata: filled with the weights file's metadata
     (its "step" where gptkit train saved it). A folder of LoRA adapters gives its base with the adapters, merged
-    into the weights (or, without merge_adapters, as trainable LoRA layers beside the frozen weights)."""
+    into the weights (or, without merge_adapters, as trainable LoRA layers beside the frozen weights). peer: the
+    nanoGPT / build-nanogpt .pt file at path as nanogpt.read_peer read it already (None: read it here)."""
     import torch
 
     from gptkit.int8 import Int8Linear, replace_linears
@@ -501,7 +510,7 @@ def load_checkpoint(
 
     weights, _ = resolve(path)
     if is_peer_file(weights):  # converted on the fly, then checked as any checkpoint's tensors are
-        config, stored = read_peer_tensors(weights, device, metadata)
+        config, stored = read_peer_tensors(weights, device, metadata, peer)
     else:
         config = read_config(path)
         stored = load_tensors(weights, device, metadata)

@@ -19,7 +19,7 @@ def convert_checkpoint(src: Path, out: Path | None = None, overwrite: bool = Fal
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     with console.status(f"converting {src}"):
         peer = read_peer(src)
-        model = load_checkpoint(src)
+        model = load_checkpoint(src, peer=peer)
         source = {
             "file": str(Path(src).resolve()),
             "format": peer.format,

@@ -518,3 +518,12 @@ def test_out_that_exists_needs_overwrite(tmp_path, nanogpt_file):
     assert_one_line_error(run("convert", out / "model.safetensors"), "is not a nanoGPT or build-nanogpt checkpoint")
     assert_one_line_error(run("convert", tmp_path / "missing.pt"), "does not exist")
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())  # atomic_dir's temporary folders are gone
+
+
+def test_convert_reads_the_file_once(tmp_path, nanogpt_file, monkeypatch):
+    from gptkit import nanogpt
+
+    reads, load_pickle = [], nanogpt.load_pickle
+    monkeypatch.setattr(nanogpt, "load_pickle", lambda path: reads.append(path) or load_pickle(path))
+    assert run("convert", nanogpt_file, "--out", tmp_path / "converted").exit_code == 0
+    assert reads == [nanogpt_file]
