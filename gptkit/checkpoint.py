@@ -248,6 +248,20 @@ def find_latest_checkpoint(root: str | Path = "checkpoints") -> Path | None:
     return max(candidates, key=lambda p: (p / WEIGHTS_FILE).stat().st_mtime, default=None)
 
 
+def checkpoint_or_latest(ckpt: Path | None, give: str) -> Path:
+    """ckpt, else the newest checkpoint under checkpoints/; with neither, an error that says how to get one (give:
+    how the command is given a checkpoint, as "CKPT" or "--ckpt DIR")."""
+    if ckpt is not None:
+        return ckpt
+    latest = find_latest_checkpoint()
+    if latest is None:
+        raise GptkitError(
+            "no checkpoint under checkpoints/: train one (gptkit train data/input.txt) "
+            f"or download one (gptkit download gpt2), or give {give}"
+        )
+    return latest
+
+
 # --- config --------------------------------------------------------------------------------------------------------
 
 

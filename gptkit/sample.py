@@ -100,7 +100,9 @@ class BlockedLinear(nn.Module):
             for block, rows in zip(self.weight, weight.split(width)):
                 block[:, : rows.size(0)] = rows.t()
         else:  # views of nn.Linear's (out, in) weight
-            weight = F.pad(weight, (0, 0, 0, blocks * width - self.out_features)) if self.out_features % blocks else weight
+            weight = (
+                F.pad(weight, (0, 0, 0, blocks * width - self.out_features)) if self.out_features % blocks else weight
+            )
             self.weight = weight.view(blocks, width, in_features).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -461,16 +463,11 @@ def sample(opts: SampleOptions):
     (opts checked itself when it was made)."""
     from rich.console import Console
 
-    from gptkit.checkpoint import find_latest_checkpoint, quantization_of, read_config
+    from gptkit.checkpoint import checkpoint_or_latest, quantization_of, read_config
     from gptkit.runtime import pick_device, pick_dtype
 
     prompt = sys.stdin.read() if opts.prompt == "-" else opts.prompt
-    ckpt = opts.ckpt if opts.ckpt is not None else find_latest_checkpoint()
-    if ckpt is None:
-        raise GptkitError(
-            "no checkpoint under checkpoints/: train one (gptkit train data/input.txt) "
-            "or download one (gptkit download gpt2), or give --ckpt DIR"
-        )
+    ckpt = checkpoint_or_latest(opts.ckpt, "--ckpt DIR")
     if opts.draft is not None:
         check_draft(read_config(opts.draft), read_config(ckpt), opts.draft)
     device = pick_device(opts.device)

@@ -621,16 +621,11 @@ def chat_template_of(opts: ServeOptions, ckpt: Path) -> dict:
 def serve(opts: ServeOptions):
     """`gptkit serve`: listen first (a port in use is refused before the model loads), load the model, serve until
     SIGTERM or Ctrl-C, then drain (opts checked itself when it was made)."""
-    from gptkit.checkpoint import find_latest_checkpoint, quantization_of
+    from gptkit.checkpoint import checkpoint_or_latest, quantization_of
     from gptkit.runtime import pick_device, pick_dtype
     from gptkit.sample import load_for_decoding
 
-    ckpt = opts.ckpt if opts.ckpt is not None else find_latest_checkpoint()
-    if ckpt is None:
-        raise GptkitError(
-            "no checkpoint under checkpoints/: train one (gptkit train data/input.txt) "
-            "or download one (gptkit download gpt2), or give CKPT"
-        )
+    ckpt = checkpoint_or_latest(opts.ckpt, "CKPT")
     template = chat_template_of(opts, ckpt)
     sock = listen(opts.host, opts.port)
     device = pick_device(opts.device)

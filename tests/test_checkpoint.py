@@ -182,6 +182,16 @@ def test_find_latest_checkpoint(tiny_model, tmp_path):
     assert checkpoint.find_latest_checkpoint(tmp_path) == newer
 
 
+def test_checkpoint_or_latest(tiny_model, tmp_path, monkeypatch):
+    """sample's and serve's checkpoint: the one given, else the newest under checkpoints/, else one line on how."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(GptkitError, match=r"^no checkpoint under checkpoints/: .* or give CKPT$"):
+        checkpoint.checkpoint_or_latest(None, "CKPT")
+    saved = save_checkpoint(tiny_model, tmp_path / "checkpoints" / "run")
+    assert checkpoint.checkpoint_or_latest(None, "CKPT") == Path("checkpoints/run")
+    assert checkpoint.checkpoint_or_latest(saved, "CKPT") == saved
+
+
 def test_saved_files_get_the_usual_mode(tiny_model, tmp_path):
     """Atomic saves give files the mode a plain open() would (0666 less the umask), not mkstemp's owner-only 0600."""
     from gptkit.files import atomic_path
