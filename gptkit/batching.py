@@ -198,17 +198,24 @@ class Engine:
             send(job, Failed(e))
 
     def fit(self, length: int):
-        """Grow the cache to length positions (in steps of CACHE_STEP), keeping what the rows hold."""
+        """Grow the cache to length positions (in steps of CACHE_STEP), keeping what the rows hold; all or nothing:
+        where it fails (out of memory at some layer), every layer keeps the cache it had and the rows go on."""
         if length <= self.cache_length:
             return
         block_size = self.model.config.block_size
         new_length = min(block_size, -(-length // CACHE_STEP) * CACHE_STEP)
-        old = [block.attn.kv_cache for block in self.model.transformer.h]
-        self.model.setup_kv_cache(self.max_batch, new_length)
-        if self.cache_length:
-            for block, cache in zip(self.model.transformer.h, old):
-                block.attn.kv_cache.k[:, :, : self.cache_length] = cache.k
-                block.attn.kv_cache.v[:, :, : self.cache_length] = cache.v
+        blocks = self.model.transformer.h
+        old = [block.attn.kv_cache for block in blocks]
+        try:
+            self.model.setup_kv_cache(self.max_batch, new_length)
+            if self.cache_length:
+                for block, cache in zip(blocks, old):
+                    block.attn.kv_cache.k[:, :, : self.cache_length] = cache.k
+                    block.attn.kv_cache.v[:, :, : self.cache_length] = cache.v
+        except BaseException:
+            for block, cache in zip(blocks, old):
+                block.attn.kv_cache = cache
+            raise
         self.cache_length = new_length
 
     def step(self):
