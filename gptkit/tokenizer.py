@@ -16,6 +16,20 @@ BPE_FILES = {
 }
 
 
+def bpe_file(name: str) -> bytes:
+    """One of the shipped BPE files (encoder.json, vocab.bpe), checked against its sha256 (once a process)."""
+    return checked_file(ASSETS / name, BPE_FILES[name])
+
+
+@cache
+def checked_file(path: Path, sha256: str) -> bytes:
+    """The bytes of path, if their sha256 is sha256 (cached by path, not by name: a test may move ASSETS)."""
+    data = path.read_bytes() if path.is_file() else b""
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise GptkitError(f"the GPT-2 BPE file {path} is missing or corrupted: reinstall gptkit")
+    return data
+
+
 @cache
 def get_tokenizer():
     """tiktoken's "gpt2" encoding, token for token, without touching the network."""
@@ -23,10 +37,8 @@ def get_tokenizer():
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import r50k_pat_str
 
-    for name, expected in BPE_FILES.items():
-        path = ASSETS / name
-        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != expected:
-            raise GptkitError(f"the GPT-2 BPE file {path} is missing or corrupted: reinstall gptkit")
+    for name in BPE_FILES:
+        bpe_file(name)
     ranks = data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=str(ASSETS / "vocab.bpe"),
         encoder_json_file=str(ASSETS / "encoder.json"),

@@ -7,14 +7,12 @@ and merges for the `tokenizers` library (byte-level BPE, GPT-2's pre-tokenizer, 
 The bytes are made once per process; writing them is all a checkpoint save pays. Needs no torch.
 """
 
-import hashlib
 import json
 from functools import cache
 from pathlib import Path
 
-from gptkit.errors import GptkitError
 from gptkit.files import atomic_path
-from gptkit.tokenizer import ASSETS, BPE_FILES, EOT_TEXT, EOT_TOKEN
+from gptkit.tokenizer import EOT_TEXT, EOT_TOKEN, bpe_file
 
 CONTEXT = 1024  # the context GPT-2's tokenizer was published with (model_max_length)
 EOT_ADDED = {
@@ -25,16 +23,6 @@ EOT_ADDED = {
     "single_word": False,
     "special": True,
 }
-
-
-@cache
-def bpe_file(name: str) -> bytes:
-    """One of the shipped BPE files (encoder.json, vocab.bpe), checked against its sha256."""
-    path = ASSETS / name
-    data = path.read_bytes() if path.is_file() else b""
-    if hashlib.sha256(data).hexdigest() != BPE_FILES[name]:
-        raise GptkitError(f"the GPT-2 BPE file {path} is missing or corrupted: reinstall gptkit")
-    return data
 
 
 def tokens() -> list[str]:
