@@ -221,9 +221,16 @@ class Engine:
     def step(self):
         """Draw each row's next token and hand it over; let the finished rows go; run the others one step."""
         self.peak_rows = max(self.peak_rows, len(self.rows))
-        for i, row in enumerate(self.rows):
-            if not row.job.cancelled:
-                self.advance(row, self.logits[i : i + 1])
+        for group in self.sampling_groups():
+            try:
+                tokens = self.rows[group[0]].job.sampling.next(self.logits[group]).tolist()
+            except Exception as e:  # fails the group's rows
+                for i in group:
+                    self.rows[i].done = True
+                    send(self.rows[i].job, Failed(e))
+                continue
+            for i, token in zip(group, tokens):
+                self.advance(self.rows[i], self.logits[i : i + 1], token)
         self.compact([i for i, row in enumerate(self.rows) if not (row.done or row.job.cancelled)])
         if not self.rows:
             self.logits = None
@@ -236,11 +243,21 @@ class Engine:
             row.pos += 1
         self.steps += 1
 
-    def advance(self, row: Row, logits: torch.Tensor):
-        """Draw row's next token from logits (1, vocab_size) and emit it, or what ends the job."""
+    def sampling_groups(self) -> list[list[int]]:
+        """The rows not cancelled (indices) in groups that draw their next tokens in one call: the unseeded rows of
+        equal sampling settings together, each seeded row alone (its generator then draws the same tokens whichever
+        rows run beside it)."""
+        groups = {}
+        for i, row in enumerate(self.rows):
+            sampling = row.job.sampling
+            if not row.job.cancelled:
+                groups.setdefault(sampling if sampling.generator is None else i, []).append(i)
+        return list(groups.values())
+
+    def advance(self, row: Row, logits: torch.Tensor, token: int):
+        """Emit row's next token, drawn from logits (1, vocab_size), or what ends the job."""
         job = row.job
         try:
-            token = int(job.sampling.next(logits))
             if token == EOT_TOKEN:
                 row.done = True
                 send(job, Done("stop", row.stream.finish(), row.tokens))

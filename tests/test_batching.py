@@ -70,3 +70,38 @@ def test_a_cache_that_fails_to_grow_leaves_the_rows_in_flight_as_they_were(model
     solo_again, solo_again_events = job("It was", 2 * CACHE_STEP)
     decode(Engine(model, 2), solo_again)
     assert engine.cache_length > length and again_events == solo_again_events
+
+
+def test_unseeded_rows_of_equal_settings_draw_together_and_seeded_rows_alone(model, monkeypatch):
+    """One call of the sampler a step for the unseeded rows that share their settings, one for each other row; each
+    row's tokens are those it draws alone."""
+    prompts = ["Once upon a time", "Once upon a time", "ROMEO:", "Dear Sir,", "1 2 3", "Why"]
+
+    def samplings() -> list[Sampling]:
+        seeded = [Sampling(0.9, top_p=0.95, generator=torch.Generator().manual_seed(seed)) for seed in (1, 2)]
+        top_1 = Sampling(1.0, top_k=1)  # draws the greedy token: which row of the call gets which token shows
+        return [*seeded, top_1, top_1, top_1, GREEDY]  # the seeded rows' settings are equal, their generators not
+
+    solo = []
+    for prompt, sampling in zip(prompts, samplings()):
+        alone, events = job(prompt, 20, sampling)
+        decode(Engine(model, 1), alone)
+        solo.append(events)
+    assert solo[0] != solo[1]  # the same prompt, another seed
+
+    engine = Engine(model, len(prompts))
+    jobs = [job(prompt, 20, sampling) for prompt, sampling in zip(prompts, samplings())]
+    rows_a_call, draw = [], Sampling.next
+
+    def counted(sampling: Sampling, logits: torch.Tensor) -> torch.Tensor:
+        rows_a_call.append(logits.size(0))
+        return draw(sampling, logits)
+
+    monkeypatch.setattr(Sampling, "next", counted)
+    with torch.inference_mode():
+        for each, _ in jobs:
+            engine.join(each)
+        engine.step()
+    assert sorted(rows_a_call) == [1, 1, 1, 3]
+    decode(engine)
+    assert [events for _, events in jobs] == solo
