@@ -66,8 +66,13 @@ class TokenSource:
     names: list[str] = field(default_factory=list)
 
     @property
+    def all_shards(self) -> list[np.ndarray]:
+        """Every token array, the separate validation files' last."""
+        return self.shards + (self.val_shards or [])
+
+    @property
     def tokens(self) -> int:
-        return sum(len(s) for s in self.shards) + sum(len(s) for s in self.val_shards or [])
+        return sum(len(s) for s in self.all_shards)
 
     @property
     def split_kind(self) -> str:
@@ -194,7 +199,7 @@ def open_build_nanogpt(folder: Path, check: bool) -> TokenSource:
 def load_tokens(path: str | Path, progress=None) -> tuple[np.ndarray, str]:
     """(all the tokens of DATA in memory, its digest): for small data (eval of a text, tests, benchmarks)."""
     source = open_data(path, progress)
-    shards = source.shards + (source.val_shards or [])
+    shards = source.all_shards
     return np.concatenate(shards) if len(shards) != 1 else np.array(shards[0]), source.digest
 
 

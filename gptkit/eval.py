@@ -173,7 +173,7 @@ def read_tokens(path: Path, quiet: bool = False) -> tuple[TokenSequence, str]:
         source = open_data(path, progress)
     finally:
         progress.close()
-    return TokenSequence(source.shards + (source.val_shards or [])), source.digest
+    return TokenSequence(source.all_shards), source.digest
 
 
 def validation_split(ckpt: Path, quiet: bool = False, max_tokens: int | None = None) -> tuple[TokenSequence, dict]:
