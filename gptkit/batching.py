@@ -177,6 +177,9 @@ class Engine:
         """Prefill job's prompt into the next free row; it is drawn from at the next step."""
         if job.cancelled:
             return
+        if job.max_tokens == 0 and not job.prompt_logprobs:  # nothing to draw or score: no pass over the prompt
+            send(job, Done("length", "", 0))
+            return
         try:
             self.fit(len(job.prompt) + job.max_tokens)
             slot = len(self.rows)

@@ -5,7 +5,7 @@ import torch
 from conftest import lively
 
 import gptkit.model
-from gptkit.batching import CACHE_STEP, Engine, Failed, Job, Token
+from gptkit.batching import CACHE_STEP, Done, Engine, Failed, Job, PromptLogprobs, Token
 from gptkit.config import GPTConfig
 from gptkit.sample import Sampling
 from gptkit.tokenizer import encode
@@ -105,3 +105,19 @@ def test_unseeded_rows_of_equal_settings_draw_together_and_seeded_rows_alone(mod
     assert sorted(rows_a_call) == [1, 1, 1, 3]
     decode(engine)
     assert [events for _, events in jobs] == solo
+
+
+def test_no_tokens_asked_for_runs_no_model_without_prompt_logprobs(model):
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args: calls.append(args))
+    try:
+        engine = Engine(model, 2)
+        nothing, events = job("Once upon a time", 0)
+        decode(engine, nothing)
+        assert events == [Done("length", "", 0)] and not calls and not engine.rows
+        scored, scored_events = job("Once upon a time", 0, prompt_logprobs=True)
+        decode(engine, scored)
+        assert len(calls) == 1 and isinstance(scored_events[0], PromptLogprobs)
+        assert scored_events[1:] == [Done("length", "", 0)]
+    finally:
+        hook.remove()
