@@ -11,6 +11,7 @@ import importlib.util
 import ipaddress
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from gptkit.chat import read_template
@@ -295,8 +296,12 @@ class ServeOptions:
         check_device(self.device)
         if self.ckpt is not None:
             resolve(self.ckpt)
-        if self.chat_template is not None:
-            read_template(self.chat_template)
+        _ = self.template  # --chat-template read and checked now, once (the property keeps it)
+
+    @cached_property
+    def template(self) -> dict | None:
+        """--chat-template's template (over the default, checked); None without one."""
+        return None if self.chat_template is None else read_template(self.chat_template)
 
 
 @dataclass(frozen=True)

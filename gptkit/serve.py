@@ -608,12 +608,12 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def chat_template_of(opts: ServeOptions, ckpt: Path) -> dict:
-    """--chat-template's, else the checkpoint's (gptkit.json's "chat_template"), else the default."""
-    from gptkit.chat import read_template
+    """--chat-template's (read when opts were made), else the checkpoint's (gptkit.json's "chat_template"), else the
+    default."""
     from gptkit.checkpoint import read_metadata
 
-    if opts.chat_template is not None:
-        return read_template(opts.chat_template)
+    if opts.template is not None:
+        return opts.template
     own = read_metadata(ckpt).get("chat_template")
     return DEFAULT_TEMPLATE if own is None else check_template(own, f"{ckpt}'s gptkit.json")
 

@@ -265,7 +265,9 @@ def test_chat_template_from_the_checkpoint_or_a_file(tmp_path, checkpoint):
     assert render(template, [("user", "2+2?")]) == "Q: 2+2?\nA:"
     file = tmp_path / "template.json"
     file.write_text(json.dumps({"user": "<{content}>", "stop": ["<"]}))
-    template = chat_template_of(ServeOptions(ckpt=own, chat_template=file), own)
+    options = ServeOptions(ckpt=own, chat_template=file)
+    file.unlink()  # read once, when the options were made
+    template = chat_template_of(options, own)
     assert render(template, [("user", "hi")]) == "<hi>Assistant:" and template["stop"] == ["<"]
 
 
