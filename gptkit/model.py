@@ -321,8 +321,7 @@ class GPT(nn.Module):
         self.config.block_size = block_size
         wpe = self.transformer.wpe.weight
         self.transformer.wpe.weight = nn.Parameter(wpe.detach()[:block_size].clone(), requires_grad=wpe.requires_grad)
-        wpe = wpe.detach()
-        return wpe[block_size:].clone()
+        return wpe.detach()[block_size:].clone()
 
     def set_dropout(self, p: float):
         """Set the dropout probability of every dropout layer (it acts only in training mode), LoRA adapters' aside."""

@@ -119,7 +119,8 @@ def prepare_for_decoding(model: GPT, compile: bool = False, dynamic: bool = Fals
     if weight.dtype == torch.float32 and weight.device.type == "cpu":
         replace_linears(model, lambda _, linear: BlockedLinear(linear, torch.get_num_threads()))
     if compile:
-        # Static shapes (a preallocated cache, the position in a tensor): one graph serves every step of a sample.
+        # generate()'s steps have static shapes (a preallocated cache, the position in a tensor): one graph serves
+        # every step of a sample. Continuous batching (dynamic) changes the rows and the cache length between steps.
         model.compiled_step = torch.compile(one_token_logits, dynamic=dynamic, fullgraph=True)
     return model
 

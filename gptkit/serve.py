@@ -509,8 +509,7 @@ def make_app(engine: Engine, info: ServerInfo, ready=None) -> FastAPI:
         stops = tuple(template["stop"]) + check_settings(body, body.n)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         if max_tokens is None:
-            check_fits(prompt, 0, "messages")
-            max_tokens = info.block_size - len(prompt)
+            max_tokens = info.block_size - len(prompt)  # a prompt longer than the context: check_fits refuses it
         check_fits(prompt, max_tokens, "messages")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         run = start(body, [prompt], max_tokens, stops, logprobs, False)

@@ -307,7 +307,7 @@ BAD_REQUESTS = [
     ("post", "/v1/completions", {"prompt": "Hi", "logprobs": 21}, 400, "logprobs"),
     ("post", "/v1/chat/completions", {"messages": []}, 400, "messages"),
     ("post", "/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, 400, "not one of"),
-    ("post", "/v1/chat/completions", {"messages": [{"role": "user", "content": LONG}]}, 400, "context of 64"),
+    ("post", "/v1/chat/completions", {"messages": [{"role": "user", "content": LONG}]}, 400, "tokens long, more than"),
     (
         "post",
         "/v1/chat/completions",
