@@ -36,6 +36,22 @@ def summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def random_gpt2():
+    """GPT-2 124M's shape, random weights drawn wider than at initialization (matrices N(0, 2 / sqrt(fan_in)), the
+    token embedding N(0, 1)), seeded: its logits are peaked and its greedy text depends on the prompt (a fresh model's
+    near-uniform logits repeat one token)."""
+    from gptkit.config import PRESETS
+    from gptkit.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(PRESETS["gpt2"]).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2:
+                param.normal_(0, 1.0 if name == "transformer.wte.weight" else 2 / param.size(-1) ** 0.5)
+    return model
+
+
 def matmul_peak_gflops(dtype=torch.float32, n: int = 2048, repeats: int = 5) -> float:
     """Best GFLOP/s of an n x n matmul: the peak that MFU is measured against."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import cpu_name  # noqa: E402
+from bench.common import cpu_name, random_gpt2  # noqa: E402
 
 PROMPTS = ("Hello, my name is", "ROMEO:\nBut soft, what light through yonder window breaks?")
 TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -55,20 +55,6 @@ for text, tokens, logits_file in zip(job["texts"], job["tokens"], job["logits_fi
 system = llama_cpp.llama_print_system_info().decode().strip()
 print(json.dumps({"version": llama_cpp.__version__, "system": system, "results": results}))
 """
-
-
-def lively_gpt2():
-    """GPT-2 124M's shape, random weights: matrices N(0, 2 / sqrt(fan_in)) and the token embedding N(0, 1)."""
-    from gptkit.config import PRESETS
-    from gptkit.model import GPT
-
-    torch.manual_seed(0)
-    model = GPT(PRESETS["gpt2"]).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 2:
-                param.normal_(0, 1.0 if name == "transformer.wte.weight" else 2 / param.size(-1) ** 0.5)
-    return model
 
 
 def greedy(model, tokens: list[int], n: int) -> tuple[list[int], np.ndarray]:
@@ -134,7 +120,7 @@ def check(args, folder: Path):
 
     ckpt = args.ckpt or (Path("checkpoints/gpt2") if Path("checkpoints/gpt2/model.safetensors").is_file() else None)
     if ckpt is None:
-        ckpt, what = save_checkpoint(lively_gpt2(), folder / "gpt2-random"), "GPT-2 124M shape, random weights"
+        ckpt, what = save_checkpoint(random_gpt2(), folder / "gpt2-random"), "GPT-2 124M shape, random weights"
     else:
         what = str(ckpt)
     model = load_checkpoint(ckpt)

@@ -27,27 +27,14 @@ import openai
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import cpu_name  # noqa: E402
+from bench.common import cpu_name, random_gpt2  # noqa: E402
 from gptkit.checkpoint import save_checkpoint  # noqa: E402
-from gptkit.config import PRESETS  # noqa: E402
 from gptkit.cpu import cpu_level  # noqa: E402
-from gptkit.model import GPT  # noqa: E402
 from gptkit.runtime import pick_dtype  # noqa: E402
 from gptkit.sample import Sampling, generate, load_for_decoding  # noqa: E402
 from gptkit.tokenizer import EOT_TOKEN, get_tokenizer  # noqa: E402
 
 PROMPT_TOKENS = 8
-
-
-def wide_gpt2(out: Path) -> Path:
-    """GPT-2 124M's shape, random weights (matrices N(0, 2 / sqrt(fan_in)), the token embedding N(0, 1)), at out."""
-    torch.manual_seed(0)
-    model = GPT(PRESETS["gpt2"]).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 2:
-                param.normal_(0, 1.0 if name == "transformer.wte.weight" else 2 / param.size(-1) ** 0.5)
-    return save_checkpoint(model, out)
 
 
 def prompts(count: int) -> list[list[int]]:
@@ -151,7 +138,7 @@ def main():
 
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = args.ckpt or wide_gpt2(Path(tmp) / "gpt2-random")
+        ckpt = args.ckpt or save_checkpoint(random_gpt2(), Path(tmp) / "gpt2-random")
         idx = prompts(max(args.clients))
         t0 = time.perf_counter()
         expected = expected_texts(ckpt, args.dtype, idx, args.new_tokens)
