@@ -364,11 +364,12 @@ def strip_prefix(name: str) -> str:
     return name.removeprefix("transformer.")
 
 
-def to_hf_tensors(model: GPT) -> dict[str, torch.Tensor]:
-    """The model's weights under GPT2LMHeadModel's names and orientation (a float lm_head left out: it is tied).
-    An int8 model's int8 weights keep Int8Linear's (out, in) layout, and its int8 output head is kept."""
+def to_hf_tensors(model: GPT, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The model's weights (or state, its state dict gathered elsewhere) under GPT2LMHeadModel's names and orientation
+    (a float lm_head left out: it is tied). An int8 model's int8 weights keep Int8Linear's (out, in) layout, and its
+    int8 output head is kept."""
     out = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in (model.state_dict() if state is None else state).items():
         if name == "lm_head.weight" and tensor.is_floating_point():
             continue
         out[name] = tensor.t() if name.endswith(TRANSPOSED) and tensor.is_floating_point() else tensor
@@ -471,17 +472,22 @@ def read_peer_tensors(
 
 
 def save_checkpoint(
-    model: GPT, out_dir: str | Path, metadata: dict | None = None, extra_positions: torch.Tensor | None = None
+    model: GPT,
+    out_dir: str | Path,
+    metadata: dict | None = None,
+    extra_positions: torch.Tensor | None = None,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write model (and gptkit.json with metadata) as a checkpoint directory: every file into a temporary folder
-    first, so that a failed write leaves the directory as it was (files.atomic_dir).
+    first, so that a failed write leaves the directory as it was (files.atomic_dir). state: the model's state dict
+    when the model does not hold it whole (the weights of a sharded model, gathered: fsdp.full_model_state).
     extra_positions: position embeddings past the model's context (those a fine-tuning run at a shorter window set
     aside, see GPT.crop_block_size), saved after the model's own so that the checkpoint keeps its whole context."""
     import torch
 
     out_dir = Path(out_dir)
     dtype = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
-    tensors, model_config = to_hf_tensors(model), model.config
+    tensors, model_config = to_hf_tensors(model, state), model.config
     int8 = any(t.dtype == torch.int8 for t in tensors.values())
     if extra_positions is not None and len(extra_positions):
         wpe = tensors["transformer.wpe.weight"]

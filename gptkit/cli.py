@@ -372,6 +372,16 @@ def train(
             rich_help_panel=HARDWARE,
         ),
     ] = None,
+    fsdp: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--fsdp/--no-fsdp",
+            help="Under torchrun: shard weights, gradients and optimizer state over the processes (FSDP2), each "
+            "holding 1/N of them instead of a whole copy.",
+            show_default=False,
+            rich_help_panel=HARDWARE,
+        ),
+    ] = None,
     lora_rank: Annotated[
         Optional[int],
         typer.Option(

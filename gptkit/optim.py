@@ -7,6 +7,7 @@ head tied to wte), biases and layer norms stay with AdamW, as in the modded-nano
 """
 
 import math
+from functools import partial
 
 import torch
 
@@ -40,18 +41,25 @@ class Optimizers:
 class Muon(torch.optim.Muon):
     """torch.optim.Muon (Keller Jordan's update and learning-rate scaling, decoupled weight decay), with its
     Newton-Schulz iteration in fp32 on CPUs where bf16 is not the faster (cpu.cpu_prefers_bf16): there torch's
-    bf16 iteration runs emulated, slower than the forward and backward of the model's blocks."""
+    bf16 iteration runs emulated, slower than the forward and backward of the model's blocks. Under --fsdp each
+    process holds some rows of a matrix, and the iteration needs all of them: every process gathers the whole
+    update, orthogonalizes it and keeps its own rows."""
 
-    def __init__(self, params, device: torch.device, **options):
+    def __init__(self, params, device: torch.device, sharded: bool = False, **options):
         super().__init__(params, **options)
         self.fp32_iteration = device.type == "cpu" and not cpu_prefers_bf16()
+        self.sharded = sharded
 
     @torch.no_grad()
     def step(self):
-        if not self.fp32_iteration:
+        if not self.fp32_iteration and not self.sharded:
             return super().step()
+        dtype = torch.float32 if self.fp32_iteration else torch.bfloat16
         for group in self.param_groups:
             lr, momentum = group["lr"], group["momentum"]
+            orthogonal = partial(
+                orthogonalize, coefficients=group["ns_coefficients"], steps=group["ns_steps"], eps=group["eps"]
+            )
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -61,15 +69,24 @@ class Muon(torch.optim.Muon):
                 buffer = state["momentum_buffer"]
                 buffer.lerp_(p.grad, 1 - momentum)
                 update = p.grad.lerp(buffer, momentum) if group["nesterov"] else buffer
-                update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                if self.sharded:  # this process's rows of the whole update (only --fsdp runs import DTensor's module)
+                    from torch.distributed.tensor import distribute_tensor
+
+                    whole = orthogonal(update.full_tensor(), dtype=dtype).to(p.dtype)
+                    update = distribute_tensor(whole, p.device_mesh, p.placements, src_data_rank=None)
+                else:
+                    update = orthogonal(update, dtype=dtype)
                 p.mul_(1 - lr * group["weight_decay"])
                 p.add_(update, alpha=-lr * math.sqrt(max(1, p.size(0) / p.size(1))))
 
 
-def orthogonalize(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float) -> torch.Tensor:
-    """torch.optim.Muon's quintic Newton-Schulz iteration towards the nearest semi-orthogonal matrix, in fp32."""
+def orthogonalize(
+    g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype=torch.float32
+) -> torch.Tensor:
+    """torch.optim.Muon's quintic Newton-Schulz iteration towards the nearest semi-orthogonal matrix, in dtype."""
     a, b, c = coefficients
-    x = g.T if g.size(0) > g.size(1) else g
+    x = g.to(dtype)
+    x = x.T if g.size(0) > g.size(1) else x
     x = x / x.norm().clamp(min=eps)
     for _ in range(steps):
         gram = x @ x.T
@@ -103,6 +120,7 @@ def make_optimizer(model: GPT, cfg, device: torch.device) -> Optimizers:
     muon = Muon(
         [{"params": matrices, "peak_lr": cfg.lr}],
         device,
+        sharded=cfg.fsdp,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         momentum=MUON_MOMENTUM,
@@ -145,6 +163,11 @@ def optimizer_tensors(model: GPT, optimizer: Optimizers) -> dict[str, torch.Tens
             for key, value in moments.items():
                 tensors[f"optimizer.{names[index]}.{key}"] = value.reshape(-1) if key == "step" else value
     return tensors
+
+
+def state_owner(key: str) -> str:
+    """The parameter name in an optimizer_tensors key (optimizer.<parameter name>.<state>)."""
+    return key.removeprefix("optimizer.").rsplit(".", 1)[0]
 
 
 def restore_optimizer(optimizer: Optimizers, model: GPT, tensors: dict[str, torch.Tensor]):

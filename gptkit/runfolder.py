@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import shutil
 import sys
@@ -46,6 +47,7 @@ from gptkit.units import human_bytes
 SAVES_DIR = "saves"
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
+OPTIMIZER_SHARDS_DIR = "optimizer_shards"  # in a save of an --fsdp run: the optimizer state, a file a process
 STATE_KEYS = ("step", "steps", "model", "settings", "loader", "data", "tokens_seen", "wall_time_s")
 # Written first by --overwrite and removed last: a folder that has it is being emptied (finished by the next run).
 CLEARING_MARK = ".clearing"
@@ -136,10 +138,18 @@ def clear_run(out: Path):
 # --- saving ----------------------------------------------------------------------------------------------------------
 
 
-def save_run(out: Path, write_model: Callable[[Path], None], model_bytes: int, tensors: dict, state: dict):
+def save_run(
+    out: Path,
+    write_model: Callable[[Path], None],
+    model_bytes: int,
+    tensors: dict,
+    state: dict,
+    written: dict[str, Path] | None = None,
+):
     """Save the run at state's step: the model (write_model(folder) writes its files: a checkpoint, or a LoRA run's
-    adapters; model_bytes, about their size), the training state's tensors (optimizer, RNG) and state, into a save
-    folder renamed into place once complete; then publish its model files in out and remove the older saves. A
+    adapters; model_bytes, about their size), the training state's tensors (optimizer, RNG) and state, and the folders
+    `written` already holds (name in the save: a temporary folder beside it, the shards every process wrote), into a
+    save folder renamed into place once complete; then publish its model files in out and remove the older saves. A
     failure (disk full, an I/O error) is a one-line GptkitError that leaves the previous save as it was."""
     step, previous = state["step"], newest_save(out)
     folder = out / SAVES_DIR / f"step-{step:06d}"
@@ -152,6 +162,8 @@ def save_run(out: Path, write_model: Callable[[Path], None], model_bytes: int, t
         with atomic_dir(folder) as tmp:
             write_model(tmp)
             save_tensors(tmp / STATE_TENSORS, tensors, {"step": str(step)})
+            for name, folder_written in (written or {}).items():
+                os.replace(folder_written, tmp / name)
             write_json(tmp / STATE_JSON, state)
     except OSError as e:
         if not folder.is_dir():
@@ -169,6 +181,12 @@ def save_run(out: Path, write_model: Callable[[Path], None], model_bytes: int, t
             remove(path)
     except OSError as e:  # the new save is whole: the next save removes what is left
         print(f"warning: could not remove the older save {path}: {e.strerror or e}", file=sys.stderr)
+
+
+def staging_folder(out: Path, step: int, name: str) -> Path:
+    """A temporary folder for files of the save at step that every process writes before save_run (its `written`);
+    one a killed run left is removed when the run is next opened."""
+    return out / SAVES_DIR / f".step-{step:06d}.{name}.tmp"
 
 
 def saved_but(folder: Path, e: OSError):
@@ -192,8 +210,9 @@ def save_failure(out: Path, step: int, previous: Path | None, needed: int, e: OS
 
 
 def publish(folder: Path, out: Path):
-    """Make the checkpoint files of the save in folder those of out, the weights first, each replaced in one step."""
-    names = [p.name for p in folder.iterdir() if p.name not in (STATE_TENSORS, STATE_JSON)]
+    """Make the checkpoint files of the save in folder those of out, the weights first, each replaced in one step.
+    The training state stays in the save: its files, and its folders (an --fsdp run's optimizer shards)."""
+    names = [p.name for p in folder.iterdir() if p.is_file() and p.name not in (STATE_TENSORS, STATE_JSON)]
     for name in sorted(names, key=lambda name: name != WEIGHTS_FILE):
         link_or_copy(folder / name, out / name)
 

@@ -36,7 +36,16 @@ from gptkit.optim import (
     set_learning_rate,
 )
 from gptkit.progress import PrepareProgress
-from gptkit.runfolder import STATE_TENSORS, load_run_state, lock_run_folder, open_run_folder, save_run, trim_metrics
+from gptkit.runfolder import (
+    OPTIMIZER_SHARDS_DIR,
+    STATE_TENSORS,
+    load_run_state,
+    lock_run_folder,
+    open_run_folder,
+    save_run,
+    staging_folder,
+    trim_metrics,
+)
 from gptkit.runlog import (
     METRICS_FILE,
     MetricsFile,
@@ -91,16 +100,24 @@ def flops_per_token(model: GPT, block_size: int) -> float:
     return 6 * matmul_params + 12 * c.n_layer * c.n_embd * block_size
 
 
+def fsdp_module():
+    """gptkit.fsdp, imported by the runs that use --fsdp only: torch's distributed tensors and checkpoints are slow to
+    import."""
+    from gptkit import fsdp
+
+    return fsdp
+
+
 # --- memory ------------------------------------------------------------------------------------------------------------
 
 
-def step_memory_floor(model: GPT, batch_size: int, block_size: int, dtype: torch.dtype) -> int:
-    """A lower bound on the bytes a training step adds to the loaded model: gradients and AdamW's two moments (fp32),
-    the logits, and the activations each block keeps for backward (at least a dozen (tokens, n_embd) tensors; its
-    input alone under activation checkpointing)."""
+def step_memory_floor(model: GPT, batch_size: int, block_size: int, dtype: torch.dtype, shards: int = 1) -> int:
+    """A lower bound on the bytes a training step adds to the loaded model in one process: gradients and AdamW's two
+    moments (fp32; 1 / shards of them under --fsdp), the logits, and the activations each block keeps for backward (at
+    least a dozen (tokens, n_embd) tensors; its input alone under activation checkpointing)."""
     tokens, itemsize = batch_size * block_size, torch.finfo(dtype).bits // 8
     c, kept = model.config, 1 if model.activation_checkpointing else 12
-    return 12 * model.num_params() + tokens * itemsize * (c.vocab_size + kept * c.n_layer * c.n_embd)
+    return 12 * model.num_params() // shards + tokens * itemsize * (c.vocab_size + kept * c.n_layer * c.n_embd)
 
 
 def out_of_memory_error(cfg: TrainConfig, detail: str = "") -> GptkitError:
@@ -115,7 +132,8 @@ def check_step_fits(model: GPT, cfg: TrainConfig, dtype: torch.dtype, procs: Pro
     exception that could be caught: the kernel grants it, and kills the process when the pages are touched."""
     if procs.device.type != "cpu" or (available := available_memory()) is None:
         return
-    needed = step_memory_floor(model, cfg.batch_size, cfg.block_size, dtype) * procs.world_size
+    shards = procs.world_size if cfg.fsdp else 1
+    needed = step_memory_floor(model, cfg.batch_size, cfg.block_size, dtype, shards) * procs.world_size
     if needed > available:
         raise out_of_memory_error(
             cfg, f" (a step needs over {needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB free)"
@@ -214,15 +232,32 @@ class Run:
             write_model = partial(save_adapters, self.model, settings=lora, base=self.model_label, metadata=meta)
         else:
             written = [*self.model.parameters(), *([] if self.extra_positions is None else [self.extra_positions])]
-            write_model = partial(save_checkpoint, self.model, metadata=meta, extra_positions=self.extra_positions)
+            model_state = fsdp_module().full_model_state(self.model) if self.cfg.fsdp else None  # all send their shards
+            write_model = partial(
+                save_checkpoint, self.model, metadata=meta, extra_positions=self.extra_positions, state=model_state
+            )
+        folders = self.save_optimizer_shards(tensors, procs) if self.cfg.fsdp else {}
         failure = None
         if procs.main:  # rank 0 writes; the others wait for it and stop with its message if it failed
             try:
-                save_run(self.out, write_model, sum(t.numel() * t.element_size() for t in written), tensors, state)
+                model_bytes = sum(t.numel() * t.element_size() for t in written)
+                save_run(self.out, write_model, model_bytes, tensors, state, folders)
             except GptkitError as e:
                 failure = str(e)
         if failure := procs.from_main(failure):
             raise GptkitError(failure)
+
+    def save_optimizer_shards(self, tensors: dict[str, torch.Tensor], procs: Processes) -> dict[str, Path]:
+        """Under --fsdp: every process writes its shards of the optimizer state (taken out of tensors) into a
+        temporary folder, which save_run moves into the save."""
+        fsdp = fsdp_module()
+        shards = {name: tensors.pop(name) for name in [n for n, t in tensors.items() if fsdp.is_shard(t)]}
+        folder = staging_folder(self.out, self.step, OPTIMIZER_SHARDS_DIR)
+        try:
+            fsdp.save_optimizer_shards(shards, folder)
+        except Exception as e:  # torch.distributed.checkpoint raises the first process's failure in every process
+            raise GptkitError(f"could not save step {self.step} to {self.out}: {str(e).splitlines()[0]}") from None
+        return {OPTIMIZER_SHARDS_DIR: folder}
 
 
 def train(cfg: TrainConfig, console=None) -> dict:
@@ -340,6 +375,8 @@ def build_run(
         (model, extra_positions), model_label = load_for_training(saved, cfg), state["model"]
     model.to(procs.device).train()
     model.activation_checkpointing = cfg.activation_checkpointing
+    if cfg.fsdp:
+        fsdp_module().shard_model(model, dtype)
     check_step_fits(model, cfg, dtype, procs)
     optimizer = make_optimizer(model, cfg, procs.device)
     data_info = {
@@ -365,6 +402,10 @@ def build_run(
     )
     if state is not None:
         tensors = load_tensors(saved / STATE_TENSORS, procs.device)
+        if (saved / OPTIMIZER_SHARDS_DIR).is_dir():  # saved under --fsdp
+            tensors |= fsdp_module().load_optimizer_shards(saved / OPTIMIZER_SHARDS_DIR, model)
+        elif cfg.fsdp:
+            tensors = fsdp_module().placed_like_parameters(tensors, model)
         restore_optimizer(optimizer, model, tensors)
         restore_rng({k: v for k, v in tensors.items() if k.startswith("rng.")}, procs, cfg.seed)
         loader.load_state(state["loader"])
@@ -374,7 +415,7 @@ def build_run(
         torch.manual_seed(cfg.seed + procs.rank)  # different dropout masks per process (the weights are broadcast)
     if cfg.compile:
         r.step_model = torch.compile(r.step_model)
-    if procs.distributed:
+    if procs.distributed and not cfg.fsdp:
         r.step_model = DDP(r.step_model, device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
     return r
 
@@ -385,7 +426,7 @@ def announce(r: Run, procs: Processes, console):
     console.print(
         f"training {r.model_label} ({r.model.num_params() / 1e6:.1f}M parameters) on {cfg.data} "
         f"({n_train:,} train / {n_val:,} val tokens) | {procs.device} {cfg.dtype}"
-        f"{f' x {procs.world_size} processes' if procs.distributed else ''} | batch {cfg.batch_size} x "
+        f"{f' x {procs.world_size} processes' if procs.distributed else ''}{' (FSDP)' if cfg.fsdp else ''} | batch {cfg.batch_size} x "
         f"{cfg.block_size} x accum {cfg.grad_accum} = {cfg.tokens_per_step:,} tokens/step | {r.out}",
         highlight=False,
     )
@@ -422,7 +463,10 @@ def train_step(r: Run, procs: Processes, stop: StopRequest, stats: torch.Tensor)
             x, y = r.loader.next_batch()
             x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
             last = micro == cfg.grad_accum - 1
-            sync = contextlib.nullcontext() if last or not procs.distributed else r.step_model.no_sync()
+            if cfg.fsdp:  # gradients reduce-scattered after the last micro-batch only
+                r.model.set_requires_gradient_sync(last)
+            ddp_accumulating = procs.distributed and not cfg.fsdp and not last
+            sync = r.step_model.no_sync() if ddp_accumulating else contextlib.nullcontext()
             with sync:
                 with autocast(procs.device, r.dtype):
                     loss = r.step_model(x, y)[1]  # the logits are not kept alive through backward
@@ -433,6 +477,8 @@ def train_step(r: Run, procs: Processes, stop: StopRequest, stats: torch.Tensor)
         if procs.distributed:
             dist.all_reduce(stats)
         grad_norm = torch.nn.utils.clip_grad_norm_(r.model.parameters(), 1.0)
+        if cfg.fsdp:  # the norm of every process's shards
+            grad_norm = grad_norm.full_tensor()
         set_learning_rate(r.optimizer, lr, cfg.lr)
         r.optimizer.step()
         r.optimizer.zero_grad(set_to_none=True)
@@ -508,23 +554,42 @@ def finish(r: Run, procs: Processes, console) -> dict:
 # --- evaluation --------------------------------------------------------------------------------------------------------
 
 
+def evaluates_alone(cfg: TrainConfig) -> bool:
+    """Whether each process evaluates its share of the windows (or examples) alone: not under --fsdp, where a forward
+    pass gathers the weights with the other processes, so that every process runs every one (and Ctrl-C, which
+    reaches the processes at different moments, does not cut an evaluation short)."""
+    return not cfg.fsdp
+
+
+@contextlib.contextmanager
+def evaluating(model: GPT, sharded: bool):
+    """The model in eval mode, then in training mode again (and a sharded model's weights sharded again: FSDP leaves
+    the root's gathered after a forward pass, for the backward pass that would follow in training)."""
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train()
+        if sharded:
+            model.reshard()
+
+
 @torch.no_grad()
 def evaluate(model: GPT, val_tokens, cfg: TrainConfig, procs: Processes, dtype, stop: StopRequest) -> float | None:
     """The mean validation loss over this run's eval_tokens (eval.summed_loss, every process its share of the
     windows); None when Ctrl-C cut it short (every process still adds up its sums, so none waits for another)."""
+    alone = evaluates_alone(cfg)
+    rank, world_size = (procs.rank, procs.world_size) if alone else (0, 1)
 
     def batches():
-        for x, y in eval_batches(
-            val_tokens, cfg.eval_tokens, cfg.batch_size, cfg.block_size, procs.rank, procs.world_size
-        ):
-            if stop.requested:
+        for x, y in eval_batches(val_tokens, cfg.eval_tokens, cfg.batch_size, cfg.block_size, rank, world_size):
+            if stop.requested and alone:
                 return
             yield x, y, [y.size(1)] * len(y)
 
-    model.eval()
-    nats, count = summed_loss(model, batches(), dtype, procs.distributed)
-    model.train()
-    return None if stop.requested or count == 0 else nats / count
+    with evaluating(model, cfg.fsdp):
+        nats, count = summed_loss(model, batches(), dtype, procs.distributed and alone)
+    return None if stop.requested and alone or count == 0 else nats / count
 
 
 class StopEvaluating(Exception):
@@ -535,22 +600,21 @@ def hellaswag_accuracy(r: Run, procs: Processes, stop: StopRequest) -> float | N
     """HellaSwag acc_norm over the first cfg.hellaswag_examples examples (eval.evaluate_hellaswag), each process
     scoring its share; None when Ctrl-C cut it short."""
     examples = r.hellaswag[: r.cfg.hellaswag_examples]
-    share = examples[procs.rank :: procs.world_size]
+    alone = evaluates_alone(r.cfg)
+    share = examples[procs.rank :: procs.world_size] if alone else examples
 
     def check_stop(done: int, total: int):
-        if stop.requested:
+        if stop.requested and alone:
             raise StopEvaluating
 
     counts = torch.zeros(3, dtype=torch.float64, device=procs.device)  # correct, scored, stopped
-    r.model.eval()
     try:
-        if share:
-            result = evaluate_hellaswag(r.model, share, r.dtype, progress=check_stop)
-            counts[0], counts[1] = result["correct_norm"], result["n"]
+        with evaluating(r.model, r.cfg.fsdp):
+            if share:
+                result = evaluate_hellaswag(r.model, share, r.dtype, progress=check_stop)
+                counts[0], counts[1] = result["correct_norm"], result["n"]
     except StopEvaluating:
         counts[2] = 1
-    finally:
-        r.model.train()
-    if procs.distributed:
+    if procs.distributed and alone:
         dist.all_reduce(counts)
     return None if counts[2] or not counts[1] else counts[0].item() / counts[1].item()

@@ -66,6 +66,7 @@ class TrainConfig:
     device: str | None = None  # auto, cpu, cuda, cuda:N, mps; default auto
     compile: bool | None = None
     activation_checkpointing: bool | None = None  # recompute each block's activations in the backward; default off
+    fsdp: bool | None = None  # under torchrun: shard weights, gradients and optimizer state (FSDP2); default off
     lora_rank: int | None = None  # train LoRA adapters of this rank on the frozen checkpoint --model; default: no LoRA
     lora_alpha: float | None = None  # the adapters' scale alpha / rank; default 2 * rank
     lora_dropout: float | None = None  # dropout on the adapters' input; default 0.0
@@ -94,6 +95,7 @@ CHANGEABLE_ON_RESUME = {
     "device",
     "compile",
     "activation_checkpointing",
+    "fsdp",
     "out",
     "tensorboard",
     "wandb",
@@ -130,6 +132,10 @@ def check(cfg: TrainConfig):
         cfg.lora_rank is not None and not cfg.resume and (cfg.model is None or cfg.model in PRESETS),
         "--lora-rank trains adapters on a frozen checkpoint: give it as --model (a preset from scratch has nothing "
         "to adapt)",
+    )
+    fail_if(
+        bool(cfg.fsdp) and int(os.environ.get("WORLD_SIZE", "1")) < 2,
+        "--fsdp shards the model over several processes: start them with torchrun --nproc-per-node N (N >= 2)",
     )
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     fail_if(
@@ -212,6 +218,11 @@ def check_values(cfg: TrainConfig):
         unknown = [t for t in c.lora_targets.split(",") if t.strip() not in LORA_TARGETS]
         fail_if(bool(unknown), f"--lora-targets: no layers named '{','.join(unknown)}': use {', '.join(LORA_TARGETS)}")
     fail_if(
+        bool(c.fsdp) and given(c.lora_rank),
+        "--fsdp and --lora-rank: LoRA's frozen base is not sharded yet; train the adapters without --fsdp (torchrun "
+        "alone copies the model to every process)",
+    )
+    fail_if(
         not given(c.lora_rank) and any(given(v) for v in (c.lora_alpha, c.lora_dropout, c.lora_targets)),
         "--lora-alpha, --lora-dropout and --lora-targets shape LoRA adapters: add --lora-rank",
     )
@@ -281,6 +292,7 @@ def resolve(cfg: TrainConfig, device: torch.device, base: GPTConfig, fine_tuning
     c.dtype = str(pick_dtype(c.dtype or "auto", device)).removeprefix("torch.")
     c.compile = bool(c.compile)
     c.activation_checkpointing = bool(c.activation_checkpointing)
+    c.fsdp = bool(c.fsdp) and world_size > 1  # an --fsdp run resumed in one process holds the whole model
     if c.lora_rank is not None:
         c.lora_alpha = 2.0 * c.lora_rank if c.lora_alpha is None else float(c.lora_alpha)
         c.lora_dropout = 0.0 if c.lora_dropout is None else c.lora_dropout
@@ -328,4 +340,6 @@ def merge_for_resume(cfg: TrainConfig, saved: dict, saved_model: str) -> TrainCo
             option = "--" + f.name.replace("_", "-")
             raise GptkitError(f"{option} {given} differs from the run being resumed ({before}): leave it out")
     merged["device"] = cfg.device  # the device is this machine's choice, not the run's
+    if cfg.grad_accum is None:  # from the tokens per step, for the processes this session has (maybe not the run's)
+        merged["grad_accum"] = None
     return TrainConfig(**merged)

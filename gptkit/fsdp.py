@@ -1,0 +1,87 @@
+"""--fsdp: the model's parameters, gradients and optimizer state sharded over torchrun's processes with torch's FSDP2
+(fully_shard), and what saving and resuming need of the shards.
+
+Each Block is one unit of sharding (gathered for its forward and backward, freed after), the rest of the model (the
+embeddings, tied to the output head, and the last layer norm) is the root's. A save gathers the whole model on rank 0
+(a plain checkpoint, like any run's) and writes the optimizer state as every process holds it: each process its shards,
+through torch.distributed.checkpoint into safetensors files (their offsets in the files' JSON headers, no pickle), which
+any number of processes reads back: as their own shards, or whole.
+"""
+
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor import empty as dtensor_empty
+
+from gptkit.model import GPT
+from gptkit.optim import state_owner
+
+
+def shard_model(model: GPT, dtype: torch.dtype):
+    """Shard model over the processes in place: each Block, then the root. In bf16 the gathered weights are bf16 (the
+    fp32 shards stay the weights the optimizer updates) and gradients are reduced in fp32."""
+    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    for block in model.transformer.h:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+
+
+def is_shard(t: torch.Tensor) -> bool:
+    """Whether t is one process's part of a tensor sharded over the processes."""
+    return isinstance(t, DTensor)
+
+
+def shard_like(t: torch.Tensor, like: DTensor) -> DTensor:
+    """This process's shard of the whole tensor t (every process holds it; no communication), placed as `like`: a
+    copy, so that t may be freed."""
+    shard = distribute_tensor(t.to(like.dtype), like.device_mesh, like.placements, src_data_rank=None)
+    local = shard.to_local().clone()
+    return DTensor.from_local(local, like.device_mesh, like.placements, shape=like.shape, stride=like.stride())
+
+
+def full_model_state(model: GPT) -> dict[str, torch.Tensor]:
+    """The whole model's tensors on rank 0's CPU (state-dict names), gathered from the shards; empty on the other
+    processes. Every process must call this."""
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def save_optimizer_shards(tensors: dict[str, torch.Tensor], folder: Path):
+    """Write the sharded tensors (DTensors) of optimizer state into folder: every process its shards (every process
+    must call this)."""
+    dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
+
+
+def load_optimizer_shards(folder: Path, model: GPT) -> dict[str, torch.Tensor]:
+    """The tensors save_optimizer_shards wrote, each as model's parameter of its name is held: this process's shards
+    of a sharded model (whatever number of processes wrote them), whole tensors otherwise."""
+    reader = HuggingFaceStorageReader(str(folder))
+    parameters = dict(model.named_parameters())
+    targets = {}
+    for name, stored in reader.read_metadata().state_dict_metadata.items():
+        parameter = parameters.get(state_owner(name))
+        if isinstance(parameter, DTensor) and parameter.shape == stored.size:
+            mesh, placements = parameter.device_mesh, parameter.placements
+            targets[name] = dtensor_empty(
+                stored.size, dtype=stored.properties.dtype, device_mesh=mesh, placements=placements
+            )
+        else:
+            targets[name] = torch.empty(stored.size, dtype=stored.properties.dtype)
+    alone = not torch.distributed.is_initialized()  # one process reads every shard
+    dcp.load(targets, storage_reader=HuggingFaceStorageReader(str(folder)), no_dist=alone)
+    return targets
+
+
+def placed_like_parameters(tensors: dict[str, torch.Tensor], model: GPT) -> dict[str, torch.Tensor]:
+    """Optimizer state saved whole (by a run without --fsdp) as this process's shards of a sharded model."""
+    parameters = dict(model.named_parameters())
+    placed = {}
+    for name, t in tensors.items():
+        parameter = parameters.get(state_owner(name))
+        sharded = isinstance(parameter, DTensor) and not isinstance(t, DTensor) and parameter.shape == t.shape
+        placed[name] = shard_like(t, parameter) if sharded else t
+    return placed
