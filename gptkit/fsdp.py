@@ -8,6 +8,7 @@ through torch.distributed.checkpoint into safetensors files (their offsets in th
 any number of processes reads back: as their own shards, or whole.
 """
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -72,7 +73,9 @@ def load_optimizer_shards(folder: Path, model: GPT) -> dict[str, torch.Tensor]:
         else:
             targets[name] = torch.empty(stored.size, dtype=stored.properties.dtype)
     alone = not torch.distributed.is_initialized()  # one process reads every shard
-    dcp.load(targets, storage_reader=HuggingFaceStorageReader(str(folder)), no_dist=alone)
+    with warnings.catch_warnings():  # that it "assumes" one process: it is told so
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load(targets, storage_reader=HuggingFaceStorageReader(str(folder)), no_dist=alone)
     return targets
 
 
