@@ -8,12 +8,13 @@ through torch.distributed.checkpoint into safetensors files (their offsets in th
 any number of processes reads back: as their own shards, or whole.
 """
 
+import math
 import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
+from torch.distributed.checkpoint import CheckpointException, HuggingFaceStorageReader, HuggingFaceStorageWriter
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -24,15 +25,21 @@ from gptkit.model import GPT
 from gptkit.optim import state_owner
 
 
+class ShardsFailed(Exception):
+    """Writing or reading the optimizer's shards failed (in some process); the message is its first failure's."""
+
+
 def shard_model(model: GPT, dtype: torch.dtype):
-    """Shard model over the processes in place: each Block, then the root. In bf16 the gathered weights are bf16 (the
-    fp32 shards stay the weights the optimizer updates) and gradients are reduced in fp32."""
-    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    """Shard model over the processes in place: each Block, then the root. In bf16 the blocks' gathered weights are
+    bf16 (the fp32 shards stay the weights the optimizer updates) and gradients are reduced in fp32. The root's
+    (embeddings, tied output head, last norm) stay fp32, and the blocks' inputs are not cast: the residual stream and
+    the loss are computed as autocast computes them without --fsdp."""
+    blocks = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     # over the model's device: FSDP's default is the machine's accelerator, even for a run on the CPU (gloo)
     mesh = init_device_mesh(next(model.parameters()).device.type, (torch.distributed.get_world_size(),))
     for block in model.transformer.h:
-        fully_shard(block, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+        fully_shard(block, mesh=mesh, mp_policy=blocks)
+    fully_shard(model, mesh=mesh)
 
 
 def is_shard(t: torch.Tensor) -> bool:
@@ -57,7 +64,15 @@ def full_model_state(model: GPT) -> dict[str, torch.Tensor]:
 def save_optimizer_shards(tensors: dict[str, torch.Tensor], folder: Path):
     """Write the sharded tensors (DTensors) of optimizer state into folder: every process its shards (every process
     must call this)."""
-    dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
+    try:
+        dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
+    except CheckpointException as e:  # a BaseException, raised in every process
+        raise ShardsFailed(first_failure(e)) from None
+
+
+def first_failure(e: CheckpointException) -> str:
+    error = next(iter(e.failures.values()))[0]
+    return f"{error.strerror} ({error.filename})" if isinstance(error, OSError) and error.strerror else str(error)
 
 
 def load_optimizer_shards(folder: Path, model: GPT) -> dict[str, torch.Tensor]:
@@ -67,8 +82,13 @@ def load_optimizer_shards(folder: Path, model: GPT) -> dict[str, torch.Tensor]:
     parameters = dict(model.named_parameters())
     targets = {}
     for name, stored in reader.read_metadata().state_dict_metadata.items():
+        if sum(math.prod(chunk.sizes) for chunk in stored.chunks) != math.prod(stored.size):
+            raise ShardsFailed(f"{folder} lacks part of {name}: a process's file is missing")
         parameter = parameters.get(state_owner(name))
-        if isinstance(parameter, DTensor) and parameter.shape == stored.size:
+        moments = len(stored.size) > 0  # shaped as the parameter (a step count is a scalar)
+        if parameter is not None and moments and parameter.shape != stored.size:
+            raise ShardsFailed(f"{folder}: {name} is {tuple(stored.size)}, not {tuple(parameter.shape)}")
+        if isinstance(parameter, DTensor) and moments:
             mesh, placements = parameter.device_mesh, parameter.placements
             targets[name] = dtensor_empty(
                 stored.size, dtype=stored.properties.dtype, device_mesh=mesh, placements=placements
@@ -78,7 +98,10 @@ def load_optimizer_shards(folder: Path, model: GPT) -> dict[str, torch.Tensor]:
     alone = not torch.distributed.is_initialized()  # one process reads every shard
     with warnings.catch_warnings():  # that it "assumes" one process: it is told so
         warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
-        dcp.load(targets, storage_reader=HuggingFaceStorageReader(str(folder)), no_dist=alone)
+        try:
+            dcp.load(targets, storage_reader=HuggingFaceStorageReader(str(folder)), no_dist=alone)
+        except CheckpointException as e:
+            raise ShardsFailed(first_failure(e)) from None
     return targets
 
 

@@ -25,6 +25,7 @@ from gptkit.data import BatchLoader, TokenSource, eval_batches, open_data
 from gptkit.distributed import Processes, restore_rng, rng_states, start_processes, stop_processes
 from gptkit.errors import GptkitError
 from gptkit.eval import evaluate_hellaswag, read_hellaswag, summed_loss
+from gptkit.files import remove
 from gptkit.lora import add_lora
 from gptkit.model import GPT
 from gptkit.optim import (
@@ -227,6 +228,8 @@ class Run:
             "world_size": procs.world_size,
         }
         tensors = rng_states(procs) | optimizer_tensors(self.model, self.optimizer)
+        # under --fsdp the optimizer's shards first: written and freed before the whole model is gathered on rank 0
+        folders = self.save_optimizer_shards(tensors, procs) if self.cfg.fsdp else {}
         if lora := lora_of(self.cfg):  # the adapters alone, named after their base
             written = [p for p in self.model.parameters() if p.requires_grad]
             write_model = partial(save_adapters, self.model, settings=lora, base=self.model_label, metadata=meta)
@@ -236,7 +239,6 @@ class Run:
             write_model = partial(
                 save_checkpoint, self.model, metadata=meta, extra_positions=self.extra_positions, state=model_state
             )
-        folders = self.save_optimizer_shards(tensors, procs) if self.cfg.fsdp else {}
         failure = None
         if procs.main:  # rank 0 writes; the others wait for it and stop with its message if it failed
             try:
@@ -244,6 +246,8 @@ class Run:
                 save_run(self.out, write_model, model_bytes, tensors, state, folders)
             except GptkitError as e:
                 failure = str(e)
+                for folder in folders.values():  # what the processes wrote for a save that failed
+                    remove(folder)
         if failure := procs.from_main(failure):
             raise GptkitError(failure)
 
@@ -255,8 +259,8 @@ class Run:
         folder = staging_folder(self.out, self.step, OPTIMIZER_SHARDS_DIR)
         try:
             fsdp.save_optimizer_shards(shards, folder)
-        except Exception as e:  # torch.distributed.checkpoint raises the first process's failure in every process
-            raise GptkitError(f"could not save step {self.step} to {self.out}: {str(e).splitlines()[0]}") from None
+        except fsdp.ShardsFailed as e:  # in every process
+            raise GptkitError(f"could not save step {self.step} to {self.out}: {e}") from None
         return {OPTIMIZER_SHARDS_DIR: folder}
 
 
@@ -401,9 +405,10 @@ def build_run(
         extra_positions=extra_positions,
     )
     if state is not None:
-        tensors = load_tensors(saved / STATE_TENSORS, procs.device)
-        if (saved / OPTIMIZER_SHARDS_DIR).is_dir():  # saved under --fsdp
-            tensors |= fsdp_module().load_optimizer_shards(saved / OPTIMIZER_SHARDS_DIR, model)
+        # under --fsdp a whole optimizer state (from a save without it) is read to the CPU and sharded from there
+        tensors = load_tensors(saved / STATE_TENSORS, "cpu" if cfg.fsdp else procs.device)
+        if state["settings"].get("fsdp") and state["world_size"] > 1 or (saved / OPTIMIZER_SHARDS_DIR).is_dir():
+            tensors |= read_optimizer_shards(saved, model)
         elif cfg.fsdp:
             tensors = fsdp_module().placed_like_parameters(tensors, model)
         restore_optimizer(optimizer, model, tensors)
@@ -418,6 +423,20 @@ def build_run(
     if procs.distributed and not cfg.fsdp:
         r.step_model = DDP(r.step_model, device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
     return r
+
+
+def read_optimizer_shards(saved: Path, model: GPT) -> dict[str, torch.Tensor]:
+    """The optimizer state an --fsdp run saved in shards, as this process holds it (fsdp.load_optimizer_shards)."""
+    fsdp = fsdp_module()
+    try:
+        if not (saved / OPTIMIZER_SHARDS_DIR).is_dir():
+            raise fsdp.ShardsFailed(f"{saved} lacks {OPTIMIZER_SHARDS_DIR}")
+        return fsdp.load_optimizer_shards(saved / OPTIMIZER_SHARDS_DIR, model)
+    except fsdp.ShardsFailed as e:
+        raise GptkitError(
+            f"the optimizer state of {saved} is damaged ({e}): the run cannot be resumed exactly; train on from its "
+            "checkpoint as a new run (--model RUN --out ANOTHER_FOLDER)"
+        ) from None
 
 
 def announce(r: Run, procs: Processes, console):
@@ -463,8 +482,8 @@ def train_step(r: Run, procs: Processes, stop: StopRequest, stats: torch.Tensor)
             x, y = r.loader.next_batch()
             x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
             last = micro == cfg.grad_accum - 1
-            if cfg.fsdp:  # gradients reduce-scattered after the last micro-batch only
-                r.model.set_requires_gradient_sync(last)
+            # (under --fsdp every micro-batch's gradients are reduce-scattered: accumulated whole, they would take 4
+            # bytes a parameter in every process, as under DDP)
             ddp_accumulating = procs.distributed and not cfg.fsdp and not last
             sync = r.step_model.no_sync() if ddp_accumulating else contextlib.nullcontext()
             with sync:

@@ -2,7 +2,14 @@
 optimizer state each train as one process does, save a whole checkpoint and their optimizer shards, and resume
 exactly (on two processes) or at all (on one; a run without --fsdp resumed with it)."""
 
+import contextlib
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,21 +24,42 @@ from test_train import (  # noqa: F401 (hellaswag_file: a fixture)
 )
 
 from gptkit.checkpoint import read_metadata
-from gptkit.runfolder import OPTIMIZER_SHARDS_DIR, newest_save
+from gptkit.runfolder import OPTIMIZER_SHARDS_DIR, load_run_state, newest_save
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 
 FP32_CPU = ["--block-size", "32", "--lr", "1e-3", "--dtype", "float32", "--device", "cpu", "--eval-tokens", "256"]
 
 
+def kill_tree(pid: int):
+    """SIGKILL a process and every process under it (torchrun's workers are not in its process group)."""
+    tree, i = [pid], 0
+    while i < len(tree):
+        for task in Path(f"/proc/{tree[i]}/task").glob("*"):
+            tree += [int(child) for child in (task / "children").read_text().split()]
+        i += 1
+    for member in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_two_sharded_processes_match_one(text, tiny_checkpoint, hellaswag_file, tmp_path, optimizer):  # noqa: F811
     two, one = tmp_path / "two", tmp_path / "one"
-    options = ["--steps", "3", "--optimizer", optimizer, "--hellaswag", hellaswag_file, *FP32_CPU]
-    ran = run_torchrun(text, tiny_checkpoint, two, "--batch-size", "2", "--fsdp", *options)
+    options = ["--steps", "3", "--optimizer", optimizer, "--hellaswag", hellaswag_file, "--grad-accum", "2", *FP32_CPU]
+    ran = run_torchrun(text, tiny_checkpoint, two, "--batch-size", "1", "--fsdp", *options)
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert "x 2 processes (FSDP)" in ran.stdout
-    run(text, tiny_checkpoint, one, steps=3, batch_size=4, optimizer=optimizer, hellaswag=str(hellaswag_file))
+    run(
+        text,
+        tiny_checkpoint,
+        one,
+        steps=3,
+        batch_size=2,
+        grad_accum=2,
+        optimizer=optimizer,
+        hellaswag=str(hellaswag_file),
+    )
     assert losses(two) == pytest.approx(losses(one), rel=1e-4)
     # every process scores every example under --fsdp (their forward passes gather the weights together)
     assert read_metadata(two)["hellaswag_acc_norm"] == read_metadata(one)["hellaswag_acc_norm"]
@@ -39,6 +67,7 @@ def test_two_sharded_processes_match_one(text, tiny_checkpoint, hellaswag_file, 
     # The shards gather to what one process holds, up to the order of the sums in the gradients' reduction: the
     # bounds of the two-process DDP test (test_train.max_weight_difference) hold for FSDP's reduce-scatter too.
     settings = read_metadata(one)["settings"]
+    settings["batch_size"] *= settings["grad_accum"]  # the bounds' sums run over every token of a step
     one_weights, two_weights = weights(one), weights(two)
     assert one_weights.keys() == two_weights.keys()
     for name in one_weights:
@@ -73,6 +102,11 @@ def test_a_sharded_run_resumes_exactly_and_on_one_process(text, tiny_checkpoint,
     summary = run(text, None, on_one, steps=4, resume=True, batch_size=None, block_size=None)
     assert summary["step"] == 4 and read_metadata(on_one)["settings"]["grad_accum"] == 2
     assert losses(on_one) == pytest.approx(losses(straight), rel=1e-4)
+    settings = read_metadata(straight)["settings"]
+    settings["batch_size"] *= 2  # the bounds' sums run over every token of a step: 2 processes' batches
+    for name, tensor in weights(on_one).items():  # the optimizer state read whole: the run goes on as it would
+        bound = max_weight_difference(name, tensor.shape, settings)
+        torch.testing.assert_close(tensor, whole[name], atol=bound, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_a_run_without_fsdp_resumes_sharded(text, tiny_checkpoint, tmp_path):
@@ -96,3 +130,43 @@ def test_bad_fsdp_options(text, tiny_checkpoint, tmp_path):
     errors = [line for line in ran.stderr.splitlines() if line.startswith("error:")]
     assert ran.returncode != 0 and errors and all("multiple of batch x block x processes" in e for e in errors)
     assert "Traceback" not in ran.stdout and not out.exists()
+
+
+def test_a_sharded_run_killed_at_any_moment_resumes_to_the_same_weights(text, tiny_checkpoint, tmp_path):
+    """SIGKILL every process of an --fsdp run saving at every step, at moments spread over its steps (most of a step
+    is its save: the gathered checkpoint, every process's optimizer shards, the renames): after each kill the newest
+    save is whole, and the run resumed to the end holds the weights of a run never killed."""
+    from transformers import GPT2LMHeadModel
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    flat_lr = ["--min-lr", "1e-3", "--warmup-steps", "0"]
+    options = ["--steps", "30", "--batch-size", "2", "--fsdp", "--save-every", "1", "--eval-every", "0", *flat_lr]
+    ran = run_torchrun(text, tiny_checkpoint, straight, *options, *FP32_CPU)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gptkit"]
+    command = [*launcher, "train", str(text), "--model", str(tiny_checkpoint), "--out", str(killed), *options]
+    command += FP32_CPU
+    for delay in (0.0, 0.1, 0.2, 0.3, 0.4):
+        child = subprocess.Popen(
+            [*command, *(["--resume"] if newest_save(killed) else [])],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env=os.environ | {"OMP_NUM_THREADS": "1"},
+        )
+        saved_before = newest_save(killed)
+        deadline = time.time() + 120
+        while child.poll() is None and time.time() < deadline:  # until it has saved a step of its own
+            if newest_save(killed) not in (None, saved_before):
+                break
+            time.sleep(0.01)
+        time.sleep(delay)
+        kill_tree(child.pid)
+        child.wait()
+        state, folder = load_run_state(killed)  # the newest save is whole
+        assert child.returncode == -signal.SIGKILL and (folder / OPTIMIZER_SHARDS_DIR).is_dir()
+        GPT2LMHeadModel.from_pretrained(killed)  # and the run folder a checkpoint at every moment
+    ran = run_torchrun(text, tiny_checkpoint, killed, *options, "--resume", *FP32_CPU)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    resumed, whole = weights(killed), weights(straight)
+    assert all(torch.equal(resumed[name], whole[name]) for name in whole)
