@@ -31,13 +31,15 @@ class ShardsFailed(Exception):
 
 def shard_model(model: GPT, dtype: torch.dtype):
     """Shard model over the processes in place: each Block, then the root. In bf16 the blocks' gathered weights are
-    bf16 (the fp32 shards stay the weights the optimizer updates) and gradients are reduced in fp32. The root's
-    (embeddings, tied output head, last norm) stay fp32, and the blocks' inputs are not cast: the residual stream and
+    bf16 (the fp32 shards stay the weights the optimizer updates) and gradients are reduced in fp32. The layer norms
+    and the root's weights (embeddings, tied output head, last norm) stay fp32, and the blocks' inputs are not cast: the residual stream and
     the loss are computed as autocast computes them without --fsdp."""
     blocks = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     # over the model's device: FSDP's default is the machine's accelerator, even for a run on the CPU (gloo)
     mesh = init_device_mesh(next(model.parameters()).device.type, (torch.distributed.get_world_size(),))
     for block in model.transformer.h:
+        for norm in [m for m in block.modules() if isinstance(m, torch.nn.LayerNorm)]:
+            fully_shard(norm, mesh=mesh)  # fp32, as autocast runs them: an fp32 input and bf16 weights do not mix
         fully_shard(block, mesh=mesh, mp_policy=blocks)
     fully_shard(model, mesh=mesh)
 

@@ -170,3 +170,15 @@ def test_a_sharded_run_killed_at_any_moment_resumes_to_the_same_weights(text, ti
     assert ran.returncode == 0, ran.stderr[-3000:]
     resumed, whole = weights(killed), weights(straight)
     assert all(torch.equal(resumed[name], whole[name]) for name in whole)
+
+
+def test_two_sharded_processes_in_bf16(text, tiny_checkpoint, tmp_path):
+    """bf16 under --fsdp: the blocks' weights gathered in bf16, the norms, embeddings and residual stream in fp32 as
+    autocast keeps them, so the first step (same weights) computes the loss of one process up to the rounding of one
+    bf16 result (2^-8 relative), whatever the order of the sums in the products."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    bf16 = ["--steps", "2", "--block-size", "32", "--dtype", "bfloat16", "--device", "cpu", "--eval-tokens", "256"]
+    ran = run_torchrun(text, tiny_checkpoint, two, "--batch-size", "2", "--fsdp", *bf16)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    run(text, tiny_checkpoint, one, steps=2, batch_size=4, dtype="bfloat16")
+    assert losses(two)[0] == pytest.approx(losses(one)[0], rel=2**-8)
