@@ -27,7 +27,22 @@ import torch
 
 from bench.common import cpu_name
 
-CHILD = """
+# Steps of batch 1 x block with step_model, optimizer and dtype (the children define them), each step's seconds in times.
+TIMED_STEPS = """
+idx = torch.randint(0, 50257, (1, block + 1))
+times = []
+for _ in range(steps):
+    start = time.perf_counter()
+    with autocast(torch.device("cpu"), dtype):
+        _, loss = step_model(idx[:, :-1], idx[:, 1:])
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    times.append(time.perf_counter() - start)
+"""
+
+CHILD = (
+    """
 import json, resource, sys, time
 import torch
 from gptkit.config import PRESETS, LoraSettings
@@ -45,24 +60,19 @@ model.activation_checkpointing = checkpointing
 params = [p for p in model.parameters() if p.requires_grad]
 optimizer = make_adamw(params, 1e-4, 0.1, torch.device("cpu"))
 dtype = pick_dtype("auto", torch.device("cpu"))
-idx = torch.randint(0, 50257, (1, block + 1))
-times = []
-for _ in range(steps):
-    start = time.perf_counter()
-    with autocast(torch.device("cpu"), dtype):
-        _, loss = model(idx[:, :-1], idx[:, 1:])
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    times.append(time.perf_counter() - start)
-print(json.dumps({
+step_model = model
+"""
+    + TIMED_STEPS
+    + """print(json.dumps({
     "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     "step_s": times[-1], "tokens_per_s": block / times[-1], "dtype": str(dtype).removeprefix("torch."),
     "trained": sum(p.numel() for p in params), "params": model.num_params(),
 }))
 """
+)
 
-TORCHRUN_CHILD = """
+TORCHRUN_CHILD = (
+    """
 import json, resource, sys, time
 import torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -84,17 +94,9 @@ if sharded:
 else:
     step_model = DDP(model)
 optimizer = make_adamw(list(model.parameters()), 1e-4, 0.1, torch.device("cpu"))
-idx = torch.randint(0, 50257, (1, block + 1))
-times = []
-for _ in range(steps):
-    start = time.perf_counter()
-    with autocast(torch.device("cpu"), dtype):
-        _, loss = step_model(idx[:, :-1], idx[:, 1:])
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    times.append(time.perf_counter() - start)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+"""
+    + TIMED_STEPS
+    + """peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 saving = None
 if sharded:
     full_model_state(model)
@@ -106,6 +108,7 @@ print("RESULT " + json.dumps({
 dist.barrier()
 dist.destroy_process_group()
 """
+)
 
 
 def torchrun_row(name: str, mode: str, checkpointing: bool, processes: int, args) -> str:
@@ -125,7 +128,8 @@ def torchrun_row(name: str, mode: str, checkpointing: bool, processes: int, args
         os.unlink(script)
     results = [json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or len(results) != processes:
-        return f"{row} failed: {(done.stderr.strip().splitlines() or ['killed'])[-1][:120]} | | | |"
+        errors = [line for line in done.stderr.splitlines() if "Error" in line] or ["killed"]  # not torchrun's banner
+        return f"{row} failed: {errors[-1][:120]} | | | |"
     peak = max(r["peak_gb"] for r in results)
     saving = next(r["saving_gb"] for r in results if r["rank"] == 0)
     step_s = max(r["step_s"] for r in results)
