@@ -259,7 +259,9 @@ class Run:
         folder = staging_folder(self.out, self.step, OPTIMIZER_SHARDS_DIR)
         try:
             fsdp.save_optimizer_shards(shards, folder)
-        except fsdp.ShardsFailed as e:  # in every process
+        except fsdp.ShardsFailed as e:  # in every process, once every process has stopped writing
+            if procs.main:
+                remove(folder)
             raise GptkitError(f"could not save step {self.step} to {self.out}: {e}") from None
         return {OPTIMIZER_SHARDS_DIR: folder}
 
