@@ -27,7 +27,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import cpu_name  # noqa: E402
-from gptkit.cpu import lower_cpu_levels  # noqa: E402
+from gptkit.machine.cpu import lower_cpu_levels  # noqa: E402
 
 TRAIN_CONFIG = dict(n_layer=6, n_head=6, n_embd=384, block_size=256)  # the mini preset
 TRAIN_BATCH = (4, 256)
@@ -50,8 +50,8 @@ def alternate(candidates: dict, repeats: int) -> dict[str, float]:
 
 
 def train_step_fn(dtype: torch.dtype):
-    from gptkit.model import GPT, GPTConfig
-    from gptkit.runtime import autocast
+    from gptkit.model.gpt import GPT, GPTConfig
+    from gptkit.machine.runtime import autocast
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(**TRAIN_CONFIG)).train()
@@ -71,8 +71,8 @@ def train_step_fn(dtype: torch.dtype):
 
 def decode_fns() -> dict:
     """One decoding step's products of GPT-2 124M, each way gptkit could run them."""
-    from gptkit.int8 import Int8Linear
-    from gptkit.sample import BlockedLinear
+    from gptkit.model.int8 import Int8Linear
+    from gptkit.inference.sample import BlockedLinear
 
     torch.manual_seed(0)
     linears = [nn.Linear(n_in, n_out, bias=False) for n_out, n_in, count in DECODE_MATRICES for _ in range(count)]
@@ -98,7 +98,7 @@ def decode_fns() -> dict:
 def muon_fns() -> dict:
     from torch.optim._muon import _zeropower_via_newtonschulz
 
-    from gptkit.optim import orthogonalize
+    from gptkit.training.optim import orthogonalize
 
     torch.manual_seed(0)
     grads = [torch.randn(shape) for shape in MUON_MATRICES]
@@ -111,8 +111,8 @@ def muon_fns() -> dict:
 
 def measure(quick: bool) -> dict:
     """This process's figures (its level is ATEN_CPU_CAPABILITY's, or the host's)."""
-    from gptkit.cpu import cpu_level, cpu_prefers_bf16
-    from gptkit.int8 import has_int8_kernel
+    from gptkit.machine.cpu import cpu_level, cpu_prefers_bf16
+    from gptkit.model.int8 import has_int8_kernel
 
     repeats = 3 if quick else 10
     threads = torch.get_num_threads()
@@ -139,7 +139,7 @@ def measure(quick: bool) -> dict:
 
 def verdicts(r: dict) -> list[list[str]]:
     """[choice, what gptkit does here, figures, right?] for one level's measurements."""
-    from gptkit.int8 import kernel_dtype_for_level
+    from gptkit.model.int8 import kernel_dtype_for_level
 
     d, t, m = r["decode"], r["train"], r["muon"]
     ms = lambda s: f"{s * 1e3:.1f} ms"  # noqa: E731

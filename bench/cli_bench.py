@@ -29,7 +29,7 @@ def closed_port() -> int:
 
 def commands(folder: Path, checkpoint: Path) -> dict[str, tuple[list[str], dict]]:
     """name -> (arguments of gptkit, environment changes)."""
-    from gptkit.runlog import METRICS_FILE
+    from gptkit.training.runlog import METRICS_FILE
 
     text = folder / "text.txt"
     text.write_text("To be, or not to be, that is the question.\n")
@@ -63,10 +63,10 @@ def commands(folder: Path, checkpoint: Path) -> dict[str, tuple[list[str], dict]
 def bench_cli(quick: bool) -> list[dict]:
     import torch
 
-    from gptkit.checkpoint import save_checkpoint
-    from gptkit.config import PRESETS
-    from gptkit.model import GPT
-    from gptkit.runfolder import lock_run_folder
+    from gptkit.checkpoint.folder import save_checkpoint
+    from gptkit.model.config import PRESETS
+    from gptkit.model.gpt import GPT
+    from gptkit.training.runfolder import lock_run_folder
 
     repeats = 3 if quick else 10
     gptkit = str(Path(sys.executable).with_name("gptkit"))

@@ -40,8 +40,8 @@ def random_gpt2():
     """GPT-2 124M's shape, random weights drawn wider than at initialization (matrices N(0, 2 / sqrt(fan_in)), the
     token embedding N(0, 1)), seeded: its logits are peaked and its greedy text depends on the prompt (a fresh model's
     near-uniform logits repeat one token)."""
-    from gptkit.config import PRESETS
-    from gptkit.model import GPT
+    from gptkit.model.config import PRESETS
+    from gptkit.model.gpt import GPT
 
     torch.manual_seed(0)
     model = GPT(PRESETS["gpt2"]).eval()
@@ -77,8 +77,8 @@ LOAD_CHILD = """
 import json, sys, time
 from pathlib import Path
 import torch
-from gptkit import checkpoint
-from gptkit.int8 import quantize_int8
+from gptkit.checkpoint import folder as checkpoint
+from gptkit.model.int8 import quantize_int8
 
 def status_mb(field):
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))

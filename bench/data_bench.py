@@ -89,8 +89,8 @@ def bench_tokenizing(folder: Path, size: int, rounds: int) -> list[list]:
     the same text already in memory, in the same pieces, on every core; alternating. MB per wall second is the
     speed; MB per CPU second (all threads) is the work done per megabyte, which other load on the machine does not
     change."""
-    from gptkit.prepare import prepare, split_for_encoding, workers
-    from gptkit.tokenizer import get_tokenizer
+    from gptkit.data.prepare import prepare, split_for_encoding, workers
+    from gptkit.data.tokenizer import get_tokenizer
 
     text_path = generate_text(folder / "speed.txt", size)
     megabytes = text_path.stat().st_size / 1e6
@@ -128,11 +128,11 @@ def bench_step(folder: Path, steps: int) -> list[list]:
     from memory-mapped shards and from the same tokens in memory, alternating step by step in one process."""
     import torch
 
-    from gptkit.config import PRESETS
-    from gptkit.data import BatchLoader, open_data
-    from gptkit.model import GPT
-    from gptkit.optim import make_optimizer
-    from gptkit.train_config import TrainConfig
+    from gptkit.model.config import PRESETS
+    from gptkit.data.loader import BatchLoader, open_data
+    from gptkit.model.gpt import GPT
+    from gptkit.training.optim import make_optimizer
+    from gptkit.training.config import TrainConfig
 
     source = open_data(folder / "speed-0")
     mapped = source.shards
@@ -186,7 +186,7 @@ def main():
     prepare_gb = args.prepare_gb or (1 / 8 if args.quick else 4.0)
     speed_bytes, rounds, steps = (16 << 20, 2, 20) if args.quick else (64 << 20, 3, 30)
 
-    from gptkit.prepare import workers
+    from gptkit.data.prepare import workers
 
     started = time.perf_counter()
     say(f"Data benchmark, {os.cpu_count()} cores ({workers()} used); `uv run python -m bench.data_bench"

@@ -8,16 +8,16 @@ import numpy as np
 import torch
 
 from bench.common import summary
-from gptkit.config import PRESETS
-from gptkit.eval import evaluate_lm
-from gptkit.model import GPT
-from gptkit.runtime import autocast, pick_device
+from gptkit.model.config import PRESETS
+from gptkit.evaluation.eval import evaluate_lm
+from gptkit.model.gpt import GPT
+from gptkit.machine.runtime import autocast, pick_device
 
 
 def bench_eval(quick: bool = True) -> list[dict]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from gptkit.checkpoint import hf_config, to_hf_tensors
+    from gptkit.checkpoint.folder import hf_config, to_hf_tensors
 
     block_size, n_windows, repeats = 1024, (2 if quick else 4), (2 if quick else 3)
     device = pick_device("auto")

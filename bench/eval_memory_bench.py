@@ -48,7 +48,7 @@ BASELINE_TOKENS = 4 * BATCH_SIZE * BLOCK_SIZE  # four full batches: all of eval'
 
 def write_token_folder(folder: Path, n_tokens: int, seed: int = 0) -> Path:
     """A complete token folder of n_tokens random tokens (below VOCAB), written 10M tokens at a time."""
-    from gptkit.tokenfolder import TOKEN_DTYPE, new_manifest, shard_name, write_manifest
+    from gptkit.data.tokenfolder import TOKEN_DTYPE, new_manifest, shard_name, write_manifest
 
     folder.mkdir(parents=True)
     rng, manifest = np.random.default_rng(seed), new_manifest([], [], SHARD_TOKENS, 0.1)
@@ -67,11 +67,11 @@ def write_checkpoint(folder: Path, data: Path, val_fraction: float) -> tuple[Pat
     """(a checkpoint of the bench model whose gptkit.json records data as its training data, its weights' bytes)."""
     import torch
 
-    from gptkit.checkpoint import read_metadata, save_checkpoint
-    from gptkit.config import GPTConfig
-    from gptkit.data import open_data
+    from gptkit.checkpoint.folder import read_metadata, save_checkpoint
+    from gptkit.model.config import GPTConfig
+    from gptkit.data.loader import open_data
     from gptkit.files import write_json
-    from gptkit.model import GPT
+    from gptkit.model.gpt import GPT
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=16, block_size=BLOCK_SIZE, vocab_size=VOCAB))
@@ -129,7 +129,7 @@ def measure(root: Path, args: list[str], env: dict, time_limit: float | None) ->
 
 
 def bench(n_tokens: int, val_fraction: float, old: Path | None, time_limit: float | None) -> tuple[list[list], dict]:
-    from gptkit.tokenfolder import val_start
+    from gptkit.data.tokenfolder import val_start
 
     versions = ([("before (concatenated)", old)] if old else []) + [("now (streamed)", ROOT)]
     rows = []
@@ -171,7 +171,7 @@ def main():
 
     import torch
 
-    from gptkit.cpu import cpu_level
+    from gptkit.machine.cpu import cpu_level
 
     rows, facts = bench(n_tokens, val_fraction, args.old, args.time_limit)
     given = {"--tokens": args.tokens, "--val-fraction": args.val_fraction, "--time-limit": args.time_limit}

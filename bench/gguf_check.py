@@ -111,12 +111,12 @@ def main():
 def check(args, folder: Path):
     from importlib.metadata import version
 
-    from gptkit.checkpoint import load_checkpoint, save_checkpoint
-    from gptkit.cpu import cpu_level
-    from gptkit.export import export
-    from gptkit.int8 import quantize_int8
+    from gptkit.checkpoint.folder import load_checkpoint, save_checkpoint
+    from gptkit.machine.cpu import cpu_level
+    from gptkit.checkpoint.gguf import export
+    from gptkit.model.int8 import quantize_int8
     from gptkit.options import ExportOptions
-    from gptkit.tokenizer import encode
+    from gptkit.data.tokenizer import encode
 
     ckpt = args.ckpt or (Path("checkpoints/gpt2") if Path("checkpoints/gpt2/model.safetensors").is_file() else None)
     if ckpt is None:

@@ -20,10 +20,10 @@ LOADERS = {"gptkit (read, aligned)": "gptkit", "memory map (safetensors load_fil
 def checkpoints(folder: Path, preset: str) -> dict[str, Path]:
     import torch
 
-    from gptkit.checkpoint import load_checkpoint, save_checkpoint
-    from gptkit.config import PRESETS
-    from gptkit.int8 import quantize_int8
-    from gptkit.model import GPT
+    from gptkit.checkpoint.folder import load_checkpoint, save_checkpoint
+    from gptkit.model.config import PRESETS
+    from gptkit.model.int8 import quantize_int8
+    from gptkit.model.gpt import GPT
 
     torch.manual_seed(0)
     fp32 = save_checkpoint(GPT(PRESETS[preset]), folder / "fp32")
@@ -52,7 +52,7 @@ def bench_load(quick: bool) -> list[dict]:
 def markdown(rows: list[dict], quick: bool) -> str:
     import torch
 
-    from gptkit.cpu import cpu_level
+    from gptkit.machine.cpu import cpu_level
 
     lines = [f"{cpu_name()}, level {cpu_level()}, torch {torch.__version__}; "
              f"`uv run python -m bench.load_bench{' --quick' if quick else ''}` (load to float32)", "",

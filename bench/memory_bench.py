@@ -45,11 +45,11 @@ CHILD = (
     """
 import json, resource, sys, time
 import torch
-from gptkit.config import PRESETS, LoraSettings
-from gptkit.lora import add_lora
-from gptkit.model import GPT
-from gptkit.optim import make_adamw
-from gptkit.runtime import autocast, pick_dtype
+from gptkit.model.config import PRESETS, LoraSettings
+from gptkit.model.lora import add_lora
+from gptkit.model.gpt import GPT
+from gptkit.training.optim import make_adamw
+from gptkit.machine.runtime import autocast, pick_dtype
 
 name, lora_rank, checkpointing, steps, block = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5])
 torch.manual_seed(0)
@@ -76,10 +76,10 @@ TORCHRUN_CHILD = (
 import json, resource, sys, time
 import torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from gptkit.config import PRESETS
-from gptkit.model import GPT
-from gptkit.optim import make_adamw
-from gptkit.runtime import autocast, pick_dtype
+from gptkit.model.config import PRESETS
+from gptkit.model.gpt import GPT
+from gptkit.training.optim import make_adamw
+from gptkit.machine.runtime import autocast, pick_dtype
 
 name, sharded, checkpointing, steps, block = sys.argv[1], sys.argv[2] == "fsdp", sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5])
 dist.init_process_group("gloo")
@@ -88,7 +88,7 @@ dtype = pick_dtype("auto", torch.device("cpu"))
 model = GPT(PRESETS[name]).train()
 model.activation_checkpointing = checkpointing
 if sharded:
-    from gptkit.fsdp import full_model_state, shard_model
+    from gptkit.training.fsdp import full_model_state, shard_model
     shard_model(model, dtype)
     step_model = model
 else:
@@ -158,8 +158,8 @@ def main():
         "--processes", type=int, choices=(1, 2), help="the one-process rows only, or the two-process rows only"
     )
     args = parser.parse_args()
-    from gptkit.config import PRESETS
-    from gptkit.model import GPT
+    from gptkit.model.config import PRESETS
+    from gptkit.model.gpt import GPT
 
     print(
         f"{cpu_name()}, torch {torch.__version__}, CPU level {torch.backends.cpu.get_cpu_capability()}, "

@@ -45,7 +45,7 @@ def runs(muon_lrs: list[float]) -> dict[str, list[str]]:
 
 def curve(folder: Path) -> list[dict]:
     """(step, val_loss, train seconds so far) at each evaluation of a finished run."""
-    from gptkit.runlog import METRICS_FILE
+    from gptkit.training.runlog import METRICS_FILE
 
     points, seconds = [], 0.0
     for line in (folder / METRICS_FILE).read_text().splitlines():

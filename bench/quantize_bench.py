@@ -28,9 +28,9 @@ def checkpoint_bytes(folder: Path) -> int:
 def bench_quantize(quick: bool) -> dict:
     import torch
 
-    from gptkit.checkpoint import save_checkpoint
-    from gptkit.config import PRESETS
-    from gptkit.model import GPT
+    from gptkit.checkpoint.folder import save_checkpoint
+    from gptkit.model.config import PRESETS
+    from gptkit.model.gpt import GPT
 
     preset, repeats = ("mini", 2) if quick else ("gpt2", 5)
     folder = Path(tempfile.mkdtemp(prefix="gptkit-bench-"))

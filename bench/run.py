@@ -33,7 +33,7 @@ from bench import (  # noqa: E402
     train_bench,
 )
 from bench.common import copy_bandwidth_gbs, cpu_name, matmul_peak_gflops  # noqa: E402
-from gptkit.cpu import cpu_level, lower_cpu_levels  # noqa: E402
+from gptkit.machine.cpu import cpu_level, lower_cpu_levels  # noqa: E402
 
 
 def table(header: list[str], rows: list[list]) -> str:

@@ -50,7 +50,7 @@ def sink_costs(make, records: list[dict], pause: float) -> tuple[float, list[flo
 
 
 def bench_runlog(quick: bool) -> list[dict]:
-    from gptkit.runlog import METRICS_FILE, MetricsFile, TensorBoardSink, WandbSink
+    from gptkit.training.runlog import METRICS_FILE, MetricsFile, TensorBoardSink, WandbSink
 
     records = fake_records(300 if quick else 2000)
     repeats, pause = (1, 0.002) if quick else (3, 0.002)

@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from bench.common import copy_bandwidth_gbs, summary
-from gptkit.checkpoint import save_checkpoint
-from gptkit.config import PRESETS
-from gptkit.int8 import quantize_int8
-from gptkit.model import GPT
-from gptkit.sample import BlockedLinear, Sampling, generate, prepare_for_decoding
-from gptkit.tokenizer import EOT_TOKEN, encode
+from gptkit.checkpoint.folder import save_checkpoint
+from gptkit.model.config import PRESETS
+from gptkit.model.int8 import quantize_int8
+from gptkit.model.gpt import GPT
+from gptkit.inference.sample import BlockedLinear, Sampling, generate, prepare_for_decoding
+from gptkit.data.tokenizer import EOT_TOKEN, encode
 
 PROMPT = "The quick brown fox jumps over the lazy dog. In the beginning"
 
@@ -261,7 +261,7 @@ def train_pair(data: Path, out: Path, steps: tuple[int, int]) -> tuple[Path, Pat
     `gptkit train DATA --model PRESET --block-size 256 --batch-size 4 --lr LR --steps STEPS` does."""
     from rich.console import Console
 
-    from gptkit.train import TrainConfig, train
+    from gptkit.training.loop import TrainConfig, train
 
     quiet = Console(file=io.StringIO())
     paths = []
@@ -286,8 +286,8 @@ def bench_speculative(
     """Speculative decoding of a target with a draft (pair, or a mini (30M) and a micro (7M) trained here briefly),
     batch 1, fp32, against the target alone, greedy and sampled (top-k 50), for each number of draft tokens,
     alternating; plus the int8 eval loss of the target against fp32 and bf16 on its validation split."""
-    from gptkit.checkpoint import load_checkpoint
-    from gptkit.eval import evaluate_lm, validation_split
+    from gptkit.checkpoint.folder import load_checkpoint
+    from gptkit.evaluation.eval import evaluate_lm, validation_split
 
     new_tokens, default_repeats = (50, 2) if quick else (200, 5)
     repeats = repeats or default_repeats

@@ -28,11 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import cpu_name, random_gpt2  # noqa: E402
-from gptkit.checkpoint import save_checkpoint  # noqa: E402
-from gptkit.cpu import cpu_level  # noqa: E402
-from gptkit.runtime import pick_dtype  # noqa: E402
-from gptkit.sample import Sampling, generate, load_for_decoding  # noqa: E402
-from gptkit.tokenizer import EOT_TOKEN, get_tokenizer  # noqa: E402
+from gptkit.checkpoint.folder import save_checkpoint  # noqa: E402
+from gptkit.machine.cpu import cpu_level  # noqa: E402
+from gptkit.machine.runtime import pick_dtype  # noqa: E402
+from gptkit.inference.sample import Sampling, generate, load_for_decoding  # noqa: E402
+from gptkit.data.tokenizer import EOT_TOKEN, get_tokenizer  # noqa: E402
 
 PROMPT_TOKENS = 8
 

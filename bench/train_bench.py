@@ -27,7 +27,7 @@ BATCH, SEQ = 4, 256
 
 
 def batches(n: int):
-    from gptkit.data import BatchLoader, load_tokens
+    from gptkit.data.loader import BatchLoader, load_tokens
 
     tokens, _ = load_tokens(DATA)
     loader = BatchLoader(tokens, BATCH, SEQ, seed=0)
@@ -36,15 +36,15 @@ def batches(n: int):
 
 def child(impl: str, dtype_name: str, checkpoint: str, steps: int):
     """Train `steps` steps (after two warm-up steps) and print the step times and peak RSS as JSON."""
-    from gptkit.optim import make_optimizer
-    from gptkit.runtime import autocast, keep_freed_memory
-    from gptkit.train import TrainConfig
+    from gptkit.training.optim import make_optimizer
+    from gptkit.machine.runtime import autocast, keep_freed_memory
+    from gptkit.training.loop import TrainConfig
 
     device, dtype = torch.device("cpu"), getattr(torch, dtype_name)
     if impl in (GPTKIT, TRANSFORMERS_TUNED):  # the allocator setting `gptkit train` makes
         keep_freed_memory()
     if impl == GPTKIT:
-        from gptkit.checkpoint import load_checkpoint
+        from gptkit.checkpoint.folder import load_checkpoint
 
         model = load_checkpoint(checkpoint).train()
 
@@ -100,10 +100,10 @@ def bench_train(quick: bool = False, models=None) -> list[dict]:
 
 
 def bench_model(name: str, quick: bool) -> list[dict]:
-    from gptkit.checkpoint import save_checkpoint
-    from gptkit.config import PRESETS
-    from gptkit.model import GPT
-    from gptkit.train import flops_per_token
+    from gptkit.checkpoint.folder import save_checkpoint
+    from gptkit.model.config import PRESETS
+    from gptkit.model.gpt import GPT
+    from gptkit.training.loop import flops_per_token
 
     steps, rounds = (3, 1) if quick else (8, 2)
     torch.manual_seed(0)

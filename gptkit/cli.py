@@ -112,7 +112,7 @@ def download(
     force: Annotated[bool, typer.Option("--force", help="Download again, replacing what --out holds.")] = False,
 ):
     """Download GPT-2 weights from the Hugging Face hub (HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE apply)."""
-    from gptkit.hub import download as download_model
+    from gptkit.checkpoint.hub import download as download_model
 
     download_model(name, out, revision, force)
 
@@ -142,8 +142,8 @@ def prepare(
 
     check_prepare(data, val_fraction, shard_tokens)
 
-    from gptkit.prepare import default_out
-    from gptkit.prepare import prepare as run_prepare
+    from gptkit.data.prepare import default_out
+    from gptkit.data.prepare import prepare as run_prepare
     from gptkit.progress import PrepareProgress
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -426,12 +426,12 @@ def train(
 ):
     """Train a model from scratch or from a checkpoint (under torchrun: on several processes with DDP)."""
     arguments = dict(locals())  # the options, before any other name is bound here
-    from gptkit.train_config import TrainConfig, check
+    from gptkit.training.config import TrainConfig, check
 
     config = options_from(TrainConfig, arguments)
     check(config)
-    from gptkit.train import EXIT_INTERRUPTED, Interrupted
-    from gptkit.train import train as run_training
+    from gptkit.training.loop import EXIT_INTERRUPTED, Interrupted
+    from gptkit.training.loop import train as run_training
 
     try:
         run_training(config)
@@ -513,7 +513,7 @@ def sample(
     from gptkit.options import SampleOptions
 
     options = options_from(SampleOptions, arguments)
-    from gptkit.sample import sample as run_sample
+    from gptkit.inference.sample import sample as run_sample
 
     run_sample(options)
 
@@ -578,7 +578,7 @@ def serve(
     from gptkit.options import ServeOptions
 
     options = options_from(ServeOptions, arguments)
-    from gptkit.serve import serve as run_server
+    from gptkit.serve.app import serve as run_server
 
     run_server(options)
 
@@ -638,7 +638,7 @@ def eval(
     from gptkit.options import EvalOptions
 
     options = options_from(EvalOptions, arguments)
-    from gptkit.eval import run_eval
+    from gptkit.evaluation.eval import run_eval
 
     run_eval(options)
 
@@ -659,7 +659,7 @@ def quantize(
     from gptkit.options import check_quantize_command
 
     check_quantize_command(ckpt, out, overwrite)
-    from gptkit.quantize import quantize_checkpoint
+    from gptkit.commands.quantize import quantize_checkpoint
 
     quantize_checkpoint(ckpt, out, overwrite)
 
@@ -680,7 +680,7 @@ def merge(
     from gptkit.options import check_merge_command
 
     check_merge_command(run, out, overwrite)
-    from gptkit.merge import merge_adapters
+    from gptkit.commands.merge import merge_adapters
 
     merge_adapters(run, out, overwrite)
 
@@ -712,7 +712,7 @@ def export(
     from gptkit.options import ExportOptions
 
     options = options_from(ExportOptions, arguments)
-    from gptkit.export import export as run_export
+    from gptkit.checkpoint.gguf import export as run_export
 
     run_export(options)
 
@@ -733,7 +733,7 @@ def convert(
     from gptkit.options import check_convert_command
 
     check_convert_command(src, out, overwrite)
-    from gptkit.convert import convert_checkpoint
+    from gptkit.commands.convert import convert_checkpoint
 
     convert_checkpoint(src, out, overwrite)
 
@@ -763,7 +763,7 @@ def plot(
     """Plot the training and validation loss of one or more runs, from their metrics.jsonl."""
     from rich.console import Console
 
-    from gptkit.plot import plot as draw
+    from gptkit.commands.plot import plot as draw
 
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
     draw(runs, out, x, log, smooth, Console(highlight=False), lambda line: errors.print(line, style="yellow"))
@@ -786,7 +786,7 @@ def inspect(
 
     from rich.console import Console
 
-    from gptkit.inspect import inspect_checkpoint, render
+    from gptkit.commands.inspect import inspect_checkpoint, render
 
     info = inspect_checkpoint(ckpt)
     if json_output:
@@ -805,7 +805,7 @@ def env(json_output: Annotated[bool, typer.Option("--json", help="Print it as JS
 
     from rich.console import Console
 
-    from gptkit.env import environment, render
+    from gptkit.commands.env import environment, render
 
     info = environment()
     if json_output:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from gptkit.chat import read_template
-from gptkit.checkpoint import (
+from gptkit.inference.chat_template import read_template
+from gptkit.checkpoint.folder import (
     ADAPTER_CONFIG_FILE,
     checkpoint_files,
     is_adapter_folder,
@@ -25,8 +25,8 @@ from gptkit.checkpoint import (
     resolve,
 )
 from gptkit.errors import GptkitError
-from gptkit.nanogpt import is_peer_file
-from gptkit.tokenizer import VOCAB_SIZE
+from gptkit.checkpoint.nanogpt import is_peer_file
+from gptkit.data.tokenizer import VOCAB_SIZE
 
 # --dtype names and what they stand for (runtime.DTYPES maps them to torch dtypes).
 DTYPE_NAMES = {
@@ -265,7 +265,7 @@ class ServeOptions:
     grace_period: float = 30.0
     """Seconds SIGTERM or Ctrl-C give the requests in flight before cancelling them."""
     chat_template: Path | None = None
-    """A JSON file of chat template keys (gptkit.chat); None: the checkpoint's, else the default."""
+    """A JSON file of chat template keys (gptkit.inference.chat_template); None: the checkpoint's, else the default."""
     dtype: str = "auto"
     """auto, float32, bfloat16 or float16 (or their short names, see DTYPE_NAMES)."""
     device: str = "auto"

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptkit.checkpoint import save_checkpoint
-from gptkit.model import GPT, GPTConfig
+from gptkit.checkpoint.folder import save_checkpoint
+from gptkit.model.gpt import GPT, GPTConfig
 
 SHAKESPEARE_PATH = Path(__file__).resolve().parents[1] / "data" / "input.txt"
 

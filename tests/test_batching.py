@@ -4,11 +4,11 @@ import pytest
 import torch
 from conftest import lively
 
-import gptkit.model
-from gptkit.batching import CACHE_STEP, Done, Engine, Failed, Job, PromptLogprobs, Token
-from gptkit.config import GPTConfig
-from gptkit.sample import Sampling
-from gptkit.tokenizer import encode
+import gptkit.model.gpt
+from gptkit.inference.batching import CACHE_STEP, Done, Engine, Failed, Job, PromptLogprobs, Token
+from gptkit.model.config import GPTConfig
+from gptkit.inference.sample import Sampling
+from gptkit.data.tokenizer import encode
 
 GREEDY = Sampling(temperature=0)
 
@@ -48,7 +48,7 @@ def test_a_cache_that_fails_to_grow_leaves_the_rows_in_flight_as_they_were(model
         for _ in range(5):
             engine.step()
     length = engine.cache_length
-    made, kv_cache = [], gptkit.model.KVCache
+    made, kv_cache = [], gptkit.model.gpt.KVCache
 
     def second_layer_fails(k, v):  # the allocation fails once the first layer has its new cache
         if made:
@@ -56,7 +56,7 @@ def test_a_cache_that_fails_to_grow_leaves_the_rows_in_flight_as_they_were(model
         made.append(k)
         return kv_cache(k, v)
 
-    monkeypatch.setattr(gptkit.model, "KVCache", second_layer_fails)
+    monkeypatch.setattr(gptkit.model.gpt, "KVCache", second_layer_fails)
     longer, longer_events = job("It was", 2 * CACHE_STEP)  # needs a longer cache
     decode(engine, longer)
     monkeypatch.undo()

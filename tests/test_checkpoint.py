@@ -11,10 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gptkit import checkpoint, files
-from gptkit.checkpoint import load_checkpoint, read_config, read_metadata, save_checkpoint
+from gptkit import files
+from gptkit.checkpoint import folder as checkpoint
+from gptkit.checkpoint.folder import load_checkpoint, read_config, read_metadata, save_checkpoint
 from gptkit.errors import GptkitError
-from gptkit.model import GPT
+from gptkit.model.gpt import GPT
 
 
 def hf_model(path):
@@ -219,7 +220,7 @@ def misaligned(model) -> list[str]:
 def test_every_loaded_tensor_is_64_byte_aligned(tiny_model, tmp_path, kind):
     """A tensor viewed in place from the file sits wherever its bytes are (8-byte aligned in safetensors): torch's
     AVX-512 int8 kernel crashed on such a weight. Every parameter and buffer of every kind of checkpoint is aligned."""
-    from gptkit.int8 import quantize_int8
+    from gptkit.model.int8 import quantize_int8
 
     if kind == "bfloat16":
         model = GPT(tiny_model.config).to(torch.bfloat16)
@@ -247,11 +248,11 @@ def test_loading_a_checkpoint_leaves_torch_dynamo_unimported(tiny_model, tmp_pat
     """The model is built on the meta device and then given the loaded weights: initializing or quantizing it there
     (normal_, round on meta tensors) imported torch._dynamo, a second of every command's start that sample and eval
     do not need."""
-    from gptkit.int8 import quantize_int8
+    from gptkit.model.int8 import quantize_int8
 
     ckpt = save_checkpoint(quantize_int8(tiny_model) if int8 else tiny_model, tmp_path / "ckpt")
     code = (
-        "import sys; from gptkit.checkpoint import load_checkpoint; "
+        "import sys; from gptkit.checkpoint.folder import load_checkpoint; "
         f"load_checkpoint({str(ckpt)!r}); assert 'torch._dynamo' not in sys.modules"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

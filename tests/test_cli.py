@@ -8,8 +8,8 @@ import sys
 import pytest
 from conftest import assert_one_line_error
 
-from gptkit.checkpoint import hf_config
-from gptkit.config import GPTConfig
+from gptkit.checkpoint.folder import hf_config
+from gptkit.model.config import GPTConfig
 
 
 def test_help_does_not_import_torch():
@@ -186,9 +186,9 @@ def test_help_panels_of_sample_and_eval(command, panels):
 
 def test_an_unexpected_error_is_one_line_and_the_traceback_needs_gptkit_debug():
     code = (
-        "import sys, gptkit.inspect\n"
+        "import sys, gptkit.commands.inspect\n"
         "def broken(path): raise ZeroDivisionError('something deep\\nand its second line')\n"
-        "gptkit.inspect.inspect_checkpoint = broken\n"
+        "gptkit.commands.inspect.inspect_checkpoint = broken\n"
         "from gptkit.cli import main; sys.argv = ['gptkit', 'inspect', 'anything']; main()"
     )
     env = {k: v for k, v in os.environ.items() if k != "GPTKIT_DEBUG"}

@@ -25,12 +25,12 @@ from torch import nn
 from torch.nn import functional as F
 from typer.testing import CliRunner
 
-from gptkit.checkpoint import load_checkpoint, read_config, read_metadata
+from gptkit.checkpoint.folder import load_checkpoint, read_config, read_metadata
 from gptkit.cli import app
-from gptkit.eval import lm_windows
-from gptkit.nanogpt import read_peer
-from gptkit.tokenizer import VOCAB_SIZE, encode
-from gptkit.train_config import run_name
+from gptkit.evaluation.eval import lm_windows
+from gptkit.checkpoint.nanogpt import read_peer
+from gptkit.data.tokenizer import VOCAB_SIZE, encode
+from gptkit.training.config import run_name
 
 PADDED_VOCAB = 50304  # nanoGPT's and build-nanogpt's 50257 rounded up to a multiple of 64
 SHAPE = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=PADDED_VOCAB)
@@ -521,7 +521,7 @@ def test_out_that_exists_needs_overwrite(tmp_path, nanogpt_file):
 
 
 def test_convert_reads_the_file_once(tmp_path, nanogpt_file, monkeypatch):
-    from gptkit import nanogpt
+    from gptkit.checkpoint import nanogpt
 
     reads, load_pickle = [], nanogpt.load_pickle
     monkeypatch.setattr(nanogpt, "load_pickle", lambda path: reads.append(path) or load_pickle(path))

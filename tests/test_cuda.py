@@ -9,14 +9,14 @@ from conftest import SHAKESPEARE_PATH
 from rich.console import Console
 from typer.testing import CliRunner
 
-from gptkit.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from gptkit.checkpoint.folder import load_checkpoint, read_metadata, save_checkpoint
 from gptkit.cli import app
-from gptkit.eval import evaluate_lm
-from gptkit.int8 import quantize_int8
-from gptkit.model import GPT
-from gptkit.quantize import quantize_checkpoint
-from gptkit.sample import Sampling, generate, prepare_for_decoding
-from gptkit.train import TrainConfig, train
+from gptkit.evaluation.eval import evaluate_lm
+from gptkit.model.int8 import quantize_int8
+from gptkit.model.gpt import GPT
+from gptkit.commands.quantize import quantize_checkpoint
+from gptkit.inference.sample import Sampling, generate, prepare_for_decoding
+from gptkit.training.loop import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

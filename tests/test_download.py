@@ -16,11 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gptkit import hub
-from gptkit.checkpoint import is_checkpoint, load_checkpoint, read_config, read_metadata
+from gptkit.checkpoint import hub
+from gptkit.checkpoint.folder import is_checkpoint, load_checkpoint, read_config, read_metadata
 from gptkit.errors import GptkitError
-from gptkit.inspect import inspect_checkpoint
-from gptkit.tokenizer_files import TOKENIZER_FILES, file_bytes
+from gptkit.commands.inspect import inspect_checkpoint
+from gptkit.checkpoint.tokenizer_files import TOKENIZER_FILES, file_bytes
 from tests.hub_server import RESET, STALL, HubServer
 
 NEEDED = {"config.json", "model.safetensors"}
@@ -538,7 +538,7 @@ def test_cli(server, tmp_path):
 def test_a_folder_in_use_is_refused_before_any_request(server, tmp_path, holder):
     """download holds its folder's lock (runlock) as train and eval do: a second download into the same folder, or a
     download into a folder a training run is using, is refused in one line, asking the hub nothing."""
-    from gptkit.runlock import folder_lock
+    from gptkit.training.runlock import folder_lock
 
     out = tmp_path / "gpt2"
     with folder_lock(out, holder, "the hint"):

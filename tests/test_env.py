@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from gptkit.cpu import cpu_level, lower_cpu_levels
+from gptkit.machine.cpu import cpu_level, lower_cpu_levels
 
 LEVELS = [None, *lower_cpu_levels()]  # None: the host's own level
 
@@ -46,7 +46,8 @@ def test_auto_is_float32_where_onednn_does_not_multiply_bf16():
 
 
 def test_auto_is_float32_on_a_cpu_without_bf16_instructions(monkeypatch):
-    from gptkit import cpu, runtime
+    from gptkit.machine import cpu
+    from gptkit.machine import runtime
 
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512bw"}))
     assert runtime.pick_dtype("auto", torch.device("cpu")) == torch.float32

@@ -10,11 +10,11 @@ from conftest import assert_one_line_error
 from torch.nn import functional as F
 from typer.testing import CliRunner
 
-from gptkit.checkpoint import read_metadata, save_checkpoint
+from gptkit.checkpoint.folder import read_metadata, save_checkpoint
 from gptkit.cli import app
-from gptkit.data import TokenSequence, load_tokens, open_data, split_tokens
+from gptkit.data.loader import TokenSequence, load_tokens, open_data, split_tokens
 from gptkit.errors import GptkitError
-from gptkit.eval import (
+from gptkit.evaluation.eval import (
     evaluate_hellaswag,
     evaluate_lm,
     hellaswag_rows,
@@ -25,11 +25,11 @@ from gptkit.eval import (
     validation_split,
 )
 from gptkit.files import write_json
-from gptkit.model import GPT
-from gptkit.runfolder import lock_run_folder
-from gptkit.runlock import EVALS_LOCK_FILE, folder_lock
-from gptkit.runlog import read_records
-from gptkit.tokenizer import encode, get_tokenizer
+from gptkit.model.gpt import GPT
+from gptkit.training.runfolder import lock_run_folder
+from gptkit.training.runlock import EVALS_LOCK_FILE, folder_lock
+from gptkit.training.runlog import read_records
+from gptkit.data.tokenizer import encode, get_tokenizer
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak. Ünïcödé ✓ 🙂\n" * 6
 HELLASWAG = [
@@ -191,7 +191,7 @@ def test_token_sequence_reads_its_arrays_as_one():
 @pytest.fixture
 def token_folder(text, tmp_path):
     """The Shakespeare excerpt (about 11k tokens) prepared into shards of 500 tokens, the last 25% for validation."""
-    from gptkit.prepare import prepare
+    from gptkit.data.prepare import prepare
 
     return prepare(text, tmp_path / "tokens", val_fraction=0.25, shard_tokens=500).out
 

@@ -11,12 +11,12 @@ import torch
 from conftest import assert_one_line_error, lively
 from typer.testing import CliRunner
 
-from gptkit.checkpoint import load_checkpoint, save_checkpoint
+from gptkit.checkpoint.folder import load_checkpoint, save_checkpoint
 from gptkit.cli import app
-from gptkit.config import GPTConfig
-from gptkit.export import gguf_names
-from gptkit.int8 import quantize_int8
-from gptkit.tokenizer import EOT_TOKEN, VOCAB_SIZE, encode
+from gptkit.model.config import GPTConfig
+from gptkit.checkpoint.gguf import gguf_names
+from gptkit.model.int8 import quantize_int8
+from gptkit.data.tokenizer import EOT_TOKEN, VOCAB_SIZE, encode
 
 gguf = pytest.importorskip("gguf")  # gptkit[gguf], in the dev group
 

@@ -23,8 +23,8 @@ from test_train import (  # noqa: F401 (hellaswag_file: a fixture)
     weights,
 )
 
-from gptkit.checkpoint import read_metadata
-from gptkit.runfolder import OPTIMIZER_SHARDS_DIR, load_run_state, newest_save
+from gptkit.checkpoint.folder import read_metadata
+from gptkit.training.runfolder import OPTIMIZER_SHARDS_DIR, load_run_state, newest_save
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 

@@ -5,7 +5,7 @@ import sys
 from typer.testing import CliRunner
 
 from gptkit.cli import app
-from gptkit.inspect import group_tensors, inspect_checkpoint
+from gptkit.commands.inspect import group_tensors, inspect_checkpoint
 
 runner = CliRunner()
 
@@ -68,7 +68,7 @@ def test_inspect_bad_files(tmp_path, tiny_checkpoint):
 
 
 def test_inspect_a_run_folder_shows_its_loss_curve_and_nested_metadata(tiny_model, tmp_path):
-    from gptkit.checkpoint import save_checkpoint
+    from gptkit.checkpoint.folder import save_checkpoint
 
     run = save_checkpoint(
         tiny_model,

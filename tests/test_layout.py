@@ -4,25 +4,56 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gptkit"
+MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 400
+COMMAND_SIDE = ("__main__", "cli", "commands", "serve")  # the library (every other module) imports none of these
 
 
-def imported_modules(path: Path, modules: set[str]) -> set[str]:
+def module_names() -> dict[str, Path]:
+    """Each gptkit module by its dotted name below gptkit ("model.gpt"; a package by its own name, "model")."""
+    names = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts:
+            names[".".join(parts)] = path
+    return names
+
+
+def owning_module(dotted: str, modules) -> str | None:
+    """The gptkit module a dotted import name ("gptkit.model.gpt.GPT") lands in: its longest prefix that is one."""
+    parts = dotted.split(".")
+    if parts[0] != "gptkit":
+        return None
+    for end in range(len(parts), 1, -1):
+        name = ".".join(parts[1:end])
+        if name in modules:
+            return name
+    return None
+
+
+def imported_modules(path: Path, modules) -> set[str]:
     """The gptkit modules a module imports anywhere in it: at the top, inside functions, under TYPE_CHECKING."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "gptkit":
-            names = [f"gptkit.{alias.name}" for alias in node.names]  # `from gptkit import x`: x may be a module
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
+            names = [f"{node.module}.{alias.name}" for alias in node.names]  # the name may be a module or an object
         else:
             continue
         for name in names:
-            parts = name.split(".")
-            if parts[0] == "gptkit" and len(parts) > 1 and parts[1] in modules:
-                found.add(parts[1])
-    return found - {path.stem}
+            module = owning_module(name, modules)
+            if module is not None:
+                found.add(module)
+    own = ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
+    return found - {own}
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = module_names()
+    return {module: imported_modules(path, modules) for module, path in modules.items()}
 
 
 def import_circles(graph: dict[str, set[str]]) -> list[set[str]]:
@@ -86,9 +117,21 @@ def test_import_circles_are_found():
 def test_no_import_circle_among_gptkits_modules():
     """No gptkit module imports, even lazily inside a function, a module that imports it back (directly or through
     others): each module can be read, tested and changed with only what lies below it."""
-    modules = {path.stem for path in PACKAGE.glob("*.py")}
-    graph = {module: imported_modules(PACKAGE / f"{module}.py", modules) for module in modules}
+    graph = import_graph()
     circles = import_circles(graph)
     assert not circles, "import circles: " + "; ".join(
         f"{' -> '.join(cycle_within(graph, group))} (among {', '.join(sorted(group))})" for group in circles
     )
+
+
+def test_the_library_never_imports_a_command():
+    """The library (model, checkpoint, data, machine, training, inference, evaluation) imports no command module, no
+    part of the server and not the command line: commands sit on top of it."""
+    wrong = {
+        f"{module} imports {imported}"
+        for module, imports in import_graph().items()
+        if module.split(".")[0] not in COMMAND_SIDE
+        for imported in imports
+        if imported.split(".")[0] in COMMAND_SIDE
+    }
+    assert not wrong, sorted(wrong)

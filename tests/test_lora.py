@@ -9,11 +9,11 @@ from conftest import assert_one_line_error
 from rich.console import Console
 from typer.testing import CliRunner
 
-from gptkit.checkpoint import load_checkpoint, load_tensors, save_checkpoint
+from gptkit.checkpoint.folder import load_checkpoint, load_tensors, save_checkpoint
 from gptkit.cli import app
-from gptkit.runfolder import STATE_TENSORS, newest_save
-from gptkit.train import train
-from gptkit.train_config import TrainConfig
+from gptkit.training.runfolder import STATE_TENSORS, newest_save
+from gptkit.training.loop import train
+from gptkit.training.config import TrainConfig
 
 # a flat schedule, so that a run resumed with a larger --steps trains as one run of that many steps
 SETTINGS = dict(

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptkit.config import PRESETS, GPTConfig
-from gptkit.model import GPT
+from gptkit.model.config import PRESETS, GPTConfig
+from gptkit.model.gpt import GPT
 
 
 def test_shapes_and_loss(tiny_model, tiny_config):
@@ -35,7 +35,7 @@ def test_ignored_targets(tiny_model):
 def test_loss_and_gradients_equal_cross_entropy(dtype, monkeypatch):
     """The sliced loss (LinearCrossEntropy) against F.cross_entropy on the full logits, with ignored targets and a
     vocabulary that does not divide into the slices."""
-    monkeypatch.setattr("gptkit.model.LOSS_CHUNK_SIZE", 300)
+    monkeypatch.setattr("gptkit.model.gpt.LOSS_CHUNK_SIZE", 300)
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=1000))
     idx, targets = torch.randint(0, 1000, (3, 32)), torch.randint(0, 1000, (3, 32))

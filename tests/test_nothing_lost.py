@@ -17,12 +17,12 @@ from conftest import assert_one_line_error
 from faults import Faults, raise_oserror
 from typer.testing import CliRunner
 
-from gptkit.checkpoint import load_checkpoint, load_tensors
+from gptkit.checkpoint.folder import load_checkpoint, load_tensors
 from gptkit.cli import app
 from gptkit.files import is_temporary
-from gptkit.runfolder import CLEARING_MARK, SAVES_DIR, STATE_TENSORS, load_run_state, newest_save, save_folders
-from gptkit.runlog import EVALS_FILE
-from gptkit.tokenizer_files import TOKENIZER_FILES
+from gptkit.training.runfolder import CLEARING_MARK, SAVES_DIR, STATE_TENSORS, load_run_state, newest_save, save_folders
+from gptkit.training.runlog import EVALS_FILE
+from gptkit.checkpoint.tokenizer_files import TOKENIZER_FILES
 
 FAULTS = Path(__file__).with_name("faults.py")
 # a flat learning rate (no warmup, min_lr = lr): runs resumed with a larger --steps train as one run of that many
@@ -148,7 +148,7 @@ def test_a_full_disk_is_one_line_that_names_the_space_needed(text, tmp_path, mon
     assert train(text, out, 1)[0] == 0
     before = digests(newest_save(out))
     real = shutil.disk_usage
-    monkeypatch.setattr("gptkit.runfolder.shutil.disk_usage", lambda path: real(path)._replace(free=12_345))
+    monkeypatch.setattr("gptkit.training.runfolder.shutil.disk_usage", lambda path: real(path)._replace(free=12_345))
     result = CliRunner().invoke(app, ["train", str(text), "--out", str(out), "--steps", "2", *OPTIONS, "--resume"])
     assert_one_line_error(result, f"not enough space in {out} to save step 2: a save needs ")
     error = result.stderr

@@ -10,7 +10,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from gptkit.cli import app
-from gptkit.plot import COLOURS, load_curves, plot, smooth
+from gptkit.commands.plot import COLOURS, load_curves, plot, smooth
 
 
 def write_run(folder, steps=200, start=10.0, end=3.0, eval_every=50, cut_last_line=False):
@@ -151,6 +151,6 @@ def test_plot_does_not_import_torch(tmp_path):
 
 
 def test_tick_labels_stay_short():
-    from gptkit.plot import short_number
+    from gptkit.commands.plot import short_number
 
     assert [short_number(v) for v in (150, 38400, 1.2e6, 10.85, 0.005)] == ["150", "38.4k", "1.2M", "10.85", "5.0e-03"]

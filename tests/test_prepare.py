@@ -12,14 +12,14 @@ import pytest
 from conftest import SHAKESPEARE_PATH, assert_one_line_error
 from typer.testing import CliRunner
 
-from gptkit import prepare as prep
+from gptkit.data import prepare as prep
 from gptkit.cli import app
-from gptkit.data import load_tokens, open_data
+from gptkit.data.loader import load_tokens, open_data
 from gptkit.errors import GptkitError
 from gptkit.files import data_hash
-from gptkit.prepare import prepare
-from gptkit.tokenfolder import MANIFEST, shard_name
-from gptkit.tokenizer import EOT_TOKEN, encode, get_tokenizer
+from gptkit.data.prepare import prepare
+from gptkit.data.tokenfolder import MANIFEST, shard_name
+from gptkit.data.tokenizer import EOT_TOKEN, encode, get_tokenizer
 
 SHAKESPEARE = SHAKESPEARE_PATH.read_text(encoding="utf-8")[:30_000]
 DOCS = [

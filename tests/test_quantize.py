@@ -6,8 +6,8 @@ import torch
 from conftest import assert_one_line_error
 from typer.testing import CliRunner
 
-from gptkit import checkpoint
-from gptkit.checkpoint import (
+from gptkit.checkpoint import folder as checkpoint
+from gptkit.checkpoint.folder import (
     is_checkpoint,
     load_checkpoint,
     read_metadata,
@@ -15,14 +15,14 @@ from gptkit.checkpoint import (
     save_checkpoint,
 )
 from gptkit.cli import app
-from gptkit.data import load_tokens
-from gptkit.eval import evaluate_lm
+from gptkit.data.loader import load_tokens
+from gptkit.evaluation.eval import evaluate_lm
 from gptkit.files import write_json
-from gptkit.int8 import DEQUANTIZE_ABOVE_ROWS, Int8Linear, quantize_int8
-from gptkit.model import GPT, GPTConfig
-from gptkit.sample import Sampling, generate, prepare_for_decoding
-from gptkit.tokenizer import encode
-from gptkit.tokenizer_files import TOKENIZER_FILES
+from gptkit.model.int8 import DEQUANTIZE_ABOVE_ROWS, Int8Linear, quantize_int8
+from gptkit.model.gpt import GPT, GPTConfig
+from gptkit.inference.sample import Sampling, generate, prepare_for_decoding
+from gptkit.data.tokenizer import encode
+from gptkit.checkpoint.tokenizer_files import TOKENIZER_FILES
 
 runner = CliRunner()
 

@@ -6,14 +6,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from gptkit import runlock
+from gptkit.training import runlock
 from gptkit.errors import GptkitError
-from gptkit.runlock import check_not_held, folder_lock
+from gptkit.training.runlock import check_not_held, folder_lock
 
 # Holds a folder's lock as `gptkit train` does, until its stdin closes or it is killed.
 HOLDER = """
 import sys
-from gptkit.runlock import folder_lock
+from gptkit.training.runlock import folder_lock
 
 with folder_lock(sys.argv[1], "gptkit train", "wait for it"):
     print("held", flush=True)

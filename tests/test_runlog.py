@@ -8,9 +8,9 @@ from conftest import assert_one_line_error
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_train import assert_fails, losses, run, train_command
 
-from gptkit.data import BatchLoader
-from gptkit.runfolder import trim_metrics
-from gptkit.runlog import (
+from gptkit.data.loader import BatchLoader
+from gptkit.training.runfolder import trim_metrics
+from gptkit.training.runlog import (
     RunLog,
     TensorBoardSink,
     WandbSink,

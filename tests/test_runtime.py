@@ -11,7 +11,7 @@ import pytest
 # not how many bytes stay resident.
 RESIDENT_AFTER_FREE = """
 import os, torch
-from gptkit.runtime import keep_freed_memory
+from gptkit.machine.runtime import keep_freed_memory
 
 BLOCK = 64 * 2**20
 

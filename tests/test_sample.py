@@ -5,10 +5,10 @@ import torch
 from conftest import assert_one_line_error
 from typer.testing import CliRunner
 
-from gptkit.checkpoint import save_checkpoint
+from gptkit.checkpoint.folder import save_checkpoint
 from gptkit.cli import app
-from gptkit.model import GPT, GPTConfig
-from gptkit.sample import (
+from gptkit.model.gpt import GPT, GPTConfig
+from gptkit.inference.sample import (
     BlockedLinear,
     Sampling,
     TextStream,
@@ -17,7 +17,7 @@ from gptkit.sample import (
     prepare_for_decoding,
     sample_next,
 )
-from gptkit.tokenizer import EOT_TOKEN, encode, get_tokenizer
+from gptkit.data.tokenizer import EOT_TOKEN, encode, get_tokenizer
 
 runner = CliRunner()
 

@@ -19,16 +19,16 @@ import uvicorn
 from conftest import assert_one_line_error, lively
 from typer.testing import CliRunner
 
-from gptkit import batching
-from gptkit.batching import Engine
-from gptkit.chat import DEFAULT_TEMPLATE, render
-from gptkit.checkpoint import save_checkpoint
+from gptkit.inference import batching
+from gptkit.inference.batching import Engine
+from gptkit.inference.chat_template import DEFAULT_TEMPLATE, render
+from gptkit.checkpoint.folder import save_checkpoint
 from gptkit.cli import app
-from gptkit.config import GPTConfig
+from gptkit.model.config import GPTConfig
 from gptkit.options import ServeOptions
-from gptkit.sample import load_for_decoding
-from gptkit.serve import ServerInfo, chat_template_of, listen, make_app
-from gptkit.tokenizer import encode
+from gptkit.inference.sample import load_for_decoding
+from gptkit.serve.app import ServerInfo, chat_template_of, listen, make_app
+from gptkit.data.tokenizer import encode
 
 KEY = "test-key"
 PROMPTS = [
@@ -123,7 +123,7 @@ def in_parallel(fn, args: list) -> list:
 def test_each_row_of_the_cache_is_a_sequence_of_its_own(tiny_model):
     """Prompts of different lengths prefilled into rows of one cache, then one step with a position per row: each
     row's logits are those of its own sequence run alone from scratch."""
-    from gptkit.sample import decode_step, prefill
+    from gptkit.inference.sample import decode_step, prefill
 
     sequences = [torch.randint(0, 50257, (n,), generator=torch.Generator().manual_seed(n)) for n in (3, 9, 5, 12)]
     with torch.inference_mode():
@@ -366,7 +366,7 @@ def test_a_failure_fails_its_request_alone(server, monkeypatch):
                                ["It goes on", "It goes boom"])  # fmt: skip
     assert fine.status_code == 200 and broken.status_code == 500
     assert broken.json()["error"]["type"] == "server_error"
-    monkeypatch.setattr("gptkit.serve.render", lambda template, messages: 1 / 0)  # a bug in the endpoint itself
+    monkeypatch.setattr("gptkit.serve.app.render", lambda template, messages: 1 / 0)  # a bug in the endpoint itself
     with pytest.raises(openai.InternalServerError, match="ZeroDivisionError"):
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}])
     assert complete(client, "Hi", max_tokens=2).choices[0].finish_reason == "length"

@@ -4,7 +4,7 @@ import shutil
 import pytest
 from conftest import SHAKESPEARE_PATH
 
-from gptkit.tokenizer import ASSETS, EOT_TOKEN, decode, encode, get_tokenizer
+from gptkit.data.tokenizer import ASSETS, EOT_TOKEN, decode, encode, get_tokenizer
 
 TEXTS = [
     "Hello, world! This is GPT-2's tokenizer.",
@@ -67,7 +67,7 @@ def test_endoftext_is_special():
 
 
 def test_corrupted_bpe_file_is_refused(tmp_path, monkeypatch):
-    from gptkit import tokenizer
+    from gptkit.data import tokenizer
     from gptkit.errors import GptkitError
 
     for name in ("vocab.bpe", "encoder.json"):

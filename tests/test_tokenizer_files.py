@@ -6,10 +6,10 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from gptkit.checkpoint import save_checkpoint
+from gptkit.checkpoint.folder import save_checkpoint
 from gptkit.cli import app
-from gptkit.tokenizer import EOT_TOKEN, VOCAB_SIZE, encode
-from gptkit.tokenizer_files import TOKENIZER_FILES, file_bytes, merges, tokens, write_tokenizer_files
+from gptkit.data.tokenizer import EOT_TOKEN, VOCAB_SIZE, encode
+from gptkit.checkpoint.tokenizer_files import TOKENIZER_FILES, file_bytes, merges, tokens, write_tokenizer_files
 
 # Words, digits, contractions, runs of spaces, tabs and newlines (GPT-2's pre-tokenizer splits them apart), accents,
 # CJK, an emoji (several tokens of one character's bytes), CRLF, and <|endoftext|> as the special token.

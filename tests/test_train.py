@@ -17,12 +17,12 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from gptkit.checkpoint import load_checkpoint, load_tensors, read_metadata
+from gptkit.checkpoint.folder import load_checkpoint, load_tensors, read_metadata
 from gptkit.cli import app
-from gptkit.data import BatchLoader
-from gptkit.optim import learning_rate
-from gptkit.runfolder import STATE_JSON, STATE_TENSORS, newest_save
-from gptkit.train import Interrupted, TrainConfig, train
+from gptkit.data.loader import BatchLoader
+from gptkit.training.optim import learning_rate
+from gptkit.training.runfolder import STATE_JSON, STATE_TENSORS, newest_save
+from gptkit.training.loop import Interrupted, TrainConfig, train
 
 
 def run(text, model, out, **options) -> dict:
@@ -135,7 +135,7 @@ def test_training_lowers_the_loss_of_a_learnable_text_with_clipped_gradients(tmp
     """A phrase repeated: within a few dozen steps the model predicts it better than the loss of knowing only which of
     its few tokens occur (ln of their number), let alone of a uniform guess over the vocabulary (ln 50257 = 10.8).
     Every step clips the gradient's norm to 1.0."""
-    from gptkit.data import load_tokens
+    from gptkit.data.loader import load_tokens
 
     text = tmp_path / "pattern.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
@@ -171,10 +171,10 @@ def test_compiled_training_on_the_cpu(text, tmp_path):
 def test_tf32_is_on_for_a_cuda_run_only_while_it_lasts(text, monkeypatch):
     """train() turns TF32 on for a CUDA run's fp32 products and leaves the process's settings as they were, also when
     the run fails (simulated: any machine, no GPU needed)."""
-    import gptkit.train
-    from gptkit.distributed import Processes
+    import gptkit.training.loop
+    from gptkit.training.distributed import Processes
 
-    monkeypatch.setattr(gptkit.train, "start_processes", lambda name: Processes(device=torch.device("cuda")))
+    monkeypatch.setattr(gptkit.training.loop, "start_processes", lambda name: Processes(device=torch.device("cuda")))
     seen = []
 
     def run_on_cuda(cfg, procs, console, held):
@@ -183,7 +183,7 @@ def test_tf32_is_on_for_a_cuda_run_only_while_it_lasts(text, monkeypatch):
             raise RuntimeError("a failing run")
         return {}
 
-    monkeypatch.setattr(gptkit.train, "run", run_on_cuda)
+    monkeypatch.setattr(gptkit.training.loop, "run", run_on_cuda)
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
         for cudnn in (False, True):
@@ -268,7 +268,7 @@ def unit_roundoff(dtype: torch.dtype) -> float:
 
 def muon_iterates_in() -> torch.dtype:
     """The dtype of optim.Muon's Newton-Schulz iteration in this process (torch's bf16, or its fp32 fallback)."""
-    from gptkit.optim import Muon
+    from gptkit.training.optim import Muon
 
     fp32 = Muon([torch.nn.Parameter(torch.zeros(2, 2))], torch.device("cpu")).fp32_iteration
     return torch.float32 if fp32 else torch.bfloat16
@@ -333,7 +333,7 @@ UNEXPECTED_ERROR_IN_EACH_PROCESS = """
 import os, sys, time
 from pathlib import Path
 
-import gptkit.train
+import gptkit.training.loop
 from gptkit.cli import app
 
 
@@ -341,7 +341,7 @@ def build_run(*args):
     raise RuntimeError("a bug")
 
 
-gptkit.train.build_run = build_run
+gptkit.training.loop.build_run = build_run
 try:
     app(prog_name="gptkit")
 finally:  # torchrun stops every process once one exits: exit when both have printed their line
@@ -400,7 +400,7 @@ def test_bad_inputs(text, tiny_checkpoint, tmp_path):
 
 def test_batch_too_big_for_memory(text, tiny_checkpoint, tmp_path, monkeypatch):
     # 256 MiB free, whatever this machine has; the logits alone of 64 x 64 tokens take 64 x 64 x 50257 x 4 = 0.8 GB
-    monkeypatch.setattr("gptkit.train.available_memory", lambda: 2**28)
+    monkeypatch.setattr("gptkit.training.loop.available_memory", lambda: 2**28)
     assert_fails(
         [text, "--model", tiny_checkpoint, "--batch-size", "64", "--block-size", "64", "--steps", "1"],
         "out of memory at a batch of 64 x 64 tokens (a step needs over 0.8 GiB, 0.2 GiB free)",
@@ -410,7 +410,7 @@ def test_batch_too_big_for_memory(text, tiny_checkpoint, tmp_path, monkeypatch):
 
 def test_out_of_memory_in_a_step_is_one_line(text, tiny_checkpoint, tmp_path, monkeypatch):
     """What a GPU does when a step does not fit (simulated: the forward raises torch's OutOfMemoryError)."""
-    from gptkit.model import GPT
+    from gptkit.model.gpt import GPT
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\nSee the documentation")
@@ -428,9 +428,9 @@ def test_memory_floor_stays_below_what_a_step_really_takes(tiny_config):
     beside the weights, counted here from the config: the gradients and AdamW's two moments (fp32), the logits, and
     the (tokens, n_embd) activations each block keeps for backward: its two layer norms' outputs, q, k and v, the
     attention's output, the MLP's input to and output of the GELU (4 n_embd each): 14 of them."""
-    from gptkit.config import PRESETS
-    from gptkit.model import GPT
-    from gptkit.train import step_memory_floor
+    from gptkit.model.config import PRESETS
+    from gptkit.model.gpt import GPT
+    from gptkit.training.loop import step_memory_floor
 
     for config, batch_size, block_size in ((PRESETS["gpt2"], 4, 256), (tiny_config, 8, 64)):
         with torch.device("meta"):
@@ -464,7 +464,7 @@ def test_resume_refuses_changed_settings_and_finished_runs(text, tiny_checkpoint
 
 
 def test_default_run_folders_do_not_collide(tiny_checkpoint):
-    from gptkit.train_config import run_name
+    from gptkit.training.config import run_name
 
     assert run_name("data/input.txt", "gpt2") == "input-gpt2"
     assert run_name("data/input.txt", str(tiny_checkpoint)) == f"input-{tiny_checkpoint.name}-finetuned"
@@ -529,9 +529,9 @@ def test_a_filesystem_without_locks_warns_and_trains(text, tmp_path, monkeypatch
 
 
 def test_the_lock_itself_refuses_a_run_that_passed_the_early_check(text, tmp_path, monkeypatch):
-    from gptkit.runfolder import lock_run_folder
+    from gptkit.training.runfolder import lock_run_folder
 
-    monkeypatch.setattr("gptkit.train_config.check_not_held", lambda *args, **kwargs: None)  # as if it raced past
+    monkeypatch.setattr("gptkit.training.config.check_not_held", lambda *args, **kwargs: None)  # as if it raced past
     out = tmp_path / "run"
     with lock_run_folder(out):
         code, output = cli(text, "--model", "nano", "--out", out, *train_options(3))
@@ -587,14 +587,14 @@ def test_damaged_run_files_are_clear_errors(text, tiny_checkpoint, tmp_path):
 @pytest.fixture
 def shards(text, tmp_path):
     """The Shakespeare excerpt prepared into 5 shards, the last 10% of the tokens for validation."""
-    from gptkit.prepare import prepare
+    from gptkit.data.prepare import prepare
 
     return prepare(text, tmp_path / "shards", val_fraction=0.1, shard_tokens=3000).out
 
 
 def test_exact_resume_from_shards_and_eval_of_their_validation_tail(shards, tiny_checkpoint, tmp_path, monkeypatch):
-    from gptkit.data import open_data
-    from gptkit.eval import evaluate_lm, validation_split
+    from gptkit.data.loader import open_data
+    from gptkit.evaluation.eval import evaluate_lm, validation_split
 
     run(shards, tiny_checkpoint, tmp_path / "straight", steps=8, eval_every=4, save_every=4)
     next_batch, calls = BatchLoader.next_batch, []
@@ -625,8 +625,8 @@ def test_exact_resume_from_shards_and_eval_of_their_validation_tail(shards, tiny
 
 
 def test_nanogpt_folder_trains_and_validates_on_val_bin(text, tiny_checkpoint, tmp_path):
-    from gptkit.data import load_tokens
-    from gptkit.eval import validation_split
+    from gptkit.data.loader import load_tokens
+    from gptkit.evaluation.eval import validation_split
 
     tokens, _ = load_tokens(text)
     folder = tmp_path / "nanogpt"
@@ -697,7 +697,7 @@ def test_fine_tuning_at_a_shorter_window_keeps_the_whole_context(text, tiny_chec
 
 
 def test_dropout_default_recorded_and_given(text, tiny_model, tmp_path):
-    from gptkit.checkpoint import save_checkpoint
+    from gptkit.checkpoint.folder import save_checkpoint
 
     tiny_model.set_dropout(0.1)
     checkpoint = save_checkpoint(tiny_model, tmp_path / "dropout-0.1")
@@ -723,7 +723,7 @@ def test_dropout_acts_only_in_training(tiny_model):
 
 
 def test_muon_takes_the_block_matrices_and_the_schedule_scales_both(tiny_model):
-    from gptkit.optim import make_optimizer, set_learning_rate
+    from gptkit.training.optim import make_optimizer, set_learning_rate
 
     cfg = TrainConfig(data="", optimizer="muon", lr=0.02, adam_lr=1e-3, weight_decay=0.1)
     optimizer = make_optimizer(tiny_model, cfg, torch.device("cpu"))
@@ -746,7 +746,7 @@ def test_muon_takes_the_block_matrices_and_the_schedule_scales_both(tiny_model):
 def test_weight_decay_acts_on_matrices_only(tiny_model, optimizer):
     """With zero gradients a step is weight decay alone: every 2-D weight (the blocks' matrices, the embeddings)
     shrinks by lr * weight_decay, biases and layer norms stay (the README: weight decay on weight matrices only)."""
-    from gptkit.optim import make_optimizer
+    from gptkit.training.optim import make_optimizer
 
     cfg = TrainConfig(data="", optimizer=optimizer, lr=0.02, adam_lr=0.01, weight_decay=0.1)
     optimizer = make_optimizer(tiny_model, cfg, torch.device("cpu"))
@@ -767,7 +767,7 @@ def test_defaults_the_readme_states(tiny_config):
     --batch-size 4 on the CPU, 16 on a GPU; --block-size the model's context, at most 256 on the CPU."""
     from dataclasses import replace
 
-    from gptkit.train_config import resolve
+    from gptkit.training.config import resolve
 
     def resolved(device="cpu", context=1024, fine_tuning=False, **options):
         cfg = TrainConfig(data="", dtype="float32", **options)
@@ -784,8 +784,8 @@ def test_defaults_the_readme_states(tiny_config):
 def test_muon_orthogonalizes_in_fp32_where_bf16_is_not_the_faster(monkeypatch):
     """optim.Muon runs torch's Newton-Schulz iteration (bf16) where the CPU prefers bf16 and on GPUs, its own fp32
     iteration on other CPUs; both are torch.optim.Muon's step otherwise (momentum, Nesterov, lr scaling, decay)."""
-    import gptkit.optim
-    from gptkit.optim import Muon
+    import gptkit.training.optim
+    from gptkit.training.optim import Muon
 
     torch.manual_seed(0)
     weight, gradients = torch.randn(256, 64) * 0.02, [torch.randn(256, 64) * 1e-3 for _ in range(3)]
@@ -803,7 +803,7 @@ def test_muon_orthogonalizes_in_fp32_where_bf16_is_not_the_faster(monkeypatch):
     bf16_reference = three_steps(lambda params: torch.optim.Muon(params, **options))
     results = {}
     for prefers_bf16 in (False, True):
-        monkeypatch.setattr(gptkit.optim, "cpu_prefers_bf16", lambda prefers_bf16=prefers_bf16: prefers_bf16)
+        monkeypatch.setattr(gptkit.training.optim, "cpu_prefers_bf16", lambda prefers_bf16=prefers_bf16: prefers_bf16)
         cpu = Muon([torch.nn.Parameter(weight.clone())], torch.device("cpu"))
         cuda = Muon([torch.nn.Parameter(weight.clone())], torch.device("cuda"))
         assert (cpu.fp32_iteration, cuda.fp32_iteration) == (not prefers_bf16, False)
@@ -816,7 +816,7 @@ def test_muon_orthogonalizes_in_fp32_where_bf16_is_not_the_faster(monkeypatch):
     bound = 3 * lr * math.sqrt(256 / 64) * per_o
     difference = (results[False] - bf16_reference).abs().max().item()
     assert 0 < difference <= bound
-    monkeypatch.setattr(gptkit.optim, "cpu_prefers_bf16", lambda: False)
+    monkeypatch.setattr(gptkit.training.optim, "cpu_prefers_bf16", lambda: False)
     weight, gradients = weight.double(), [g.double() for g in gradients]  # the fp32 iteration's own, in fp64
     fp32_bound = 3 * lr * math.sqrt(256 / 64) * orthogonalization_difference(0.0, ns_steps, torch.float32, 256)
     exact = three_steps(lambda params: Muon(params, torch.device("cpu"), **options))
@@ -839,7 +839,7 @@ def hellaswag_file(tmp_path):
 
 
 def test_hellaswag_in_training(text, tiny_checkpoint, hellaswag_file, tmp_path):
-    from gptkit.eval import evaluate_hellaswag
+    from gptkit.evaluation.eval import evaluate_hellaswag
 
     out = tmp_path / "run"
     console = io.StringIO()

@@ -1,0 +1,32 @@
+"""`gptkit merge`: a LoRA run's base with its adapters merged into the weights, written as a plain checkpoint."""
+
+from pathlib import Path
+
+
+def merge_adapters(run: Path, out: Path | None = None, overwrite: bool = False) -> Path:
+    """Write run's base + adapters (merged: W + alpha / rank * B A, in float32) as a checkpoint in out (default
+    `<run>-merged` beside it); the weights keep the dtype the base stores them in."""
+    import torch
+    from rich.console import Console
+
+    from gptkit.checkpoint.folder import load_checkpoint, lora_settings, read_metadata, save_checkpoint, stored_float_dtype
+    from gptkit.options import check_merge_command, default_merged_out
+
+    check_merge_command(run, out, overwrite)
+    out = Path(out) if out is not None else default_merged_out(run)
+    settings, base = lora_settings(run)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    with console.status(f"merging {run}"):
+        model = load_checkpoint(run).to(getattr(torch, stored_float_dtype(run)))
+        source = read_metadata(run)
+        metadata = {k: v for k, v in source.items() if k not in ("gptkit_version", "created", "torch_version")}
+        metadata["lora"] = {
+            "merged_from": str(Path(run).resolve()),
+            "base": base,
+            "rank": settings.rank,
+            "alpha": settings.alpha,
+            "targets": list(settings.targets),
+        }
+        save_checkpoint(model, out, metadata)
+    console.print(f"wrote {out}: {base} with the rank-{settings.rank} adapters of {run} merged in")
+    return out
