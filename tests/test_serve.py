@@ -1,6 +1,7 @@
 """gptkit serve: OpenAI's API over a tiny model, through the openai client and raw HTTP, on a free loopback port."""
 
 import contextlib
+import importlib.resources
 import json
 import queue
 import re
@@ -275,6 +276,16 @@ def test_models_and_health(server):
     assert [m.id for m in server.client().models.list()] == ["tiny"]
     assert server.client().models.retrieve("tiny").id == "tiny"
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}  # no key needed
+
+
+def test_the_chat_page_is_served_without_the_key(server):
+    page = importlib.resources.files("gptkit.serve") / "static" / "chat.html"
+    response = httpx.get(f"{server.url}/")
+    if page.is_file():
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+        assert response.text == page.read_text(encoding="utf-8")
+    else:  # not written yet
+        assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
 
 
 # --- security and faults ---------------------------------------------------------------------------------------------

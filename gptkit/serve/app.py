@@ -1,5 +1,5 @@
 """`gptkit serve`: OpenAI's HTTP API over a checkpoint (POST /v1/completions and /v1/chat/completions, GET /v1/models
-and /health), streamed as server-sent events or answered whole, every request decoded in one continuous batch
+and /health) and a chat page (GET /), streamed as server-sent events or answered whole, every request decoded in one continuous batch
 (batching.Engine). FastAPI and uvicorn (gptkit[serve]).
 
 make_app() is the application (the tests run it in a thread); serve() is the command: it listens, loads the model,
@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import hmac
+import importlib.resources
 import json
 import signal
 import socket
@@ -24,7 +25,7 @@ import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
@@ -39,6 +40,7 @@ MAX_CHOICES = 128  # choices a request (prompts x n), OpenAI's limit of n
 MAX_STOPS = 4  # stop texts a request, as OpenAI
 MAX_LOGPROBS = 20  # top log-probabilities a token
 DISCONNECT_POLL_S = 0.5  # how often a request answered whole checks that its client is still there
+OPEN_PATHS = ("/", "/health")  # served without the API key: the chat page asks for the key itself
 
 
 # --- requests ----------------------------------------------------------------------------------------------------------
@@ -139,7 +141,7 @@ def answers(endpoint):
 
 
 class Guard:
-    """ASGI middleware: every request but /health carries the API key (if one is set), compared in constant time;
+    """ASGI middleware: every request but the chat page and /health carries the API key (if one is set), compared in constant time;
     no request body is longer than max_body bytes."""
 
     def __init__(self, app, api_key: str | None, max_body: int):
@@ -149,7 +151,7 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        if self.api_key is not None and scope["path"] != "/health":
+        if self.api_key is not None and scope["path"] not in OPEN_PATHS:
             scheme, _, key = headers.get(b"authorization", b"").partition(b" ")
             if not (scheme.lower() == b"bearer" and hmac.compare_digest(key.strip(), self.api_key.encode())):
                 message = "a valid API key is needed: send the header 'Authorization: Bearer KEY'"
@@ -342,6 +344,13 @@ def make_app(engine: Engine, info: ServerInfo, ready=None) -> FastAPI:
     @app.get("/health")
     async def health():
         return {"status": "ok"}
+
+    @app.get("/")
+    async def chat_page():
+        page = importlib.resources.files("gptkit.serve") / "static" / "chat.html"
+        if not page.is_file():
+            return error_response(404, "the chat page is not installed with this gptkit", code="not_found")
+        return HTMLResponse(page.read_text(encoding="utf-8"))
 
     @app.get("/v1/models")
     async def models():
