@@ -109,15 +109,15 @@ def bench_tokenizing(folder: Path, size: int, rounds: int) -> list[list]:
         cpu[names[1]].append(cpu_seconds() - c0)
         del pieces
     median = statistics.median
-    peer_wall, peer_cpu = median(wall[names[1]]), median(cpu[names[1]])
+    baseline_wall, baseline_cpu = median(wall[names[1]]), median(cpu[names[1]])
     return [
         [
             name,
             f"{megabytes / median(wall[name]):.2f} [{megabytes / max(wall[name]):.2f}, "
             f"{megabytes / min(wall[name]):.2f}]",
-            f"{peer_wall / median(wall[name]):.2f}x",
+            f"{baseline_wall / median(wall[name]):.2f}x",
             f"{megabytes / median(cpu[name]):.2f}",
-            f"{peer_cpu / median(cpu[name]):.2f}x",
+            f"{baseline_cpu / median(cpu[name]):.2f}x",
         ]  # fmt: skip
         for name in names
     ]

@@ -55,10 +55,10 @@ def train_section(quick: bool) -> str:
     rows = train_bench.bench_train(quick)
     body = []
     for r in rows:
-        peer = next(
+        transformers_row = next(
             p for p in rows if p["impl"] == "transformers" and p["model"] == r["model"] and p["dtype"] == r["dtype"]
         )
-        peer_fp32 = next(
+        transformers_fp32 = next(
             p for p in rows if p["impl"] == "transformers" and p["model"] == r["model"] and p["dtype"] == "float32"
         )
         body.append(
@@ -70,8 +70,8 @@ def train_section(quick: bool) -> str:
                 f"{r['tokens/s median']:,} [{r['tokens/s min']:,}, {r['tokens/s max']:,}]",
                 f"{r['MFU %']}%",
                 f"{r['peak RSS MB']:,}",
-                f"{r['tokens/s median'] / peer['tokens/s median']:.2f}x",
-                f"{r['tokens/s median'] / peer_fp32['tokens/s median']:.2f}x",
+                f"{r['tokens/s median'] / transformers_row['tokens/s median']:.2f}x",
+                f"{r['tokens/s median'] / transformers_fp32['tokens/s median']:.2f}x",
             ]
         )
     header = ["impl", "model", "dtype", "batch x seq", "tokens/s median [min, max]", "MFU", "peak RSS MB",
@@ -101,14 +101,14 @@ def eval_section(quick: bool) -> str:
     rows = eval_bench.bench_eval(quick)
     body = []
     for r in rows:
-        peer = next(p for p in rows if p["impl"] == "transformers" and p["dtype"] == r["dtype"])
+        transformers_row = next(p for p in rows if p["impl"] == "transformers" and p["dtype"] == r["dtype"])
         body.append(
             [
                 r["impl"],
                 r["dtype"],
                 f"{r['tokens_per_s']:,.0f}",
                 f"{r['best_tokens_per_s']:,.0f}",
-                f"{r['tokens_per_s'] / peer['tokens_per_s']:.2f}x",
+                f"{r['tokens_per_s'] / transformers_row['tokens_per_s']:.2f}x",
             ]
         )
     header = ["impl", "dtype", "tokens/s median", "tokens/s best", "vs transformers"]

@@ -25,7 +25,7 @@ from gptkit.checkpoint.folder import (
     resolve,
 )
 from gptkit.errors import GptkitError
-from gptkit.checkpoint.nanogpt import is_peer_file
+from gptkit.checkpoint.nanogpt import is_nanogpt_file
 from gptkit.data.tokenizer import VOCAB_SIZE
 
 # --dtype names and what they stand for (runtime.DTYPES maps them to torch dtypes).
@@ -163,12 +163,12 @@ def default_converted_out(src: Path) -> Path:
 
 
 def check_convert_command(src: Path, out: Path | None, overwrite: bool):
-    """gptkit convert's input (a .pt file: what it holds, nanogpt.read_peer checks) and output (a folder that exists
-    only with --overwrite)."""
+    """gptkit convert's input (a .pt file: what it holds, nanogpt.read_nanogpt_file checks) and output (a folder that
+    exists only with --overwrite)."""
     src = Path(src)
     fail_if(not src.exists(), f"{src} does not exist")
     fail_if(
-        not src.is_file() or not is_peer_file(src),
+        not src.is_file() or not is_nanogpt_file(src),
         f"{src} is not a nanoGPT or build-nanogpt checkpoint: give its .pt file (nanoGPT's out/ckpt.pt, "
         "build-nanogpt's log/model_XXXXX.pt)",
     )

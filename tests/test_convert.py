@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from gptkit.checkpoint.folder import load_checkpoint, read_config, read_metadata
 from gptkit.cli import app
 from gptkit.evaluation.eval import lm_windows
-from gptkit.checkpoint.nanogpt import read_peer
+from gptkit.checkpoint.nanogpt import read_nanogpt_file
 from gptkit.data.tokenizer import VOCAB_SIZE, encode
 from gptkit.training.config import run_name
 
@@ -211,7 +211,7 @@ def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-# --- the loss: gptkit's from the file = the peer's model's from its weights ------------------------------------------
+# --- the loss: gptkit's from the file = nanoGPT's model's from its weights ------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -271,9 +271,9 @@ def test_build_nanogpt_checkpoint_gives_its_loss(tmp_path, tokens, short_text, m
 def test_build_nanogpt_config_imported_from_its_module(tmp_path, tokens, monkeypatch, module):
     reference = Reference(**SHAPE, bias=True, exact_gelu=False)
     ckpt = save_build_nanogpt(tmp_path / "model_05000.pt", reference, monkeypatch, module=module, step=5000)
-    peer = read_peer(ckpt)
-    assert (peer.format, peer.step, peer.val_loss) == ("build-nanogpt", 5000, 6.5)
-    assert peer.config.n_embd == SHAPE["n_embd"] and peer.config.vocab_size == PADDED_VOCAB
+    original = read_nanogpt_file(ckpt)
+    assert (original.format, original.step, original.val_loss) == ("build-nanogpt", 5000, 6.5)
+    assert original.config.n_embd == SHAPE["n_embd"] and original.config.vocab_size == PADDED_VOCAB
 
 
 # nanoGPT's GPTConfig (model.py's), by its fields, as a script of one's own might pickle it
@@ -292,8 +292,8 @@ def test_a_pickled_nanogpt_config_is_nanogpts_model(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
     saved = {"model": Reference(**SHAPE, bias=False).state_dict(), "config": NanoGPTConfig(**SHAPE, bias=False)}
     torch.save({**saved, "iter_num": 7}, path)
-    peer = read_peer(path)
-    assert (peer.format, peer.config.activation, peer.bias, peer.step) == ("nanoGPT", "gelu", False, 7)
+    original = read_nanogpt_file(path)
+    assert (original.format, original.config.activation, original.bias, original.step) == ("nanoGPT", "gelu", False, 7)
 
 
 def test_transformers_reads_the_converted_folder(tmp_path, tokens):

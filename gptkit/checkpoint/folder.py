@@ -32,7 +32,7 @@ from gptkit import __version__
 from gptkit.model.config import LORA_TARGETS, GPTConfig, LoraSettings
 from gptkit.errors import GptkitError
 from gptkit.files import atomic_dir, atomic_path, read_json, write_json
-from gptkit.checkpoint.nanogpt import PeerCheckpoint, is_peer_file
+from gptkit.checkpoint.nanogpt import NanoGPTCheckpoint, is_nanogpt_file
 from gptkit.data.tokenizer import EOT_TOKEN, VOCAB_SIZE
 from gptkit.checkpoint.tokenizer_files import write_tokenizer_files
 
@@ -140,7 +140,7 @@ def read_safetensors_header_at(path: Path, file=None) -> tuple[dict, int]:
     """read_safetensors_header's header, and the offset in the file where the tensors' data starts; from file (path
     open for reading) where given."""
     path = Path(path)
-    if is_peer_file(path):
+    if is_nanogpt_file(path):
         raise GptkitError(
             f"{path} is a nanoGPT / build-nanogpt checkpoint, not a safetensors file: make it a checkpoint folder with "
             f"gptkit convert {path} (sample, eval and train --model read it as it is)"
@@ -197,7 +197,7 @@ def resolve(path: str | Path) -> tuple[Path, Path | None]:
         config = path / CONFIG_FILE
         return weights, config if config.is_file() else None
     if path.is_file():
-        if is_peer_file(path):  # nanoGPT's ckpt.pt, build-nanogpt's model_XXXXX.pt: read through nanogpt.py
+        if is_nanogpt_file(path):  # nanoGPT's ckpt.pt, build-nanogpt's model_XXXXX.pt: read through nanogpt.py
             return path, None
         if path.suffix != ".safetensors":
             raise GptkitError(
@@ -223,7 +223,7 @@ def is_int8(header: dict) -> bool:
 
 def quantization_of(path: str | Path) -> str | None:
     """The quantization of a checkpoint's weights: "int8" (written by gptkit quantize) or None; needs no torch."""
-    if is_peer_file(resolve(path)[0]):  # nanoGPT's and build-nanogpt's weights are float
+    if is_nanogpt_file(resolve(path)[0]):  # nanoGPT's and build-nanogpt's weights are float
         return None
     return "int8" if is_int8(read_safetensors_header(resolve(path)[0])) else None
 
@@ -345,10 +345,10 @@ def config_from_shapes(header: dict, source: Path) -> GPTConfig:
 
 def read_config(path: str | Path) -> GPTConfig:
     weights, config_file = resolve(path)
-    if is_peer_file(weights):  # a nanoGPT / build-nanogpt .pt: its config is pickled (reading it imports torch)
-        from gptkit.checkpoint.nanogpt import read_peer
+    if is_nanogpt_file(weights):  # a nanoGPT / build-nanogpt .pt: its config is pickled (reading it imports torch)
+        from gptkit.checkpoint.nanogpt import read_nanogpt_file
 
-        return read_peer(weights).config
+        return read_nanogpt_file(weights).config
     meta = read_safetensors_header(weights).get("__metadata__", {})
     if config_file is not None:
         return config_from_hf(read_json(config_file, "copy or download the checkpoint again"), config_file)
@@ -446,26 +446,26 @@ def convert_bin(bin_path: Path, out_path: Path, config: GPTConfig):
     save_tensors(out_path, keep)
 
 
-def read_peer_tensors(
-    path: Path, device="cpu", metadata: dict | None = None, peer: PeerCheckpoint | None = None
+def read_nanogpt_tensors(
+    path: Path, device="cpu", metadata: dict | None = None, nanogpt_file: NanoGPTCheckpoint | None = None
 ) -> tuple[GPTConfig, dict]:
     """A nanoGPT / build-nanogpt .pt file (see nanogpt.py) as (its config, its tensors under GPT2LMHeadModel's names
-    and orientation, views of nn.Linear's), to be loaded as any checkpoint's; its step into metadata. peer: the file
-    as nanogpt.read_peer read it already (None: read it here)."""
-    from gptkit.checkpoint.nanogpt import peer_state_dict, read_peer
+    and orientation, views of nn.Linear's), to be loaded as any checkpoint's; its step into metadata. nanogpt_file:
+    the file as nanogpt.read_nanogpt_file read it already (None: read it here)."""
+    from gptkit.checkpoint.nanogpt import nanogpt_state_dict, read_nanogpt_file
 
-    peer = peer if peer is not None else read_peer(path)
-    if metadata is not None and peer.step is not None:
-        metadata["step"] = str(peer.step)
-    tensors = peer_state_dict(peer)
-    for name, (shape, _) in expected_tensors(peer.config, int8=False).items():  # named as the peer saved them
+    nanogpt_file = nanogpt_file if nanogpt_file is not None else read_nanogpt_file(path)
+    if metadata is not None and nanogpt_file.step is not None:
+        metadata["step"] = str(nanogpt_file.step)
+    tensors = nanogpt_state_dict(nanogpt_file)
+    for name, (shape, _) in expected_tensors(nanogpt_file.config, int8=False).items():  # named as the file saved them
         if name in tensors and tensors[name].shape != shape:
             raise GptkitError(
                 f"{path}: tensor '{name}' has shape {tuple(tensors[name].shape)}, expected {tuple(shape)} for its "
                 "model_args / GPTConfig"
             )
     tensors = {k: v.t() if k.endswith(TRANSPOSED) else v for k, v in tensors.items()}
-    return peer.config, {k: v.to(device) for k, v in tensors.items()}
+    return nanogpt_file.config, {k: v.to(device) for k, v in tensors.items()}
 
 
 # --- whole checkpoints ---------------------------------------------------------------------------------------------
@@ -515,22 +515,22 @@ def load_checkpoint(
     dtype=None,
     metadata: dict | None = None,
     merge_adapters: bool = True,
-    peer: PeerCheckpoint | None = None,
+    nanogpt_file: NanoGPTCheckpoint | None = None,
 ) -> GPT:
     """A GPT (eval mode) from a checkpoint directory or a bare .safetensors file; dtype defaults to float32. An int8
     checkpoint's Linears (and output head) become Int8Linear, from the stored int8 weights and scales; dtype is then
     that of the activations, the scales and the float tensors. metadata: filled with the weights file's metadata
     (its "step" where gptkit train saved it). A folder of LoRA adapters gives its base with the adapters, merged
-    into the weights (or, without merge_adapters, as trainable LoRA layers beside the frozen weights). peer: the
-    nanoGPT / build-nanogpt .pt file at path as nanogpt.read_peer read it already (None: read it here)."""
+    into the weights (or, without merge_adapters, as trainable LoRA layers beside the frozen weights). nanogpt_file:
+    the nanoGPT / build-nanogpt .pt file at path as nanogpt.read_nanogpt_file read it already (None: read it here)."""
     import torch
 
     from gptkit.model.int8 import Int8Linear, replace_linears
     from gptkit.model.gpt import GPT
 
     weights, _ = resolve(path)
-    if is_peer_file(weights):  # converted on the fly, then checked as any checkpoint's tensors are
-        config, stored = read_peer_tensors(weights, device, metadata, peer)
+    if is_nanogpt_file(weights):  # converted on the fly, then checked as any checkpoint's tensors are
+        config, stored = read_nanogpt_tensors(weights, device, metadata, nanogpt_file)
     else:
         config = read_config(path)
         stored = load_tensors(weights, device, metadata)

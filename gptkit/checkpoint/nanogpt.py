@@ -1,6 +1,6 @@
-"""nanoGPT's and build-nanogpt's checkpoint files (.pt), read as a GPTConfig and gptkit's state dict: the peers in
-gptkit's lineage, whose checkpoints their users already have. checkpoint.py reads them through here, so every command
-that takes a checkpoint takes one; `gptkit convert` (convert.py) writes one as a checkpoint folder.
+"""nanoGPT's and build-nanogpt's checkpoint files (.pt), read as a GPTConfig and gptkit's state dict: the projects in
+gptkit's lineage, whose checkpoints their users already have. The checkpoint package reads them through here, so every
+command that takes a checkpoint takes one; `gptkit convert` writes one as a checkpoint folder.
 
 The two formats, as their training scripts save them with torch.save:
 - nanoGPT's train.py, `out_dir/ckpt.pt`: {'model': the model's state dict, 'optimizer': AdamW's state, 'model_args':
@@ -18,7 +18,7 @@ prefix `_orig_mod.`. What differs from a gptkit model, and what is made of it:
 - nanoGPT's bias=False leaves out every Linear's and LayerNorm's bias: they become zeros, which compute the same
   (x @ W.T + 0; a LayerNorm shifted by 0). Fine-tuning in gptkit then trains them.
 - the vocabulary is padded to 50304 rows (a multiple of 64, for speed): the rows are kept, so the loss is the one the
-  peer computed (its softmax runs over them too); sampling cuts them off (sample.drop_padded_vocabulary).
+  original model computed (its softmax runs over them too); sampling cuts them off (sample.drop_padded_vocabulary).
 - nanoGPT's attention keeps a causal mask as a buffer, `attn.bias`, where torch has no scaled_dot_product_attention:
   dropped.
 A vocabulary smaller than GPT-2's (nanoGPT's character-level models, their meta.pkl's) is refused: gptkit reads and
@@ -27,7 +27,7 @@ writes text with GPT-2's tokenizer only.
 No pickled code runs: torch.load(weights_only=True) builds tensors and plain values only, and the one class allowed
 besides, build-nanogpt's GPTConfig, is PickledGPTConfig here, which keeps the values it is given and nothing else. Any
 other class or function named in the pickle is refused before anything is called. torch is imported inside the
-functions, as in checkpoint.py, so that importing this module costs nothing.
+functions, as in the checkpoint package, so that importing this module costs nothing.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from gptkit.data.tokenizer import VOCAB_SIZE
 if TYPE_CHECKING:
     import torch
 
-PEER_SUFFIXES = (".pt", ".pth")
+NANOGPT_SUFFIXES = (".pt", ".pth")
 # Where build-nanogpt's GPTConfig is found when its checkpoint is unpickled (see the module's docstring).
 GPTCONFIG_NAMES = ("__main__.GPTConfig", "train_gpt2.GPTConfig", "model.GPTConfig")
 COMPILED_PREFIX = "_orig_mod."
@@ -58,22 +58,23 @@ BIASED = re.compile(r"transformer\.(h\.\d+\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj
 TOOLS = "nanoGPT's out/ckpt.pt or build-nanogpt's log/model_XXXXX.pt"
 
 
-def is_peer_file(path: str | Path) -> bool:
-    """Whether path names a .pt file (nanoGPT's, build-nanogpt's: read_peer says whether it is one). No torch."""
-    return Path(path).suffix in PEER_SUFFIXES
+def is_nanogpt_file(path: str | Path) -> bool:
+    """Whether path names a .pt file (nanoGPT's, build-nanogpt's: read_nanogpt_file says whether it is one); no
+    torch."""
+    return Path(path).suffix in NANOGPT_SUFFIXES
 
 
 class PickledGPTConfig:
     """What build-nanogpt's GPTConfig becomes when its checkpoint is unpickled: the pickle's values, kept as they are
-    (`state`), with nothing of the original class run; read_peer checks them."""
+    (`state`), with nothing of the original class run; read_nanogpt_file checks them."""
 
     def __setstate__(self, state):
         self.state = state
 
 
 @dataclass
-class PeerCheckpoint:
-    """A nanoGPT / build-nanogpt checkpoint as read_peer found it."""
+class NanoGPTCheckpoint:
+    """A nanoGPT / build-nanogpt checkpoint as read_nanogpt_file found it."""
 
     format: str
     """nanoGPT or build-nanogpt."""
@@ -135,9 +136,9 @@ def unpickling_error(path: Path, message: str) -> str:
     return f"{path} is damaged or not a PyTorch checkpoint ({detail})"
 
 
-def read_peer(path: str | Path) -> PeerCheckpoint:
+def read_nanogpt_file(path: str | Path) -> NanoGPTCheckpoint:
     """The nanoGPT or build-nanogpt checkpoint at path (a .pt file), checked: its format, config and state dict; the
-    tensors are left in the file (memory-mapped) until peer_state_dict reads them."""
+    tensors are left in the file (memory-mapped) until nanogpt_state_dict reads them."""
     import torch
 
     path = Path(path)
@@ -190,7 +191,7 @@ def read_peer(path: str | Path) -> PeerCheckpoint:
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
             raise GptkitError(f"{path}: its state dict holds {name!r}, which is not a named tensor")
         tensors[name.removeprefix(COMPILED_PREFIX)] = tensor
-    return PeerCheckpoint(
+    return NanoGPTCheckpoint(
         format=form,
         config=config,
         bias=bool(args.get("bias", True)),
@@ -209,19 +210,19 @@ def plain_float(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def peer_state_dict(peer: PeerCheckpoint) -> dict[str, torch.Tensor]:
-    """The peer's weights as gptkit's state dict (nn.Linear's orientation, lm_head.weight as stored: tied to wte),
-    read from the file into fresh memory; the causal-mask buffers left out, the biases a bias=False model lacks added
-    as zeros. checkpoint.load_checkpoint checks every name and shape."""
+def nanogpt_state_dict(checkpoint: NanoGPTCheckpoint) -> dict[str, torch.Tensor]:
+    """The checkpoint's weights as gptkit's state dict (nn.Linear's orientation, lm_head.weight as stored: tied to
+    wte), read from the file into fresh memory; the causal-mask buffers left out, the biases a bias=False model lacks
+    added as zeros. load_checkpoint checks every name and shape."""
     import torch
 
     copies = {}  # by where the tensor's data is: lm_head.weight, which is wte's, read once
     out = {}
-    for name, tensor in peer.tensors.items():
+    for name, tensor in checkpoint.tensors.items():
         if not MASK_BUFFER.fullmatch(name):
             key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape, tensor.dtype)
             out[name] = copies[key] = copies[key] if key in copies else tensor.clone()
-    if not peer.bias:
+    if not checkpoint.bias:
         for name, weight in list(out.items()):
             module = name.removesuffix(".weight")
             if name.endswith(".weight") and BIASED.fullmatch(module) and f"{module}.bias" not in out:

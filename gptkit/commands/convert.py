@@ -10,7 +10,7 @@ def convert_checkpoint(src: Path, out: Path | None = None, overwrite: bool = Fal
     from rich.console import Console
 
     from gptkit.checkpoint.folder import load_checkpoint, save_checkpoint
-    from gptkit.checkpoint.nanogpt import read_peer
+    from gptkit.checkpoint.nanogpt import read_nanogpt_file
     from gptkit.options import check_convert_command, default_converted_out
     from gptkit.units import human_count
 
@@ -18,26 +18,26 @@ def convert_checkpoint(src: Path, out: Path | None = None, overwrite: bool = Fal
     out = Path(out) if out is not None else default_converted_out(src)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     with console.status(f"converting {src}"):
-        peer = read_peer(src)
-        model = load_checkpoint(src, peer=peer)
+        original = read_nanogpt_file(src)
+        model = load_checkpoint(src, nanogpt_file=original)
         source = {
             "file": str(Path(src).resolve()),
-            "format": peer.format,
-            "step": peer.step,
-            "val_loss": peer.val_loss,
-            "activation": peer.config.activation,
-            "vocab_size": peer.config.vocab_size,
+            "format": original.format,
+            "step": original.step,
+            "val_loss": original.val_loss,
+            "activation": original.config.activation,
+            "vocab_size": original.config.vocab_size,
         }
-        if not peer.bias:
+        if not original.bias:
             source["bias"] = "none in the source (bias=False): zeros here, which compute the same"
-        metadata = {"converted_from": source} | ({"step": peer.step} if peer.step is not None else {})
+        metadata = {"converted_from": source} | ({"step": original.step} if original.step is not None else {})
         save_checkpoint(model, out, metadata)
-    c = peer.config
-    recorded = (f", step {peer.step}" if peer.step is not None else "") + (
-        f", val loss {peer.val_loss:.4f}" if peer.val_loss is not None else ""
+    c = original.config
+    recorded = (f", step {original.step}" if original.step is not None else "") + (
+        f", val loss {original.val_loss:.4f}" if original.val_loss is not None else ""
     )
     console.print(
-        f"wrote {out}: {peer.format}'s {human_count(model.num_params())}-parameter model ({c.n_layer} layers, "
+        f"wrote {out}: {original.format}'s {human_count(model.num_params())}-parameter model ({c.n_layer} layers, "
         f"{c.n_head} heads, {c.n_embd} wide, context {c.block_size}, vocabulary {c.vocab_size}){recorded} | "
         f"sample it: gptkit sample --ckpt {out}"
     )
