@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from gptkit.inference import batching
 from gptkit.inference.batching import Engine
-from gptkit.inference.chat_template import DEFAULT_TEMPLATE, render
+from gptkit.inference.chat_template import DEFAULT_TEMPLATE, format_prompt
 from gptkit.checkpoint.folder import save_checkpoint
 from gptkit.cli import app
 from gptkit.model.config import GPTConfig
@@ -234,7 +234,7 @@ def test_chat_renders_the_messages_with_the_template(server):
     client = server.client()
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
     reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
-    assert render(DEFAULT_TEMPLATE, [(m["role"], m["content"]) for m in messages]) == (
+    assert format_prompt(DEFAULT_TEMPLATE, [(m["role"], m["content"]) for m in messages]) == (
         "Be brief.\n\nUser: Hi there\nAssistant:"
     )
     prompt = "Be brief.\n\nUser: Hi there\nAssistant:"
@@ -261,15 +261,16 @@ def test_chat_template_from_the_checkpoint_or_a_file(tmp_path, checkpoint):
     own.mkdir()
     for name in ("model.safetensors", "config.json"):
         (own / name).symlink_to(checkpoint / name)
-    (own / "gptkit.json").write_text(json.dumps({"chat_template": {"user": "Q: {content}\n", "generation": "A:"}}))
+    own_template = {"user": "Q: {content}\n", "assistant": "A: {content}"}  # replies start with "A:"
+    (own / "gptkit.json").write_text(json.dumps({"chat_template": own_template}))
     template = chat_template_of(ServeOptions(ckpt=own), own)
-    assert render(template, [("user", "2+2?")]) == "Q: 2+2?\nA:"
+    assert format_prompt(template, [("user", "2+2?")]) == "Q: 2+2?\nA:"
     file = tmp_path / "template.json"
     file.write_text(json.dumps({"user": "<{content}>", "stop": ["<"]}))
     options = ServeOptions(ckpt=own, chat_template=file)
     file.unlink()  # read once, when the options were made
     template = chat_template_of(options, own)
-    assert render(template, [("user", "hi")]) == "<hi>Assistant:" and template["stop"] == ["<"]
+    assert format_prompt(template, [("user", "hi")]) == "<hi>Assistant:" and template["stop"] == ["<"]
 
 
 def test_models_and_health(server):
@@ -377,7 +378,7 @@ def test_a_failure_fails_its_request_alone(server, monkeypatch):
                                ["It goes on", "It goes boom"])  # fmt: skip
     assert fine.status_code == 200 and broken.status_code == 500
     assert broken.json()["error"]["type"] == "server_error"
-    monkeypatch.setattr("gptkit.serve.app.render", lambda template, messages: 1 / 0)  # a bug in the endpoint itself
+    monkeypatch.setattr("gptkit.serve.handlers.format_prompt", lambda template, messages: 1 / 0)  # a bug in the endpoint itself
     with pytest.raises(openai.InternalServerError, match="ZeroDivisionError"):
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}])
     assert complete(client, "Hi", max_tokens=2).choices[0].finish_reason == "length"

@@ -1,5 +1,7 @@
 """The files that let transformers load a checkpoint folder on its own: GPT-2's tokenizer as transformers reads it
 (vocab.json, merges.txt, tokenizer.json, tokenizer_config.json, special_tokens_map.json) and generation_config.json.
+tokenizer_config.json holds the folder's chat template as Jinja (its gptkit.json's "chat_template", else the default),
+so that transformers' apply_chat_template and pipeline write a conversation as gptkit does.
 
 They are made from the BPE files that ship in the package (no network): vocab.json and merges.txt are those files
 byte for byte (encoder.json and vocab.bpe, under the names transformers uses), tokenizer.json is the same vocabulary
@@ -11,9 +13,11 @@ import json
 from functools import cache
 from pathlib import Path
 
-from gptkit.files import atomic_path
 from gptkit.data.tokenizer import EOT_TEXT, EOT_TOKEN, bpe_file
+from gptkit.files import atomic_path, read_json
+from gptkit.inference.chat_template import DEFAULT_TEMPLATE, jinja_template, recorded_template
 
+METADATA_FILE = "gptkit.json"  # checkpoint.folder's, which imports this module
 CONTEXT = 1024  # the context GPT-2's tokenizer was published with (model_max_length)
 EOT_ADDED = {
     "content": EOT_TEXT,
@@ -63,7 +67,8 @@ def tokenizer_json(vocab) -> dict:
     }
 
 
-def tokenizer_config() -> dict:
+def tokenizer_config(chat_template: str) -> dict:
+    """tokenizer_config.json, with chat_template (Jinja)."""
     return {
         "tokenizer_class": "GPT2Tokenizer",
         "model_max_length": CONTEXT,
@@ -76,6 +81,7 @@ def tokenizer_config() -> dict:
         "clean_up_tokenization_spaces": False,
         "errors": "replace",
         "added_tokens_decoder": {str(EOT_TOKEN): EOT_ADDED},
+        "chat_template": chat_template,
     }
 
 
@@ -97,10 +103,10 @@ def tokenizer_json_bytes() -> bytes:
 
 
 @cache
-def file_bytes() -> dict[str, bytes]:
-    """Each file's name and content, made once."""
+def file_bytes(chat_template: str = jinja_template(DEFAULT_TEMPLATE)) -> dict[str, bytes]:
+    """Each file's name and content, made once for each chat template (Jinja; the default template's by default)."""
     small = {
-        "tokenizer_config.json": tokenizer_config(),
+        "tokenizer_config.json": tokenizer_config(chat_template),
         "special_tokens_map.json": special_tokens_map(),
         "generation_config.json": generation_config(),
     }
@@ -122,11 +128,19 @@ TOKENIZER_FILES = (
 )
 
 
+def folder_template(folder: Path) -> dict:
+    """The chat template folder's gptkit.json records, else the default."""
+    path = Path(folder) / METADATA_FILE
+    metadata = read_json(path, "restore it, or delete it") if path.is_file() else {}
+    return recorded_template(metadata, path)
+
+
 def write_tokenizer_files(folder: Path) -> list[Path]:
-    """Write TOKENIZER_FILES into folder, each atomically (a file already holding the same bytes is left alone)."""
+    """Write TOKENIZER_FILES into folder, each atomically (a file already holding the same bytes is left alone), with
+    the chat template of its gptkit.json (written first) in tokenizer_config.json."""
     folder = Path(folder)
     written = []
-    for name, data in file_bytes().items():
+    for name, data in file_bytes(jinja_template(folder_template(folder))).items():
         path = folder / name
         if not (path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data):
             with atomic_path(path) as tmp:
