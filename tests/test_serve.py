@@ -378,7 +378,7 @@ def test_a_failure_fails_its_request_alone(server, monkeypatch):
                                ["It goes on", "It goes boom"])  # fmt: skip
     assert fine.status_code == 200 and broken.status_code == 500
     assert broken.json()["error"]["type"] == "server_error"
-    monkeypatch.setattr("gptkit.serve.handlers.format_prompt", lambda template, messages: 1 / 0)  # a bug in the endpoint itself
+    monkeypatch.setattr("gptkit.serve.app.format_prompt", lambda template, messages: 1 / 0)  # a bug in the endpoint itself
     with pytest.raises(openai.InternalServerError, match="ZeroDivisionError"):
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}])
     assert complete(client, "Hi", max_tokens=2).choices[0].finish_reason == "length"
