@@ -15,6 +15,7 @@ from gptkit.checkpoint.folder import load_checkpoint, save_checkpoint
 from gptkit.cli import app
 from gptkit.model.config import GPTConfig
 from gptkit.checkpoint.gguf import gguf_names
+from gptkit.inference.chat_template import DEFAULT_TEMPLATE, check_template, format_prompt, jinja_template
 from gptkit.model.int8 import quantize_int8
 from gptkit.data.tokenizer import EOT_TOKEN, VOCAB_SIZE, encode
 
@@ -124,6 +125,7 @@ def test_file_holds_llama_cpps_gpt2(exported):
     assert len(fields["tokenizer.ggml.merges"]) == 50_000 and fields["tokenizer.ggml.merges"][0] == "Ġ t"
     assert fields["tokenizer.ggml.bos_token_id"] == fields["tokenizer.ggml.eos_token_id"] == EOT_TOKEN
     assert fields["tokenizer.ggml.add_bos_token"] is False
+    assert fields["tokenizer.chat_template"] == jinja_template(DEFAULT_TEMPLATE)
     # every tensor of llama.cpp's gpt2 (the tied output head aside), under its name, and nothing else
     arch = [gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.GPT2] if t != gguf.MODEL_TENSOR.OUTPUT]
     expected = {n.format(bid=i) + kind for n in arch for i in range(2) for kind in (".weight", ".bias")}
@@ -236,6 +238,20 @@ def test_padded_vocabulary_is_cut(tmp_path):
     wte = model.transformer.wte.weight[:VOCAB_SIZE]
     torch.testing.assert_close(tensors["token_embd.weight"][1], wte, atol=0, rtol=0)
     assert "output.weight" not in tensors  # still tied: the cut embedding is the head
+
+
+def test_the_checkpoints_own_chat_template_is_written(tmp_path, tiny_model):
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    template = check_template({"user": "Q: «{content}»\n", "assistant": "A: {content}<|endoftext|>"}, "test")
+    ckpt = save_checkpoint(tiny_model, tmp_path / "own", {"chat_template": template})
+    export(ckpt, "--type", "f16")
+    fields, _ = read_gguf(tmp_path / "own-f16.gguf")
+    assert fields["tokenizer.chat_template"] == jinja_template(template)
+    messages = [("system", "Be brief."), ("user", "2+2?"), ("assistant", "4"), ("user", "{x}\n")]
+    jinja = ImmutableSandboxedEnvironment().from_string(fields["tokenizer.chat_template"])
+    as_dicts = [{"role": role, "content": content} for role, content in messages]
+    assert jinja.render(messages=as_dicts, add_generation_prompt=True) == format_prompt(template, messages)
 
 
 def test_int8_checkpoint_exports_its_own_output_head(tmp_path):

@@ -9,7 +9,8 @@ The file holds what llama.cpp's converter (convert_hf_to_gguf.py) makes of a Hug
 - the output head only where it is not the token embedding: a float model's head is tied, and llama.cpp then uses
   token_embd; an int8 checkpoint's head is quantized apart, so it is stored. int8 weights are dequantized first;
 - GPT-2's tokenizer: the 50,257 tokens, their types, the 50,000 merges, the "gpt-2" pre-tokenizer, <|endoftext|>
-  as BOS and EOS, no BOS added to a prompt. A padded vocabulary (nanoGPT's 50,304 rows) is cut to those tokens.
+  as BOS and EOS, no BOS added to a prompt. A padded vocabulary (nanoGPT's 50,304 rows) is cut to those tokens;
+- the checkpoint's chat template as Jinja (tokenizer.chat_template), which llama.cpp's chat uses with --jinja.
 The tensors are converted and written one at a time (a bar shows the bytes), into a temporary file renamed at the end.
 """
 
@@ -19,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptkit.checkpoint.folder import load_checkpoint, resolve
+from gptkit.checkpoint.folder import load_checkpoint, read_metadata, resolve
 from gptkit.errors import GptkitError
 from gptkit.options import ExportOptions
 from gptkit.data.tokenizer import EOT_TOKEN, VOCAB_SIZE
 from gptkit.checkpoint.tokenizer_files import merges, tokens
+from gptkit.inference.chat_template import jinja_template, recorded_template
 
 # gptkit's module names in a block, and the tensor of llama.cpp's gpt2 architecture (gguf.MODEL_TENSOR) each is.
 BLOCK_TENSORS = {
@@ -93,14 +95,95 @@ def to_type(name: str, tensor: torch.Tensor, qtype) -> np.ndarray:
     return gguf.quants.quantize(array, qtype)
 
 
-def export(opts: ExportOptions) -> Path:
-    """`gptkit export --format gguf`: write opts.ckpt as a GGUF file (opts.out_path), atomically."""
+def tensor_plan(model, ckpt, wanted) -> list[tuple]:
+    """(name in the file, gptkit's name, float32 tensor, its type in the file) of each tensor, in the order written."""
+    names = gguf_names(model.config.n_layer)
+    plan = []
+    for name, tensor in float_tensors(model).items():
+        module, _, kind = name.rpartition(".")
+        if module not in names:
+            raise GptkitError(f"{ckpt}: tensor {name} has no place in llama.cpp's gpt2 architecture")
+        gguf_name = f"{names[module]}.{kind}"
+        plan.append((gguf_name, name, tensor, tensor_type(gguf_name, tuple(tensor.shape), wanted)))
+    return plan
+
+
+def add_metadata(writer, config, name: str, file_type, chat_template: str):
+    """The file's keys: its name and type, the gpt2 hyperparameters, GPT-2's tokenizer and the chat template."""
     import gguf
-    from rich.console import Console
+
+    writer.add_name(name)
+    writer.add_file_type(file_type)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_context_length(config.block_size)
+    writer.add_embedding_length(config.n_embd)
+    writer.add_block_count(config.n_layer)
+    writer.add_feed_forward_length(4 * config.n_embd)
+    writer.add_head_count(config.n_head)
+    writer.add_layer_norm_eps(config.layer_norm_epsilon)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    token_types = [gguf.TokenType.NORMAL] * VOCAB_SIZE
+    token_types[EOT_TOKEN] = gguf.TokenType.CONTROL
+    writer.add_token_list(tokens())
+    writer.add_token_types(token_types)
+    writer.add_token_merges(merges())
+    writer.add_bos_token_id(EOT_TOKEN)
+    writer.add_eos_token_id(EOT_TOKEN)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(chat_template)
+
+
+def write_tensors(writer, path: Path, plan: list[tuple], console):
+    """The header, the keys, the tensor table and then each tensor's bytes (a bar shows them) into path."""
+    import gguf
     from rich.progress import DownloadColumn, TransferSpeedColumn
 
-    from gptkit.files import atomic_path
     from gptkit.progress import progress_bar
+
+    total = 0
+    for name, _, tensor, qtype in plan:
+        shape = tuple(tensor.shape)
+        nbytes = int(np.prod(gguf.quant_shape_to_byte_shape(shape, qtype)))
+        writer.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
+        total += nbytes
+    writer.write_header_to_file(path)
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    bar = progress_bar(  # a bar is for people: in a log or a pipe its stop would leave a blank line
+        DownloadColumn(), TransferSpeedColumn(), console=console, transient=True, enabled=console.is_terminal
+    )
+    with bar:
+        task = bar.add_task(f"writing {path.name}", total=total)
+        for _, name, tensor, qtype in plan:
+            data = to_type(name, tensor, qtype)
+            writer.write_tensor_data(data)
+            bar.advance(task, data.nbytes)
+
+
+def export_notes(config, plan: list[tuple], file_type: str) -> list[str]:
+    """What the file holds differently from the checkpoint."""
+    import gguf
+
+    notes = []
+    if config.vocab_size > VOCAB_SIZE:
+        notes.append(f"vocabulary cut from {config.vocab_size} to GPT-2's {VOCAB_SIZE} tokens")
+    if config.activation == "gelu":  # a model converted from nanoGPT (gptkit convert)
+        notes.append("llama.cpp's gpt2 runs GELU's tanh approximation, not the exact GELU this model was trained with")
+    if file_type == "q8_0":
+        fallback = sum(1 for *_, qtype in plan if qtype == gguf.GGMLQuantizationType.F16)
+        if fallback:
+            notes.append(f"{fallback} matrices f16 (rows not a multiple of 32)")
+    return notes
+
+
+def export(opts: ExportOptions) -> Path:
+    """`gptkit export --format gguf`: write opts.ckpt as a GGUF file (opts.out_path), atomically, with the chat
+    template its gptkit.json records (else the default) as Jinja."""
+    import gguf
+    from rich.console import Console
+
+    from gptkit.files import atomic_path
     from gptkit.units import human_bytes
 
     out = opts.out_path
@@ -113,77 +196,27 @@ def export(opts: ExportOptions) -> Path:
         "q8_0": (qtypes.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
     }[opts.type]
     start = time.perf_counter()
+    template = recorded_template(read_metadata(opts.ckpt), f"{opts.ckpt}'s gptkit.json")
     with console.status(f"loading {opts.ckpt}"):
         model = load_checkpoint(opts.ckpt)
     config = model.config
-    names = gguf_names(config.n_layer)
-    plan = []  # (name in the file, gptkit's name, tensor, its type in the file), in the order written
-    for name, tensor in float_tensors(model).items():
-        module, _, kind = name.rpartition(".")
-        if module not in names:
-            raise GptkitError(f"{opts.ckpt}: tensor {name} has no place in llama.cpp's gpt2 architecture")
-        gguf_name = f"{names[module]}.{kind}"
-        plan.append((gguf_name, name, tensor, tensor_type(gguf_name, tuple(tensor.shape), wanted)))
+    plan = tensor_plan(model, opts.ckpt, wanted)
     del model
 
     folder = Path(opts.ckpt) if Path(opts.ckpt).is_dir() else Path(opts.ckpt).parent
-    arch = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GPT2]
-    total = 0
     with atomic_path(out) as tmp:
-        writer = gguf.GGUFWriter(tmp, arch)
-        writer.add_name(folder.resolve().name)
-        writer.add_file_type(file_type)
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        writer.add_context_length(config.block_size)
-        writer.add_embedding_length(config.n_embd)
-        writer.add_block_count(config.n_layer)
-        writer.add_feed_forward_length(4 * config.n_embd)
-        writer.add_head_count(config.n_head)
-        writer.add_layer_norm_eps(config.layer_norm_epsilon)
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("gpt-2")
-        token_types = [gguf.TokenType.NORMAL] * VOCAB_SIZE
-        token_types[EOT_TOKEN] = gguf.TokenType.CONTROL
-        writer.add_token_list(tokens())
-        writer.add_token_types(token_types)
-        writer.add_token_merges(merges())
-        writer.add_bos_token_id(EOT_TOKEN)
-        writer.add_eos_token_id(EOT_TOKEN)
-        writer.add_add_bos_token(False)
-        for name, _, tensor, qtype in plan:
-            shape = tuple(tensor.shape)
-            nbytes = int(np.prod(gguf.quant_shape_to_byte_shape(shape, qtype)))
-            writer.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
-            total += nbytes
+        writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GPT2])
         try:
-            writer.write_header_to_file(tmp)
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            bar = progress_bar(  # a bar is for people: in a log or a pipe its stop would leave a blank line
-                DownloadColumn(), TransferSpeedColumn(), console=console, transient=True, enabled=console.is_terminal
-            )
-            with bar:
-                task = bar.add_task(f"writing {out.name}", total=total)
-                for _, name, tensor, qtype in plan:
-                    data = to_type(name, tensor, qtype)
-                    writer.write_tensor_data(data)
-                    bar.advance(task, data.nbytes)
+            add_metadata(writer, config, folder.resolve().name, file_type, jinja_template(template))
+            write_tensors(writer, tmp, plan, console)
         finally:
             writer.close()
     size = out.stat().st_size
     source = resolve(opts.ckpt)[0].stat().st_size
-    notes = []
-    if config.vocab_size > VOCAB_SIZE:
-        notes.append(f"vocabulary cut from {config.vocab_size} to GPT-2's {VOCAB_SIZE} tokens")
-    if config.activation == "gelu":  # a model converted from nanoGPT (gptkit convert)
-        notes.append("llama.cpp's gpt2 runs GELU's tanh approximation, not the exact GELU this model was trained with")
-    fallback = sum(1 for *_, qtype in plan if qtype == qtypes.F16 and wanted == qtypes.Q8_0)
-    if fallback:
-        notes.append(f"{fallback} matrices f16 (rows not a multiple of 32)")
     console.print(
         f"wrote {out}: {human_bytes(size)} ({opts.type}), {size / source:.0%} of the checkpoint's "
         f"{human_bytes(source)} of safetensors, in {time.perf_counter() - start:.1f} s"
-        + "".join(f"; {note}" for note in notes)
+        + "".join(f"; {note}" for note in export_notes(config, plan, opts.type))
         + f" | run it with: llama-cli -m {out}"
     )
     return out
