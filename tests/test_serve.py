@@ -27,7 +27,7 @@ from gptkit.checkpoint.folder import save_checkpoint
 from gptkit.cli import app
 from gptkit.model.config import GPTConfig
 from gptkit.options import ServeOptions
-from gptkit.inference.sample import load_for_decoding
+from gptkit.inference.decode import load_for_decoding
 from gptkit.serve.app import ServerInfo, chat_template_of, listen, make_app
 from gptkit.data.tokenizer import encode
 
@@ -124,18 +124,18 @@ def in_parallel(fn, args: list) -> list:
 def test_each_row_of_the_cache_is_a_sequence_of_its_own(tiny_model):
     """Prompts of different lengths prefilled into rows of one cache, then one step with a position per row: each
     row's logits are those of its own sequence run alone from scratch."""
-    from gptkit.inference.sample import decode_step, prefill
+    from gptkit.inference.decode import decode_step, prefill
+    from gptkit.model.kv_cache import KVCache
 
     sequences = [torch.randint(0, 50257, (n,), generator=torch.Generator().manual_seed(n)) for n in (3, 9, 5, 12)]
     with torch.inference_mode():
-        tiny_model.setup_kv_cache(len(sequences), 16)
+        cache = KVCache.for_model(tiny_model, len(sequences), 16)
         for row, tokens in enumerate(sequences):
-            with tiny_model.kv_cache_narrowed(slice(row, row + 1)):
-                prefill(tiny_model, tokens[None, :-1])
+            prefill(tiny_model, tokens[None, :-1], cache.view(slice(row, row + 1)))
         positions = torch.tensor([len(tokens) - 1 for tokens in sequences])
         last = torch.stack([tokens[-1:] for tokens in sequences])
-        with tiny_model.kv_cache_narrowed(slice(0, len(sequences)), int(positions.max()) + 1):
-            logits = decode_step(tiny_model, last, positions)
+        batch = cache.view(slice(0, len(sequences)), int(positions.max()) + 1)
+        logits = decode_step(tiny_model, last, positions, batch)
         for row, tokens in enumerate(sequences):
             torch.testing.assert_close(logits[row], tiny_model(tokens[None])[0][0, -1], atol=1e-5, rtol=0)
 
@@ -362,10 +362,10 @@ def test_a_failure_fails_its_request_alone(server, monkeypatch):
     prefill = batching.prefill
     marker = encode(" boom")[0]
 
-    def failing(model, tokens):
+    def failing(model, tokens, cache):
         if marker in tokens[0].tolist():
             raise RuntimeError("the prefill broke")
-        return prefill(model, tokens)
+        return prefill(model, tokens, cache)
 
     monkeypatch.setattr(batching, "prefill", failing)
     client = server.client()
@@ -378,7 +378,8 @@ def test_a_failure_fails_its_request_alone(server, monkeypatch):
                                ["It goes on", "It goes boom"])  # fmt: skip
     assert fine.status_code == 200 and broken.status_code == 500
     assert broken.json()["error"]["type"] == "server_error"
-    monkeypatch.setattr("gptkit.serve.app.format_prompt", lambda template, messages: 1 / 0)  # a bug in the endpoint itself
+    # a bug in the endpoint itself
+    monkeypatch.setattr("gptkit.serve.handlers.format_prompt", lambda template, messages: 1 / 0)
     with pytest.raises(openai.InternalServerError, match="ZeroDivisionError"):
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}])
     assert complete(client, "Hi", max_tokens=2).choices[0].finish_reason == "length"
