@@ -23,7 +23,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from gptkit.checkpoint.folder import save_checkpoint
 from gptkit.inference.batching import Engine
 from gptkit.inference.chat_template import DEFAULT_TEMPLATE
-from gptkit.inference.sample import load_for_decoding
+from gptkit.inference.decode import load_for_decoding
 from gptkit.model.config import GPTConfig
 from gptkit.serve.app import ServerInfo, listen, make_app
 
@@ -265,7 +265,7 @@ def test_two_turns_the_second_carrying_the_first(browser, chat):
 def test_a_reply_streams_token_by_token(browser, chat):
     """The reply's text grows on the page while the server is still decoding it."""
     open_page(browser, chat)
-    set_settings(browser, temperature=1, max_tokens=40)
+    set_settings(browser, temperature=0, max_tokens=40)
     chat.step_delay = 0.05
     say(browser, "Tell me a story")
     lengths = []
@@ -282,7 +282,7 @@ def test_stop_keeps_the_partial_reply_and_the_page_goes_on(browser, chat):
     """Stop ends a long reply early: the text so far stays, marked stopped, and is the assistant's turn of the next
     request, which is answered."""
     open_page(browser, chat)
-    set_settings(browser, temperature=1, max_tokens=400)
+    set_settings(browser, temperature=0, max_tokens=400)
     chat.step_delay = 0.05  # 400 tokens: 20 s
     say(browser, "Go on and on")
     wait(browser, "document.querySelector('.message.assistant .text').textContent.length > 10")
