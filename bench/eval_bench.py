@@ -17,7 +17,7 @@ from gptkit.machine.runtime import autocast, pick_device
 def bench_eval(quick: bool = True) -> list[dict]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from gptkit.checkpoint.folder import hf_config, to_hf_tensors
+    from gptkit.checkpoint.huggingface import hf_config, to_hf_tensors
 
     block_size, n_windows, repeats = 1024, (2 if quick else 4), (2 if quick else 3)
     device = pick_device("auto")

@@ -15,15 +15,9 @@ from functools import cached_property
 from pathlib import Path
 
 from gptkit.inference.chat_template import read_template
-from gptkit.checkpoint.folder import (
-    ADAPTER_CONFIG_FILE,
-    checkpoint_files,
-    is_adapter_folder,
-    quantization_of,
-    read_config,
-    read_metadata,
-    resolve,
-)
+from gptkit.checkpoint.adapters import ADAPTER_CONFIG_FILE
+from gptkit.checkpoint.folder import read_config, read_metadata
+from gptkit.checkpoint.locate import checkpoint_files, is_adapter_folder, quantization_of, resolve
 from gptkit.errors import GptkitError
 from gptkit.checkpoint.nanogpt import is_nanogpt_file
 from gptkit.data.tokenizer import VOCAB_SIZE

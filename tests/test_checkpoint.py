@@ -12,8 +12,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gptkit import files
-from gptkit.checkpoint import folder as checkpoint
+from gptkit.checkpoint import tensors as tensor_files
 from gptkit.checkpoint.folder import load_checkpoint, read_config, read_metadata, save_checkpoint
+from gptkit.checkpoint.huggingface import convert_bin
+from gptkit.checkpoint.locate import checkpoint_or_latest, find_latest_checkpoint
 from gptkit.errors import GptkitError
 from gptkit.model.gpt import GPT
 
@@ -96,7 +98,7 @@ def fail_writing(monkeypatch, name: str):
                     f.truncate(tmp.stat().st_size // 2)
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
 
-    for module in (checkpoint, files):  # where save_tensors and write_json look it up
+    for module in (tensor_files, files):  # where save_tensors and write_json look it up
         monkeypatch.setattr(module, "atomic_path", atomic_path_failing)
 
 
@@ -176,21 +178,21 @@ def test_missing_and_empty(tmp_path):
 
 
 def test_find_latest_checkpoint(tiny_model, tmp_path):
-    assert checkpoint.find_latest_checkpoint(tmp_path / "none") is None
+    assert find_latest_checkpoint(tmp_path / "none") is None
     older = save_checkpoint(tiny_model, tmp_path / "a")
     newer = save_checkpoint(tiny_model, tmp_path / "b" / "run")
     os.utime(older / "model.safetensors", (1, 1))
-    assert checkpoint.find_latest_checkpoint(tmp_path) == newer
+    assert find_latest_checkpoint(tmp_path) == newer
 
 
 def test_checkpoint_or_latest(tiny_model, tmp_path, monkeypatch):
     """sample's and serve's checkpoint: the one given, else the newest under checkpoints/, else one line on how."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(GptkitError, match=r"^no checkpoint under checkpoints/: .* or give CKPT$"):
-        checkpoint.checkpoint_or_latest(None, "CKPT")
+        checkpoint_or_latest(None, "CKPT")
     saved = save_checkpoint(tiny_model, tmp_path / "checkpoints" / "run")
-    assert checkpoint.checkpoint_or_latest(None, "CKPT") == Path("checkpoints/run")
-    assert checkpoint.checkpoint_or_latest(saved, "CKPT") == saved
+    assert checkpoint_or_latest(None, "CKPT") == Path("checkpoints/run")
+    assert checkpoint_or_latest(saved, "CKPT") == saved
 
 
 def test_saved_files_get_the_usual_mode(tiny_model, tmp_path):
@@ -235,7 +237,7 @@ def test_every_loaded_tensor_is_64_byte_aligned(tiny_model, tmp_path, kind):
         ckpt = tmp_path / kind
         ckpt.mkdir()
         torch.save(load_file(source / "model.safetensors"), ckpt / "pytorch_model.bin")
-        checkpoint.convert_bin(ckpt / "pytorch_model.bin", ckpt / "model.safetensors", tiny_model.config)
+        convert_bin(ckpt / "pytorch_model.bin", ckpt / "model.safetensors", tiny_model.config)
         (ckpt / "config.json").write_text((source / "config.json").read_text())
     else:
         ckpt = save_checkpoint(tiny_model, tmp_path / kind)

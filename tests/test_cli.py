@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import assert_one_line_error
 
-from gptkit.checkpoint.folder import hf_config
+from gptkit.checkpoint.huggingface import hf_config
 from gptkit.model.config import GPTConfig
 
 

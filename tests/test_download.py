@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gptkit.checkpoint import hub
-from gptkit.checkpoint.folder import is_checkpoint, load_checkpoint, read_config, read_metadata
+from gptkit.checkpoint.folder import load_checkpoint, read_config, read_metadata
+from gptkit.checkpoint.locate import is_checkpoint
 from gptkit.errors import GptkitError
 from gptkit.commands.inspect import inspect_checkpoint
 from gptkit.checkpoint.tokenizer_files import TOKENIZER_FILES, file_bytes

@@ -9,7 +9,8 @@ from conftest import assert_one_line_error
 from rich.console import Console
 from typer.testing import CliRunner
 
-from gptkit.checkpoint.folder import load_checkpoint, load_tensors, save_checkpoint
+from gptkit.checkpoint.folder import load_checkpoint, save_checkpoint
+from gptkit.checkpoint.tensors import load_tensors
 from gptkit.cli import app
 from gptkit.training.runfolder import STATE_TENSORS, newest_save
 from gptkit.training.loop import train

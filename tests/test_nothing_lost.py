@@ -17,7 +17,8 @@ from conftest import assert_one_line_error
 from faults import Faults, raise_oserror
 from typer.testing import CliRunner
 
-from gptkit.checkpoint.folder import load_checkpoint, load_tensors
+from gptkit.checkpoint.folder import load_checkpoint
+from gptkit.checkpoint.tensors import load_tensors
 from gptkit.cli import app
 from gptkit.files import is_temporary
 from gptkit.training.runfolder import CLEARING_MARK, SAVES_DIR, STATE_TENSORS, load_run_state, newest_save, save_folders

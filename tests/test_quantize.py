@@ -7,13 +7,9 @@ from conftest import assert_one_line_error
 from typer.testing import CliRunner
 
 from gptkit.checkpoint import folder as checkpoint
-from gptkit.checkpoint.folder import (
-    is_checkpoint,
-    load_checkpoint,
-    read_metadata,
-    read_safetensors_header,
-    save_checkpoint,
-)
+from gptkit.checkpoint.folder import load_checkpoint, read_metadata, save_checkpoint
+from gptkit.checkpoint.locate import is_checkpoint
+from gptkit.checkpoint.tensors import read_safetensors_header
 from gptkit.cli import app
 from gptkit.data.loader import load_tokens
 from gptkit.evaluation.eval import evaluate_lm

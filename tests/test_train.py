@@ -17,7 +17,8 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from gptkit.checkpoint.folder import load_checkpoint, load_tensors, read_metadata
+from gptkit.checkpoint.folder import load_checkpoint, read_metadata
+from gptkit.checkpoint.tensors import load_tensors
 from gptkit.cli import app
 from gptkit.data.loader import BatchLoader
 from gptkit.training.optim import learning_rate

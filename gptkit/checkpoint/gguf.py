@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptkit.checkpoint.folder import load_checkpoint, read_metadata, resolve
+from gptkit.checkpoint.folder import load_checkpoint, read_metadata
+from gptkit.checkpoint.locate import resolve
 from gptkit.errors import GptkitError
 from gptkit.options import ExportOptions
 from gptkit.data.tokenizer import EOT_TOKEN, VOCAB_SIZE

@@ -31,17 +31,10 @@ from rich.console import Console
 from rich.progress import DownloadColumn, TransferSpeedColumn
 
 from gptkit import __version__
-from gptkit.checkpoint.folder import (
-    CONFIG_FILE,
-    METADATA_FILE,
-    WEIGHTS_FILE,
-    config_from_hf,
-    convert_bin,
-    from_hf_tensors,
-    is_checkpoint,
-    read_metadata,
-    read_safetensors_header,
-)
+from gptkit.checkpoint.folder import read_metadata
+from gptkit.checkpoint.huggingface import config_from_hf, convert_bin, from_hf_tensors
+from gptkit.checkpoint.locate import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, is_checkpoint
+from gptkit.checkpoint.tensors import read_safetensors_header
 from gptkit.errors import GptkitError
 from gptkit.files import data_hash, read_json, write_json
 from gptkit.progress import progress_bar

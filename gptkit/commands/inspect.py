@@ -6,17 +6,10 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from gptkit.checkpoint.folder import (
-    FLOAT_DTYPES,
-    IGNORED_SUFFIXES,
-    SCALES_SUFFIX,
-    checkpoint_files,
-    is_int8,
-    read_metadata,
-    read_safetensors_header,
-    resolve,
-    strip_prefix,
-)
+from gptkit.checkpoint.folder import read_metadata
+from gptkit.checkpoint.huggingface import IGNORED_SUFFIXES, SCALES_SUFFIX, strip_prefix
+from gptkit.checkpoint.locate import checkpoint_files, is_int8, resolve
+from gptkit.checkpoint.tensors import FLOAT_DTYPES, read_safetensors_header
 from gptkit.files import read_json
 from gptkit.training.runlog import METRICS_FILE, read_metrics
 from gptkit.units import human_bytes, human_count

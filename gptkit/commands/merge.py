@@ -9,7 +9,9 @@ def merge_adapters(run: Path, out: Path | None = None, overwrite: bool = False) 
     import torch
     from rich.console import Console
 
-    from gptkit.checkpoint.folder import load_checkpoint, lora_settings, read_metadata, save_checkpoint, stored_float_dtype
+    from gptkit.checkpoint.adapters import lora_settings
+    from gptkit.checkpoint.folder import load_checkpoint, read_metadata, save_checkpoint
+    from gptkit.checkpoint.locate import stored_float_dtype
     from gptkit.options import check_merge_command, default_merged_out
 
     check_merge_command(run, out, overwrite)

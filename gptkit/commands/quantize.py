@@ -17,14 +17,8 @@ def quantize_checkpoint(ckpt: Path, out: Path | None = None, overwrite: bool = F
     gives the same Int8Linear weights and scales; the float tensors keep the dtype ckpt stores them in."""
     from rich.console import Console
 
-    from gptkit.checkpoint.folder import (
-        WEIGHTS_FILE,
-        checkpoint_files,
-        load_checkpoint,
-        read_metadata,
-        save_checkpoint,
-        stored_float_dtype,
-    )
+    from gptkit.checkpoint.folder import load_checkpoint, read_metadata, save_checkpoint
+    from gptkit.checkpoint.locate import WEIGHTS_FILE, checkpoint_files, stored_float_dtype
     from gptkit.files import atomic_dir
     from gptkit.options import check_quantize_command, default_quantized_out
     from gptkit.units import human_bytes

@@ -33,7 +33,8 @@ import torch
 from torch.nn import functional as F
 
 from gptkit import __version__
-from gptkit.checkpoint.folder import load_checkpoint, quantization_of, read_config, read_metadata
+from gptkit.checkpoint.folder import load_checkpoint, read_config, read_metadata
+from gptkit.checkpoint.locate import quantization_of
 from gptkit.data.loader import TokenSequence, open_data, read_utf8
 from gptkit.errors import GptkitError
 from gptkit.files import data_hash

@@ -464,7 +464,8 @@ def sample(opts: SampleOptions):
     (opts checked itself when it was made)."""
     from rich.console import Console
 
-    from gptkit.checkpoint.folder import checkpoint_or_latest, quantization_of, read_config
+    from gptkit.checkpoint.folder import read_config
+    from gptkit.checkpoint.locate import checkpoint_or_latest, quantization_of
     from gptkit.machine.runtime import pick_device, pick_dtype
 
     prompt = sys.stdin.read() if opts.prompt == "-" else opts.prompt

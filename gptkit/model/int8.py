@@ -2,8 +2,8 @@
 weights as int8, one scale per output channel. A decoding step reads every weight once, so a quarter of fp32's bytes
 (half of bf16's) is that much less memory traffic; activations stay in floating point.
 
-The layer only: it knows no checkpoint, option or command. checkpoint.py loads an int8 checkpoint into these layers,
-and quantize.py is `gptkit quantize`, which writes one.
+The layer only: it knows no checkpoint, option or command. checkpoint/folder.py loads an int8 checkpoint into these
+layers, and commands/quantize.py is `gptkit quantize`, which writes one.
 """
 
 import torch

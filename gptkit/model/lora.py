@@ -1,4 +1,4 @@
-"""LoRA: low-rank adapters on a frozen model's Linear layers (their files: checkpoint.py, in PEFT's format).
+"""LoRA: low-rank adapters on a frozen model's Linear layers (their files: checkpoint/adapters.py, in PEFT's format).
 
 A LoRA layer computes base(x) + scaling * B(A(dropout(x))), with A (rank, in) drawn as PEFT draws it and B (out, rank)
 zero, so that training starts from the base model exactly; scaling = alpha / rank. Only A and B train.

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gptkit.checkpoint.folder import resolve as resolve_checkpoint
+from gptkit.checkpoint.locate import resolve as resolve_checkpoint
 from gptkit.model.config import LORA_TARGETS, PRESETS, GPTConfig, LoraSettings
 from gptkit.errors import GptkitError
 from gptkit.options import (

@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gptkit.checkpoint.folder import load_checkpoint, load_tensors, read_config, save_adapters, save_checkpoint
+from gptkit.checkpoint.folder import load_checkpoint, read_config, save_adapters, save_checkpoint
+from gptkit.checkpoint.tensors import load_tensors
 from gptkit.model.config import PRESETS, GPTConfig
 from gptkit.data.loader import BatchLoader, TokenSource, eval_batches, open_data
 from gptkit.training.distributed import Processes, restore_rng, rng_states, start_processes, stop_processes

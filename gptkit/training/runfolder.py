@@ -26,17 +26,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from gptkit.checkpoint.folder import (
-    ADAPTER_CONFIG_FILE,
-    ADAPTER_WEIGHTS_FILE,
-    CONFIG_FILE,
-    METADATA_FILE,
-    WEIGHTS_FILE,
-    is_adapter_folder,
-    is_checkpoint,
-    read_safetensors_header,
-    save_tensors,
-)
+from gptkit.checkpoint.adapters import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
+from gptkit.checkpoint.locate import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, is_adapter_folder, is_checkpoint
+from gptkit.checkpoint.tensors import read_safetensors_header, save_tensors
 from gptkit.errors import GptkitError
 from gptkit.files import atomic_dir, atomic_path, is_temporary, link_or_copy, read_json, remove, write_json
 from gptkit.training.runlock import EVAL_LOCK_WAIT_S, EVALS_LOCK_FILE, RUN_FOLDER_IN_USE, RUN_LOCK_WAIT_S, folder_lock
