@@ -28,8 +28,8 @@ CONVERSATIONS = [
     [("system", "Be brief."), ("user", "What is 2+2?"), ("assistant", "4")],
     [("system", ""), ("user", "Hi"), ("assistant", "Hello")],
     [("developer", "Answer in French."), ("user", "Thanks"), ("assistant", "De rien.")],
-    [("user", "Count"), ("assistant", "1, 2"), ("user", "more"), ("assistant", " 3, 4"), ("user", "ok?"),
-     ("assistant", "\nyes\n")],  # fmt: skip
+    [("user", "Count"), ("assistant", "1, 2"), ("user", "more"), ("assistant", " 3, 4")],
+    [("user", "ok?"), ("assistant", "\nyes\n"), ("user", "and?"), ("assistant", "no")],
     [("user", "日本語で? Ελληνικά, café 🤖👍🏽"), ("assistant", "はい、🤖 ok")],
     [("user", "f(x) = {x: {y}} {{ not jinja }} {% if %} {# no #}"), ("assistant", "{content} {}}")],
     [("user", "a \"quote\", 'single', back\\slash \\n and\ttab\r\n"), ("assistant", "line one\n\nline two  ")],
@@ -168,4 +168,3 @@ def test_pipeline_chats_with_the_folder(tmp_path, lively_model):
     (out,) = chat(as_dicts(messages), do_sample=False, max_new_tokens=8)
     assert out["generated_text"][:-1] == as_dicts(messages)
     assert out["generated_text"][-1] == {"role": "assistant", "content": decode(reply)}
-

@@ -16,7 +16,7 @@ from gptkit.data.conversations import (
     pack,
     read_conversations,
 )
-from gptkit.data.tokenizer import EOT_TOKEN, decode
+from gptkit.data.tokenizer import EOT_TOKEN
 from gptkit.errors import GptkitError
 from gptkit.inference.chat_template import DEFAULT_TEMPLATE, tokenize_conversation
 
@@ -40,7 +40,7 @@ def sharegpt_row(messages):
 def made_up(n: int, seed: int = 0):
     """n conversations of varied lengths (1 to 3 turns), each text its own, no <|endoftext|> inside."""
     rng = random.Random(seed)
-    words = "the quick brown fox jumps over a lazy dog while seven purple owls sing".split()
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "owls", "sing"]
     conversations = []
     for i in range(n):
         messages = [("system", f"You are helper {i}.")] if i % 3 == 0 else []
@@ -89,6 +89,7 @@ def test_which_data_holds_conversations(tmp_path):
     assert is_conversation_data(tmp_path / "texts")
     (tmp_path / "array.json").write_text("[]")
     assert is_conversation_data(tmp_path / "array.json")
+    assert not is_conversation_data(tmp_path / "missing.jsonl")  # the text loader says it does not exist
 
 
 BAD = [  # (lines of a file, its name, the error after "file:line: ")

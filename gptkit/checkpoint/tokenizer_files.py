@@ -13,11 +13,11 @@ import json
 from functools import cache
 from pathlib import Path
 
+from gptkit.checkpoint.locate import METADATA_FILE
 from gptkit.data.tokenizer import EOT_TEXT, EOT_TOKEN, bpe_file
 from gptkit.files import atomic_path, read_json
 from gptkit.inference.chat_template import DEFAULT_TEMPLATE, jinja_template, recorded_template
 
-METADATA_FILE = "gptkit.json"  # checkpoint.folder's, which imports this module
 CONTEXT = 1024  # the context GPT-2's tokenizer was published with (model_max_length)
 EOT_ADDED = {
     "content": EOT_TEXT,

@@ -59,7 +59,7 @@ def is_conversation_data(path: str | Path) -> bool:
     """Whether DATA holds conversations: a .json file, or a .jsonl / .jsonl.gz file whose first row is one of the
     formats, or a folder holding such a file (text files beside it are then refused by read_conversations)."""
     path = Path(path)
-    files = files_under(path, SUFFIXES) if path.is_dir() else [path]
+    files = files_under(path, SUFFIXES) if path.is_dir() else [path] if path.is_file() else []
     for file in files:
         name = file.name.lower()
         if name.endswith(".json"):
