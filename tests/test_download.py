@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gptkit.checkpoint import hub
+from gptkit.checkpoint import hub, hub_transfer
 from gptkit.checkpoint.folder import load_checkpoint, read_config, read_metadata
 from gptkit.checkpoint.locate import is_checkpoint
 from gptkit.errors import GptkitError
@@ -188,14 +188,14 @@ def test_resume_in_the_next_run_after_the_hub_went_away(server, repo_files, tmp_
 
 def test_resume_after_ctrl_c(server, repo_files, tmp_path, monkeypatch):
     size = (repo_files["gpt2"] / "model.safetensors").stat().st_size
-    update = hub.RichBar.update
+    update = hub_transfer.RichBar.update
 
     def interrupt(self, n=1):
         update(self, n)
         if self.progress.tasks[0].completed > size // 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(hub.RichBar, "update", interrupt)
+    monkeypatch.setattr(hub_transfer.RichBar, "update", interrupt)
     out = tmp_path / "gpt2"
     with pytest.raises(KeyboardInterrupt):
         hub.download("gpt2", out)
@@ -336,7 +336,7 @@ def no_waiting(monkeypatch):
 
     waits = []
     fake_time = SimpleNamespace(**{**vars(time), "sleep": waits.append})
-    for module in (huggingface_hub.utils._http, huggingface_hub.file_download, hub):
+    for module in (huggingface_hub.utils._http, huggingface_hub.file_download, hub_transfer):
         monkeypatch.setattr(module, "time", fake_time)
     return waits
 

@@ -145,22 +145,47 @@ def read_nanogpt_file(path: str | Path) -> NanoGPTCheckpoint:
     saved = load_pickle(path)
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
         raise GptkitError(f"{path} is not a nanoGPT or build-nanogpt checkpoint: it holds no 'model' ({TOOLS})")
-    if "model_args" in saved:
-        form, args, activation, where = "nanoGPT", saved["model_args"], "gelu", "model_args"
+    form, args, activation, where = saved_format(path, saved)
+    config = checked_config(path, args, where, activation)
+    tensors = {}
+    for name, tensor in saved["model"].items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise GptkitError(f"{path}: its state dict holds {name!r}, which is not a named tensor")
+        tensors[name.removeprefix(COMPILED_PREFIX)] = tensor
+    if "model_args" in saved:  # nanoGPT's train.py
         step, val_loss = saved.get("iter_num"), saved.get("best_val_loss")
-    elif isinstance(saved.get("config"), PickledGPTConfig):
-        args, where = saved["config"].state, "its GPTConfig"
+    else:  # build-nanogpt's names, else nanoGPT's (its GPTConfig pickled by a script of one's own)
         step, val_loss = saved.get("step", saved.get("iter_num")), saved.get("val_loss", saved.get("best_val_loss"))
+    return NanoGPTCheckpoint(
+        format=form,
+        config=config,
+        bias=bool(args.get("bias", True)),
+        tensors=tensors,
+        step=int(step) if isinstance(step, int) else None,
+        val_loss=plain_float(val_loss),
+    )
+
+
+def saved_format(path: Path, saved: dict) -> tuple[str, object, str, str]:
+    """(format, the model's settings as saved, the activation it computes, where the settings are) of what
+    nanoGPT's or build-nanogpt's training script saved."""
+    if "model_args" in saved:
+        return "nanoGPT", saved["model_args"], "gelu", "model_args"
+    if isinstance(saved.get("config"), PickledGPTConfig):
+        args = saved["config"].state
         # build-nanogpt's GPTConfig has the five shape fields; nanoGPT's (model.py's, pickled by a script of one's
         # own) has bias and dropout too, and goes with nanoGPT's model and its exact GELU
-        form, activation = ("build-nanogpt", "gelu_new")
         if isinstance(args, dict) and set(OPTIONAL_FIELDS) & set(args):
-            form, activation = ("nanoGPT", "gelu")
-    else:
-        raise GptkitError(
-            f"{path} is not a nanoGPT or build-nanogpt checkpoint: it has neither nanoGPT's 'model_args' nor "
-            f"build-nanogpt's pickled GPTConfig ({TOOLS})"
-        )
+            return "nanoGPT", args, "gelu", "its GPTConfig"
+        return "build-nanogpt", args, "gelu_new", "its GPTConfig"
+    raise GptkitError(
+        f"{path} is not a nanoGPT or build-nanogpt checkpoint: it has neither nanoGPT's 'model_args' nor "
+        f"build-nanogpt's pickled GPTConfig ({TOOLS})"
+    )
+
+
+def checked_config(path: Path, args, where: str, activation: str) -> GPTConfig:
+    """The GPTConfig of a checkpoint's settings (args, found in where), each checked."""
     if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
         raise GptkitError(f"{path}: {where} is not a set of named values")
     unknown = sorted(set(args) - set(SHAPE_FIELDS) - set(OPTIONAL_FIELDS))
@@ -183,22 +208,9 @@ def read_nanogpt_file(path: str | Path) -> NanoGPTCheckpoint:
     if not 0 <= dropout < 1:
         raise GptkitError(f"{path}: {where}'s dropout is {dropout}, not a probability below 1")
     try:
-        config = GPTConfig(**{f: args[f] for f in SHAPE_FIELDS}, dropout=dropout, activation=activation)
+        return GPTConfig(**{f: args[f] for f in SHAPE_FIELDS}, dropout=dropout, activation=activation)
     except ValueError as e:
         raise GptkitError(f"{path}: {e}") from None
-    tensors = {}
-    for name, tensor in saved["model"].items():
-        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
-            raise GptkitError(f"{path}: its state dict holds {name!r}, which is not a named tensor")
-        tensors[name.removeprefix(COMPILED_PREFIX)] = tensor
-    return NanoGPTCheckpoint(
-        format=form,
-        config=config,
-        bias=bool(args.get("bias", True)),
-        tensors=tensors,
-        step=int(step) if isinstance(step, int) else None,
-        val_loss=plain_float(val_loss),
-    )
 
 
 def plain_float(value) -> float | None:
