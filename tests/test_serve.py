@@ -1,6 +1,7 @@
 """gptkit serve: OpenAI's API over a tiny model, through the openai client and raw HTTP, on a free loopback port."""
 
 import contextlib
+import http.client
 import importlib.resources
 import json
 import queue
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import httpx
 import openai
@@ -28,6 +30,7 @@ from gptkit.cli import app
 from gptkit.model.config import GPTConfig
 from gptkit.options import ServeOptions
 from gptkit.inference.decode import load_for_decoding
+from gptkit.serve import handlers
 from gptkit.serve.app import ServerInfo, chat_template_of, listen, make_app
 from gptkit.data.tokenizer import encode
 
@@ -279,26 +282,91 @@ def test_models_and_health(server):
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}  # no key needed
 
 
-def test_the_chat_page_is_served_without_the_key(server):
+def test_the_chat_page_is_served_without_the_key(server, monkeypatch, tmp_path):
     page = importlib.resources.files("gptkit.serve") / "static" / "chat.html"
-    response = httpx.get(f"{server.url}/")
-    if page.is_file():
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        response = httpx.get(f"{server.url}/", headers=headers)
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
         assert response.text == page.read_text(encoding="utf-8")
-    else:  # not written yet
-        assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    monkeypatch.setattr(handlers, "CHAT_PAGE", tmp_path / "chat.html")  # an install without the page
+    response = httpx.get(f"{server.url}/")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
 
 
 # --- security and faults ---------------------------------------------------------------------------------------------
 
 
+KEYED_ROUTES = [
+    ("get", "/v1/models", None),
+    ("get", "/v1/models/tiny", None),
+    ("post", "/v1/completions", {"prompt": "Hi", "max_tokens": 2}),
+    ("post", "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+]
+NEAR_MISSES = {
+    "no key": {},
+    "a prefix of the key": {"Authorization": f"Bearer {KEY[:-1]}"},
+    "the key's first character": {"Authorization": f"Bearer {KEY[0]}"},
+    "the key with a character added": {"Authorization": f"Bearer {KEY}x"},
+    "the key after a character": {"Authorization": f"Bearer x{KEY}"},
+    "the key twice": {"Authorization": f"Bearer {KEY}{KEY}"},
+    "the key in capitals": {"Authorization": f"Bearer {KEY.upper()}"},
+    "another key as long": {"Authorization": f"Bearer {'x' * len(KEY)}"},
+    "an empty bearer token": {"Authorization": "Bearer "},
+    "Bearer alone": {"Authorization": "Bearer"},
+    "two spaces before the key": {"Authorization": f"Bearer  {KEY}"},
+    "the key without a scheme": {"Authorization": KEY},
+    "the key under another scheme": {"Authorization": f"Basic {KEY}"},
+    "the scheme run into the key": {"Authorization": f"Bearer{KEY}"},
+    "the key in X-API-Key": {"X-API-Key": KEY},
+    "the key in api-key": {"api-key": KEY},
+}
+
+
+class Answer(NamedTuple):
+    status: int
+    headers: http.client.HTTPMessage
+    body: dict
+
+
+def request(server, method: str, path: str, body, headers: dict) -> Answer:
+    """The answer to a request sent with http.client, which sends header values as given ("Bearer " too)."""
+    connection = http.client.HTTPConnection(*server.url.removeprefix("http://").split(":"), timeout=60)
+    content = None if body is None else json.dumps(body)
+    connection.request(method.upper(), path, body=content, headers={"Content-Type": "application/json", **headers})
+    response = connection.getresponse()
+    answer = Answer(response.status, response.headers, json.loads(response.read()))
+    connection.close()
+    return answer
+
+
+@pytest.mark.parametrize("headers", NEAR_MISSES.values(), ids=NEAR_MISSES.keys())
+def test_a_near_miss_of_the_api_key_is_refused_on_every_route(server, headers):
+    for method, path, body in KEYED_ROUTES:
+        response = request(server, method, path, body, headers)
+        assert response.status == 401, f"{method} {path}: {response.body}"
+        assert response.body["error"]["code"] == "invalid_api_key"
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
 def test_the_api_key_is_enforced(server):
     with pytest.raises(openai.AuthenticationError):
         complete(server.client("wrong-key"), "Hi")
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}):
-        response = httpx.get(f"{server.url}/v1/models", headers=headers)
-        assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
-    assert httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"bearer {KEY}"}).status_code == 200
+    for method, path, body in KEYED_ROUTES:
+        for scheme in ("Bearer", "bearer", "BEARER"):  # a scheme is read in any case
+            response = request(server, method, path, body, {"Authorization": f"{scheme} {KEY}"})
+            assert response.status == 200, f"{method} {path}: {response.body}"
+    for headers in ({}, {"Authorization": f"Bearer {KEY}"}, {"Authorization": "Bearer wrong"}):  # no key needed
+        assert request(server, "get", "/health", None, headers).body == {"status": "ok"}
+
+
+def test_without_an_api_key_every_route_is_open(checkpoint):
+    open_server = ThreadedServer(checkpoint, api_key=None, max_batch=2)
+    try:
+        for method, path, body in KEYED_ROUTES:
+            assert request(open_server, method, path, body, {}).status == 200
+            assert request(open_server, method, path, body, {"Authorization": "Bearer any"}).status == 200
+    finally:
+        open_server.stop()
 
 
 LONG = " hello" * 70  # 70 tokens: more than the context of 64

@@ -32,8 +32,8 @@ OPEN_PATHS = ("/", "/health")  # served without the API key: the chat page asks 
 
 
 class Guard:
-    """ASGI middleware: every request but the chat page and /health carries the API key (if one is set), compared in
-    constant time; no request body is longer than max_body bytes."""
+    """ASGI middleware: every request but the chat page and /health carries the API key (if one is set); no request
+    body is longer than max_body bytes."""
 
     def __init__(self, app, api_key: str | None, max_body: int):
         self.app, self.api_key, self.max_body = app, api_key, max_body
@@ -42,12 +42,10 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        if self.api_key is not None and scope["path"] not in OPEN_PATHS:
-            scheme, _, key = headers.get(b"authorization", b"").partition(b" ")
-            if not (scheme.lower() == b"bearer" and hmac.compare_digest(key.strip(), self.api_key.encode())):
-                message = "a valid API key is needed: send the header 'Authorization: Bearer KEY'"
-                response = error_response(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-                return await response(scope, receive, send)
+        if scope["path"] not in OPEN_PATHS and not self.authorized(headers.get(b"authorization", b"")):
+            message = "a valid API key is needed: send the header 'Authorization: Bearer KEY'"
+            response = error_response(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            return await response(scope, receive, send)
         length = headers.get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_body:
             return await self.too_large()(scope, receive, send)
@@ -62,6 +60,14 @@ class Guard:
             return message
 
         await self.app(scope, limited_receive, send)
+
+    def authorized(self, authorization: bytes) -> bool:
+        """No key is set, or authorization is "Bearer KEY" (the scheme in any case, one space) with the whole token
+        equal to the key, compared in constant time: a prefix of the key, the key and more, or no token is refused."""
+        if self.api_key is None:
+            return True
+        scheme, _, token = authorization.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token, self.api_key.encode())
 
     def too_large_message(self) -> str:
         return f"the request body is over the limit of {self.max_body:,} bytes"
