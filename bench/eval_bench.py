@@ -9,7 +9,7 @@ import torch
 
 from bench.common import summary
 from gptkit.model.config import PRESETS
-from gptkit.evaluation.eval import evaluate_lm
+from gptkit.evaluation.loss import evaluate_lm
 from gptkit.model.gpt import GPT
 from gptkit.machine.runtime import autocast, pick_device
 

@@ -287,7 +287,8 @@ def bench_speculative(
     batch 1, fp32, against the target alone, greedy and sampled (top-k 50), for each number of draft tokens,
     alternating; plus the int8 eval loss of the target against fp32 and bf16 on its validation split."""
     from gptkit.checkpoint.folder import load_checkpoint
-    from gptkit.evaluation.eval import evaluate_lm, validation_split
+    from gptkit.evaluation.loss import evaluate_lm
+    from gptkit.evaluation.tokens import validation_split
 
     new_tokens, default_repeats = (50, 2) if quick else (200, 5)
     repeats = repeats or default_repeats

@@ -638,7 +638,7 @@ def eval(
     from gptkit.options import EvalOptions
 
     options = options_from(EvalOptions, arguments)
-    from gptkit.evaluation.eval import run_eval
+    from gptkit.commands.eval import run_eval
 
     run_eval(options)
 

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 from gptkit.checkpoint.folder import load_checkpoint, read_config, read_metadata
 from gptkit.cli import app
-from gptkit.evaluation.eval import lm_windows
+from gptkit.evaluation.loss import lm_windows
 from gptkit.checkpoint.nanogpt import read_nanogpt_file
 from gptkit.data.tokenizer import VOCAB_SIZE, encode
 from gptkit.training.config import run_name

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from gptkit.checkpoint.folder import load_checkpoint, read_metadata, save_checkpoint
 from gptkit.cli import app
-from gptkit.evaluation.eval import evaluate_lm
+from gptkit.evaluation.loss import evaluate_lm
 from gptkit.model.int8 import quantize_int8
 from gptkit.model.gpt import GPT
 from gptkit.commands.quantize import quantize_checkpoint

@@ -14,16 +14,9 @@ from gptkit.checkpoint.folder import read_metadata, save_checkpoint
 from gptkit.cli import app
 from gptkit.data.loader import TokenSequence, load_tokens, open_data, split_tokens
 from gptkit.errors import GptkitError
-from gptkit.evaluation.eval import (
-    evaluate_hellaswag,
-    evaluate_lm,
-    hellaswag_rows,
-    lm_windows,
-    read_hellaswag,
-    score_endings,
-    token_byte_lengths,
-    validation_split,
-)
+from gptkit.evaluation.hellaswag import evaluate_hellaswag, hellaswag_rows, read_hellaswag, score_endings
+from gptkit.evaluation.loss import evaluate_lm, lm_windows, token_byte_lengths
+from gptkit.evaluation.tokens import validation_split
 from gptkit.files import write_json
 from gptkit.model.gpt import GPT
 from gptkit.training.runfolder import lock_run_folder

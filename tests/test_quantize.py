@@ -12,7 +12,7 @@ from gptkit.checkpoint.locate import is_checkpoint
 from gptkit.checkpoint.tensors import read_safetensors_header
 from gptkit.cli import app
 from gptkit.data.loader import load_tokens
-from gptkit.evaluation.eval import evaluate_lm
+from gptkit.evaluation.loss import evaluate_lm
 from gptkit.files import write_json
 from gptkit.model.int8 import DEQUANTIZE_ABOVE_ROWS, Int8Linear, quantize_int8
 from gptkit.model.gpt import GPT, GPTConfig

@@ -595,7 +595,8 @@ def shards(text, tmp_path):
 
 def test_exact_resume_from_shards_and_eval_of_their_validation_tail(shards, tiny_checkpoint, tmp_path, monkeypatch):
     from gptkit.data.loader import open_data
-    from gptkit.evaluation.eval import evaluate_lm, validation_split
+    from gptkit.evaluation.loss import evaluate_lm
+    from gptkit.evaluation.tokens import validation_split
 
     run(shards, tiny_checkpoint, tmp_path / "straight", steps=8, eval_every=4, save_every=4)
     next_batch, calls = BatchLoader.next_batch, []
@@ -627,7 +628,7 @@ def test_exact_resume_from_shards_and_eval_of_their_validation_tail(shards, tiny
 
 def test_nanogpt_folder_trains_and_validates_on_val_bin(text, tiny_checkpoint, tmp_path):
     from gptkit.data.loader import load_tokens
-    from gptkit.evaluation.eval import validation_split
+    from gptkit.evaluation.tokens import validation_split
 
     tokens, _ = load_tokens(text)
     folder = tmp_path / "nanogpt"
@@ -840,7 +841,7 @@ def hellaswag_file(tmp_path):
 
 
 def test_hellaswag_in_training(text, tiny_checkpoint, hellaswag_file, tmp_path):
-    from gptkit.evaluation.eval import evaluate_hellaswag
+    from gptkit.evaluation.hellaswag import evaluate_hellaswag
 
     out = tmp_path / "run"
     console = io.StringIO()

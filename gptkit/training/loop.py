@@ -25,7 +25,8 @@ from gptkit.model.config import PRESETS, GPTConfig
 from gptkit.data.loader import BatchLoader, TokenSource, eval_batches, open_data
 from gptkit.training.distributed import Processes, restore_rng, rng_states, start_processes, stop_processes
 from gptkit.errors import GptkitError
-from gptkit.evaluation.eval import evaluate_hellaswag, read_hellaswag, summed_loss
+from gptkit.evaluation.hellaswag import evaluate_hellaswag, read_hellaswag
+from gptkit.evaluation.loss import summed_loss
 from gptkit.files import remove
 from gptkit.model.lora import add_lora
 from gptkit.model.gpt import GPT
