@@ -5,7 +5,7 @@ runs (each level in a child process under ATEN_CPU_CAPABILITY, the two sides of 
 - Muon's Newton-Schulz iteration (optim.Muon): torch's bf16 iteration against gptkit's fp32 one;
 - int8 decoding (int8.Int8Linear.kernel_dtype): torch's int8 kernel with bf16 activations, with fp32 ones, and
   the dequantized fp32 product;
-- fp32 decoding (sample.BlockedLinear): one block per thread against nn.Linear;
+- fp32 decoding (model.blocked.BlockedLinear): one block per thread against nn.Linear;
 - the thread count: each of the above runs on torch's default (one thread per core); a training step and a decoding
   step on one thread show what the other cores bring.
 
@@ -72,7 +72,7 @@ def train_step_fn(dtype: torch.dtype):
 def decode_fns() -> dict:
     """One decoding step's products of GPT-2 124M, each way gptkit could run them."""
     from gptkit.model.int8 import Int8Linear
-    from gptkit.inference.sample import BlockedLinear
+    from gptkit.model.blocked import BlockedLinear
 
     torch.manual_seed(0)
     linears = [nn.Linear(n_in, n_out, bias=False) for n_out, n_in, count in DECODE_MATRICES for _ in range(count)]

@@ -1,7 +1,7 @@
 """gptkit's sampler against transformers' generate() on the same GPT-2 124M weights (random ones will do), and
 gptkit's faster ways to decode: int8 weights (--quantize int8), a compiled step (--compile) and speculative decoding
 (--draft, with a draft/target pair trained here on data/input.txt). First, the step's fp32 matrix-vector products
-alone, nn.Linear against the blocked layout that fp32 decoding on the CPU uses (sample.BlockedLinear).
+alone, nn.Linear against the blocked layout that fp32 decoding on the CPU uses (model.blocked.BlockedLinear).
 
 All generate exactly the same number of tokens (no stopping at <|endoftext|>), with top-k 50 sampling and a cache;
 runs alternate between the variants so that the machine's other load falls on all alike.
@@ -24,7 +24,10 @@ from gptkit.checkpoint.folder import save_checkpoint
 from gptkit.model.config import PRESETS
 from gptkit.model.int8 import quantize_int8
 from gptkit.model.gpt import GPT
-from gptkit.inference.sample import BlockedLinear, Sampling, generate, prepare_for_decoding
+from gptkit.inference.decode import prepare_for_decoding
+from gptkit.inference.generate import generate
+from gptkit.inference.sampling import Sampling
+from gptkit.model.blocked import BlockedLinear
 from gptkit.data.tokenizer import EOT_TOKEN, encode
 
 PROMPT = "The quick brown fox jumps over the lazy dog. In the beginning"

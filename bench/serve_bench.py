@@ -31,7 +31,9 @@ from bench.common import cpu_name, random_gpt2  # noqa: E402
 from gptkit.checkpoint.folder import save_checkpoint  # noqa: E402
 from gptkit.machine.cpu import cpu_level  # noqa: E402
 from gptkit.machine.runtime import pick_dtype  # noqa: E402
-from gptkit.inference.sample import Sampling, generate, load_for_decoding  # noqa: E402
+from gptkit.inference.decode import load_for_decoding  # noqa: E402
+from gptkit.inference.generate import generate  # noqa: E402
+from gptkit.inference.sampling import Sampling  # noqa: E402
 from gptkit.data.tokenizer import EOT_TOKEN, get_tokenizer  # noqa: E402
 
 PROMPT_TOKENS = 8

@@ -513,7 +513,7 @@ def sample(
     from gptkit.options import SampleOptions
 
     options = options_from(SampleOptions, arguments)
-    from gptkit.inference.sample import sample as run_sample
+    from gptkit.commands.sample import sample as run_sample
 
     run_sample(options)
 

@@ -5,10 +5,10 @@ import torch
 from conftest import lively
 
 import gptkit.model.gpt
-from gptkit.inference.batching import CACHE_STEP, Done, Engine, Failed, Job, PromptLogprobs, Token
-from gptkit.model.config import GPTConfig
-from gptkit.inference.sample import Sampling
 from gptkit.data.tokenizer import encode
+from gptkit.inference.batching import CACHE_STEP, Done, Engine, Failed, Job, PromptLogprobs, Token
+from gptkit.inference.sampling import Sampling
+from gptkit.model.config import GPTConfig
 
 GREEDY = Sampling(temperature=0)
 

@@ -15,7 +15,9 @@ from gptkit.evaluation.loss import evaluate_lm
 from gptkit.model.int8 import quantize_int8
 from gptkit.model.gpt import GPT
 from gptkit.commands.quantize import quantize_checkpoint
-from gptkit.inference.sample import Sampling, generate, prepare_for_decoding
+from gptkit.inference.decode import prepare_for_decoding
+from gptkit.inference.generate import generate
+from gptkit.inference.sampling import Sampling
 from gptkit.training.loop import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -16,7 +16,9 @@ from gptkit.evaluation.loss import evaluate_lm
 from gptkit.files import write_json
 from gptkit.model.int8 import DEQUANTIZE_ABOVE_ROWS, Int8Linear, quantize_int8
 from gptkit.model.gpt import GPT, GPTConfig
-from gptkit.inference.sample import Sampling, generate, prepare_for_decoding
+from gptkit.inference.decode import prepare_for_decoding
+from gptkit.inference.generate import generate
+from gptkit.inference.sampling import Sampling
 from gptkit.data.tokenizer import encode
 from gptkit.checkpoint.tokenizer_files import TOKENIZER_FILES
 

@@ -7,17 +7,13 @@ from typer.testing import CliRunner
 
 from gptkit.checkpoint.folder import save_checkpoint
 from gptkit.cli import app
-from gptkit.model.gpt import GPT, GPTConfig
-from gptkit.inference.sample import (
-    BlockedLinear,
-    Sampling,
-    TextStream,
-    generate,
-    next_token_distribution,
-    prepare_for_decoding,
-    sample_next,
-)
 from gptkit.data.tokenizer import EOT_TOKEN, encode, get_tokenizer
+from gptkit.inference.decode import prepare_for_decoding
+from gptkit.inference.generate import generate
+from gptkit.inference.sampling import Sampling, next_token_distribution, sample_next
+from gptkit.inference.stream import TextStream
+from gptkit.model.blocked import BlockedLinear
+from gptkit.model.gpt import GPT, GPTConfig
 
 runner = CliRunner()
 

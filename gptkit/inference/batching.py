@@ -3,7 +3,7 @@
 Each sequence being generated (a Job) is a row of one key/value cache with its own position, Sampling and stop
 rules. A job joins the batch after its prompt's prefill, at the next step, and leaves it when done or cancelled; the
 last rows then move into the freed ones, so that a step runs rows 0..n-1 over the cache up to the furthest position.
-The pieces are sample.py's (prefill, decode_step, Sampling, TextStream) and the model's cache, one row at a time.
+The pieces are decode.py's (prefill, decode_step), Sampling, TextStream and the model's cache, one row at a time.
 """
 
 import threading
@@ -14,9 +14,11 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
-from gptkit.model.gpt import GPT
-from gptkit.inference.sample import Sampling, TextStream, decode_step, prefill
 from gptkit.data.tokenizer import EOT_TOKEN
+from gptkit.inference.decode import decode_step, prefill
+from gptkit.inference.sampling import Sampling
+from gptkit.inference.stream import TextStream
+from gptkit.model.gpt import GPT
 
 # The cache grows in steps of this many positions, as far as the longest job needs (at most the model's context).
 CACHE_STEP = 64

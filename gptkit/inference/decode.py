@@ -1,0 +1,80 @@
+"""The steps of decoding (gpt-fast style): a model made ready for it, its key/value cache, the prompt's pass
+(prefill) and the one-token step, compiled or not. generate.py and batching.py loop over them."""
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gptkit.data.tokenizer import VOCAB_SIZE
+from gptkit.model.blocked import BlockedLinear
+from gptkit.model.gpt import GPT
+from gptkit.model.int8 import Int8Linear, quantize_int8, replace_linears
+
+# A compiled step's graph is specialised to the length of the cache: with --compile the cache is allocated in
+# multiples of this many positions, so that samples of different lengths in one process share a graph (and stay
+# under dynamo's limit on recompilations) at the cost of masking up to 255 unused positions.
+COMPILED_CACHE_MULTIPLE = 256
+
+
+def prepare_for_decoding(model: GPT, compile: bool = False, dynamic: bool = False) -> GPT:
+    """Make model decode fast (in place; for inference only): on the CPU in fp32, spread each matrix-vector product
+    over the threads (BlockedLinear); with compile, torch.compile its one-token step (decode_step), for the shapes of
+    generate() or, dynamic, for any number of rows and cache length (continuous batching)."""
+    weight = model.transformer.wte.weight
+    if weight.dtype == torch.float32 and weight.device.type == "cpu":
+        replace_linears(model, lambda _, linear: BlockedLinear(linear, torch.get_num_threads()))
+    if compile:
+        # generate()'s steps have static shapes (a preallocated cache, the position in a tensor): one graph serves
+        # every step of a sample. Continuous batching (dynamic) changes the rows and the cache length between steps.
+        model.compiled_step = torch.compile(one_token_logits, dynamic=dynamic, fullgraph=True)
+    return model
+
+
+def drop_padded_vocabulary(model: GPT) -> GPT:
+    """model (in place) with an output head for GPT-2's tokens only, where its vocabulary is padded past them (nanoGPT's
+    50304 rows): the logits of the padding, which no text has, are never computed, so no sample can draw one. The
+    head's rows are views of the first VOCAB_SIZE (no copy); the token embedding keeps every row."""
+    head = model.lm_head
+    if head.weight.size(0) <= VOCAB_SIZE:
+        return model
+    if isinstance(head, Int8Linear):  # an int8 checkpoint's own head
+        model.lm_head = Int8Linear(head.weight[:VOCAB_SIZE], head.scales[:VOCAB_SIZE], None)
+    else:
+        model.lm_head = nn.Linear(head.in_features, VOCAB_SIZE, bias=False, device="meta")
+        model.lm_head.weight = nn.Parameter(head.weight[:VOCAB_SIZE], requires_grad=False)
+    return model
+
+
+def load_for_decoding(ckpt: Path, device, dtype, quantize: str | None, compile: bool, dynamic: bool = False) -> GPT:
+    from gptkit.checkpoint.folder import load_checkpoint
+
+    model = drop_padded_vocabulary(load_checkpoint(ckpt, device, dtype))
+    if quantize == "int8":
+        quantize_int8(model)
+    return prepare_for_decoding(model, compile, dynamic)
+
+
+def cache_length(model: GPT, tokens: int) -> int:
+    """Positions of the key/value cache for a sample of tokens (prompt and new ones) on model."""
+    if getattr(model, "compiled_step", None) is not None:
+        tokens = -(-tokens // COMPILED_CACHE_MULTIPLE) * COMPILED_CACHE_MULTIPLE
+    return min(tokens, model.config.block_size)
+
+
+def one_token_logits(model: GPT, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Logits (B, vocab_size) of the next token after token (B, 1) at position pos (a tensor: (1,) for all rows, or
+    (B,) one a row)."""
+    return model(token, pos=pos)[0][:, -1]
+
+
+def decode_step(model: GPT, token: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
+    """One decoding step: one_token_logits, compiled if prepare_for_decoding(compile=True) compiled it; pos an int
+    for all rows, or a (B,) tensor of each row's."""
+    step = getattr(model, "compiled_step", None) or one_token_logits
+    return step(model, token, pos if isinstance(pos, torch.Tensor) else torch.tensor([pos], device=token.device))
+
+
+def prefill(model: GPT, tokens: torch.Tensor) -> torch.Tensor:
+    """Run tokens (B, T) from position 0 into the cache; the logits (B, vocab_size) of what follows them."""
+    return model(tokens, pos=0, last_only=True)[0][:, -1]
