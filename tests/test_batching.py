@@ -4,7 +4,6 @@ import pytest
 import torch
 from conftest import lively
 
-import gptkit.model.gpt
 from gptkit.data.tokenizer import encode
 from gptkit.inference.batching import CACHE_STEP, Done, Engine, Failed, Job, PromptLogprobs, Token
 from gptkit.inference.sampling import Sampling
@@ -47,29 +46,29 @@ def test_a_cache_that_fails_to_grow_leaves_the_rows_in_flight_as_they_were(model
         engine.join(first)
         for _ in range(5):
             engine.step()
-    length = engine.cache_length
-    made, kv_cache = [], gptkit.model.gpt.KVCache
+    length = engine.cache.length
+    made, zeros = [], torch.zeros
 
-    def second_layer_fails(k, v):  # the allocation fails once the first layer has its new cache
+    def second_layer_fails(*args, **kwargs):  # the allocation fails once the first layer has its new keys
         if made:
             raise torch.OutOfMemoryError("CUDA out of memory")
-        made.append(k)
-        return kv_cache(k, v)
+        made.append(args)
+        return zeros(*args, **kwargs)
 
-    monkeypatch.setattr(gptkit.model.gpt, "KVCache", second_layer_fails)
+    monkeypatch.setattr(torch, "zeros", second_layer_fails)
     longer, longer_events = job("It was", 2 * CACHE_STEP)  # needs a longer cache
     decode(engine, longer)
     monkeypatch.undo()
     assert made and len(longer_events) == 1 and isinstance(longer_events[0], Failed)
     assert isinstance(longer_events[0].error, torch.OutOfMemoryError)
-    assert engine.cache_length == length
+    assert engine.cache.length == length
     assert events == solo_events and len(tokens_of(events)) == 30
     # the cache grows at the next request that needs it
     again, again_events = job("It was", 2 * CACHE_STEP)
     decode(engine, again)
     solo_again, solo_again_events = job("It was", 2 * CACHE_STEP)
     decode(Engine(model, 2), solo_again)
-    assert engine.cache_length > length and again_events == solo_again_events
+    assert engine.cache.length > length and again_events == solo_again_events
 
 
 def test_unseeded_rows_of_equal_settings_draw_together_and_seeded_rows_alone(model, monkeypatch):

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from gptkit.model.config import PRESETS, GPTConfig
 from gptkit.model.gpt import GPT
+from gptkit.model.kv_cache import KVCache
 
 
 def test_shapes_and_loss(tiny_model, tiny_config):
@@ -109,14 +110,31 @@ def test_kv_cache_matches_full_forward(tiny_model):
     idx = torch.randint(0, 1000, (2, 30))
     with torch.inference_mode():
         full, _ = tiny_model(idx)
-        tiny_model.setup_kv_cache(batch_size=2)
-        chunks = [tiny_model(idx[:, :8], pos=0)[0], tiny_model(idx[:, 8:13], pos=8)[0]]  # prefill, then a chunk
-        chunks += [tiny_model(idx[:, t : t + 1], pos=t)[0] for t in range(13, 20)]  # one token at a time
-        chunks.append(tiny_model(idx[:, 20:], pos=20)[0])  # a chunk after single steps
-        tiny_model.clear_kv_cache()
+        cache = KVCache.for_model(tiny_model, rows=2)
+        chunks = [tiny_model(idx[:, :8], cache=cache, pos=0)[0], tiny_model(idx[:, 8:13], cache=cache, pos=8)[0]]
+        chunks += [tiny_model(idx[:, t : t + 1], cache=cache, pos=t)[0] for t in range(13, 20)]  # a token at a time
+        chunks.append(tiny_model(idx[:, 20:], cache=cache, pos=20)[0])  # a chunk after single steps
     # the same sums in another order (other shapes): each side within float32's 2^-24 per term of the longest
     # reduction (the MLP's 256 inputs) of the logits' size
     torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=2 * 256 * 2**-24 * full.abs().max().item(), rtol=0)
+
+
+def test_kv_cache_views_grow_and_keep_rows(tiny_model):
+    """Rows prefilled through views of one cache land in it; growing keeps them; keep_rows moves the last kept rows
+    into the freed ones below, each with its own positions."""
+    prompts = [torch.randint(0, 1000, (1, n), generator=torch.Generator().manual_seed(n)) for n in (2, 5, 3)]
+    cache = KVCache.for_model(tiny_model, rows=3, length=8)
+    with torch.inference_mode():
+        for row, prompt in enumerate(prompts):
+            tiny_model(prompt, cache=cache.view(slice(row, row + 1)), pos=0)
+        stored = [[layer[row, :, : p.size(1)].clone() for layer in cache.k + cache.v] for row, p in enumerate(prompts)]
+        cache.grow(16)
+        assert cache.length == 16 and cache.rows == 3 and cache.dtype == torch.float32
+        assert all(layer[:, :, 8:].eq(0).all() for layer in cache.k + cache.v)
+        assert cache.keep_rows([0, 2], [p.size(1) for p in prompts]) == [0, 2]
+    for row, before in ((0, stored[0]), (1, stored[2])):
+        for layer, tensor in zip(cache.k + cache.v, before):
+            assert torch.equal(layer[row, :, : tensor.size(1)], tensor)
 
 
 def test_context_limit_and_crop(tiny_model, tiny_config):

@@ -3,7 +3,7 @@
 Each sequence being generated (a Job) is a row of one key/value cache with its own position, Sampling and stop
 rules. A job joins the batch after its prompt's prefill, at the next step, and leaves it when done or cancelled; the
 last rows then move into the freed ones, so that a step runs rows 0..n-1 over the cache up to the furthest position.
-The pieces are decode.py's (prefill, decode_step), Sampling, TextStream and the model's cache, one row at a time.
+The pieces are decode.py's steps (prefill, decode_step) over views of one KVCache, Sampling and TextStream.
 """
 
 import threading
@@ -19,6 +19,7 @@ from gptkit.inference.decode import decode_step, prefill
 from gptkit.inference.sampling import Sampling
 from gptkit.inference.stream import TextStream
 from gptkit.model.gpt import GPT
+from gptkit.model.kv_cache import KVCache
 
 # The cache grows in steps of this many positions, as far as the longest job needs (at most the model's context).
 CACHE_STEP = 64
@@ -114,16 +115,19 @@ class Engine:
     def __init__(self, model: GPT, max_batch: int):
         self.model = model
         self.max_batch = max_batch
-        self.device = model.transformer.wte.weight.device
+        self.cache = KVCache.for_model(model, max_batch, CACHE_STEP)  # grown as jobs need
         self.waiting: deque[Job] = deque()
         self.rows: list[Row] = []
         self.logits: torch.Tensor | None = None  # (rows, vocab_size): what each row's next token is drawn from
-        self.cache_length = 0
         self.wake = threading.Condition()
         self.stopping = False
         self.thread = threading.Thread(target=self.run, name="gptkit-decoding", daemon=True)
         self.steps = 0
         self.peak_rows = 0  # the most rows a step ran
+
+    @property
+    def device(self) -> torch.device:
+        return self.cache.device
 
     def start(self):
         self.thread.start()
@@ -186,14 +190,14 @@ class Engine:
             self.fit(len(job.prompt) + job.max_tokens)
             slot = len(self.rows)
             idx = torch.tensor([job.prompt], device=self.device)
-            with self.model.kv_cache_narrowed(slice(slot, slot + 1)):
-                if job.prompt_logprobs:
-                    logits = self.model(idx, pos=0)[0][0]  # (prompt, vocab_size)
-                    entries = logprobs_of(logits[:-1], job.prompt[1:], job.logprobs)
-                    send(job, PromptLogprobs([(job.prompt[0], None, None), *entries]))
-                    logits = logits[-1:]
-                else:
-                    logits = prefill(self.model, idx)
+            row_cache = self.cache.view(slice(slot, slot + 1))
+            if job.prompt_logprobs:
+                logits = self.model(idx, cache=row_cache, pos=0)[0][0]  # (prompt, vocab_size)
+                entries = logprobs_of(logits[:-1], job.prompt[1:], job.logprobs)
+                send(job, PromptLogprobs([(job.prompt[0], None, None), *entries]))
+                logits = logits[-1:]
+            else:
+                logits = prefill(self.model, idx, row_cache)
             if job.max_tokens == 0:
                 send(job, Done("length", "", 0))
                 return
@@ -203,25 +207,10 @@ class Engine:
             send(job, Failed(e))
 
     def fit(self, length: int):
-        """Grow the cache to length positions (in steps of CACHE_STEP), keeping what the rows hold; all or nothing:
-        where it fails (out of memory at some layer), every layer keeps the cache it had and the rows go on."""
-        if length <= self.cache_length:
-            return
-        block_size = self.model.config.block_size
-        new_length = min(block_size, -(-length // CACHE_STEP) * CACHE_STEP)
-        blocks = self.model.transformer.h
-        old = [block.attn.kv_cache for block in blocks]
-        try:
-            self.model.setup_kv_cache(self.max_batch, new_length)
-            if self.cache_length:
-                for block, cache in zip(blocks, old):
-                    block.attn.kv_cache.k[:, :, : self.cache_length] = cache.k
-                    block.attn.kv_cache.v[:, :, : self.cache_length] = cache.v
-        except BaseException:
-            for block, cache in zip(blocks, old):
-                block.attn.kv_cache = cache
-            raise
-        self.cache_length = new_length
+        """Make the cache hold length positions (grown in steps of CACHE_STEP), keeping what the rows hold; where it
+        fails (out of memory), the cache stays as it was (KVCache.grow) and the rows go on."""
+        if length > self.cache.length:
+            self.cache.grow(min(self.model.config.block_size, -(-length // CACHE_STEP) * CACHE_STEP))
 
     def step(self):
         """Draw each row's next token and hand it over; let the finished rows go; run the others one step."""
@@ -242,8 +231,8 @@ class Engine:
             return
         tokens = torch.tensor([[row.token] for row in self.rows], device=self.device)
         positions = torch.tensor([row.pos for row in self.rows], device=self.device)
-        with self.model.kv_cache_narrowed(slice(0, len(self.rows)), max(row.pos for row in self.rows) + 1):
-            self.logits = decode_step(self.model, tokens, positions)
+        batch = self.cache.view(slice(0, len(self.rows)), max(row.pos for row in self.rows) + 1)
+        self.logits = decode_step(self.model, tokens, positions, batch)
         for row in self.rows:
             row.pos += 1
         self.steps += 1
@@ -286,16 +275,7 @@ class Engine:
         """Keep the rows keep (indices), the last of them moved into the freed rows below: rows 0..len(keep)-1."""
         if len(keep) == len(self.rows):
             return
-        kept = set(keep)
-        holes = [i for i in range(len(keep)) if i not in kept]
-        order = list(range(len(keep)))
-        caches = [block.attn.kv_cache for block in self.model.transformer.h]
-        for hole, mover in zip(holes, [i for i in keep if i >= len(keep)]):
-            length = self.rows[mover].pos
-            for cache in caches:
-                cache.k[hole, :, :length] = cache.k[mover, :, :length]
-                cache.v[hole, :, :length] = cache.v[mover, :, :length]
-            order[hole] = mover
+        order = self.cache.keep_rows(keep, [row.pos for row in self.rows])
         self.rows = [self.rows[i] for i in order]
         self.logits = self.logits[order] if order else None
 

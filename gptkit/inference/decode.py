@@ -10,6 +10,7 @@ from gptkit.data.tokenizer import VOCAB_SIZE
 from gptkit.model.blocked import BlockedLinear
 from gptkit.model.gpt import GPT
 from gptkit.model.int8 import Int8Linear, quantize_int8, replace_linears
+from gptkit.model.kv_cache import KVCache
 
 # A compiled step's graph is specialised to the length of the cache: with --compile the cache is allocated in
 # multiples of this many positions, so that samples of different lengths in one process share a graph (and stay
@@ -55,26 +56,27 @@ def load_for_decoding(ckpt: Path, device, dtype, quantize: str | None, compile: 
     return prepare_for_decoding(model, compile, dynamic)
 
 
-def cache_length(model: GPT, tokens: int) -> int:
-    """Positions of the key/value cache for a sample of tokens (prompt and new ones) on model."""
+def decoding_cache(model: GPT, rows: int, tokens: int) -> KVCache:
+    """A key/value cache on model for rows samples of tokens each (prompt and new ones), at most its context; with
+    a compiled step, of a multiple of COMPILED_CACHE_MULTIPLE positions."""
     if getattr(model, "compiled_step", None) is not None:
         tokens = -(-tokens // COMPILED_CACHE_MULTIPLE) * COMPILED_CACHE_MULTIPLE
-    return min(tokens, model.config.block_size)
+    return KVCache.for_model(model, rows, tokens)
 
 
-def one_token_logits(model: GPT, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+def one_token_logits(model: GPT, token: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
     """Logits (B, vocab_size) of the next token after token (B, 1) at position pos (a tensor: (1,) for all rows, or
-    (B,) one a row)."""
-    return model(token, pos=pos)[0][:, -1]
+    (B,) one a row), its keys and values stored in cache."""
+    return model(token, cache=cache, pos=pos)[0][:, -1]
 
 
-def decode_step(model: GPT, token: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
+def decode_step(model: GPT, token: torch.Tensor, pos: int | torch.Tensor, cache: KVCache) -> torch.Tensor:
     """One decoding step: one_token_logits, compiled if prepare_for_decoding(compile=True) compiled it; pos an int
     for all rows, or a (B,) tensor of each row's."""
     step = getattr(model, "compiled_step", None) or one_token_logits
-    return step(model, token, pos if isinstance(pos, torch.Tensor) else torch.tensor([pos], device=token.device))
+    return step(model, token, pos if isinstance(pos, torch.Tensor) else torch.tensor([pos], device=token.device), cache)
 
 
-def prefill(model: GPT, tokens: torch.Tensor) -> torch.Tensor:
-    """Run tokens (B, T) from position 0 into the cache; the logits (B, vocab_size) of what follows them."""
-    return model(tokens, pos=0, last_only=True)[0][:, -1]
+def prefill(model: GPT, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """Run tokens (B, T) from position 0 into cache; the logits (B, vocab_size) of what follows them."""
+    return model(tokens, cache=cache, pos=0, last_only=True)[0][:, -1]

@@ -2,7 +2,7 @@
 
 import torch
 
-from gptkit.inference.decode import cache_length, decode_step, prefill
+from gptkit.inference.decode import decode_step, decoding_cache, prefill
 from gptkit.inference.sampling import Sampling
 from gptkit.inference.speculate import speculate
 from gptkit.model.gpt import GPT
@@ -34,30 +34,27 @@ def generate(
     if draft is not None:
         yield from speculate(model, draft, idx, max_new_tokens, draft_tokens, sampling, stop_tokens, stats)
         return
-    model.setup_kv_cache(batch_size, cache_length(model, prompt_len + max_new_tokens))
+    cache = decoding_cache(model, batch_size, prompt_len + max_new_tokens)
     stop = torch.tensor(stop_tokens, dtype=idx.dtype, device=idx.device)
     done = torch.zeros(batch_size, dtype=torch.bool, device=idx.device)
     history = [idx]  # the tokens in the cache, for refilling it when the window slides
-    try:
-        logits = prefill(model, idx)
-        pos = prompt_len
-        for step in range(max_new_tokens):
-            next_token = sampling.next(logits)
-            yield next_token
-            if stop_tokens:
-                done |= torch.isin(next_token, stop)
-                if done.all():
-                    return
-            if step == max_new_tokens - 1:
+    logits = prefill(model, idx, cache)
+    pos = prompt_len
+    for step in range(max_new_tokens):
+        next_token = sampling.next(logits)
+        yield next_token
+        if stop_tokens:
+            done |= torch.isin(next_token, stop)
+            if done.all():
                 return
-            history.append(next_token[:, None])
-            if pos == block_size:  # the context is full: slide the window, refilling the cache from its last half
-                context = torch.cat(history, dim=1)[:, -(block_size // 2) :]
-                history = [context]
-                logits = prefill(model, context)
-                pos = context.size(1)
-            else:
-                logits = decode_step(model, next_token[:, None], pos)
-                pos += 1
-    finally:
-        model.clear_kv_cache()
+        if step == max_new_tokens - 1:
+            return
+        history.append(next_token[:, None])
+        if pos == block_size:  # the context is full: slide the window, refilling the cache from its last half
+            context = torch.cat(history, dim=1)[:, -(block_size // 2) :]
+            history = [context]
+            logits = prefill(model, context, cache)
+            pos = context.size(1)
+        else:
+            logits = decode_step(model, next_token[:, None], pos, cache)
+            pos += 1

@@ -6,9 +6,10 @@ from pathlib import Path
 import torch
 
 from gptkit.errors import GptkitError
-from gptkit.inference.decode import cache_length, decode_step, prefill
+from gptkit.inference.decode import decode_step, decoding_cache, prefill
 from gptkit.inference.sampling import Sampling
 from gptkit.model.gpt import GPT
+from gptkit.model.kv_cache import KVCache
 
 
 def speculate(model, draft, idx, max_new_tokens, k, sampling: Sampling, stop_tokens, stats):
@@ -24,8 +25,9 @@ def speculate(model, draft, idx, max_new_tokens, k, sampling: Sampling, stop_tok
     """
     batch_size, prompt_len = idx.shape
     block_size = model.config.block_size
-    for m in (model, draft):
-        m.setup_kv_cache(batch_size, cache_length(m, prompt_len + max_new_tokens))
+    cache = decoding_cache(model, batch_size, prompt_len + max_new_tokens)
+    # a model drafting for itself keeps one cache: what the draft stores there is the model's own
+    draft_cache = cache if draft is model else decoding_cache(draft, batch_size, prompt_len + max_new_tokens)
     stop = torch.tensor(stop_tokens, dtype=idx.dtype, device=idx.device)
     done = torch.zeros(batch_size, dtype=torch.bool, device=idx.device)
     stats = {} if stats is None else stats
@@ -33,50 +35,46 @@ def speculate(model, draft, idx, max_new_tokens, k, sampling: Sampling, stop_tok
 
     def start(context):  # both caches hold context but its last token, which the next round feeds
         if context.size(1) > 1:
-            for m in (model, draft):
-                prefill(m, context[:, :-1])
+            for m, c in ((model, cache), (draft, draft_cache)):
+                prefill(m, context[:, :-1], c)
         return context[:, -1:], context.size(1) - 1
 
     history = [idx]  # the tokens so far, for refilling the caches when the window slides
     token, pos = start(idx)
     produced = 0
-    try:
-        while True:
-            if pos == block_size:  # the context is full: slide the window, as generate() does
-                history = [torch.cat(history, dim=1)[:, -(block_size // 2) :]]
-                token, pos = start(history[0])
-            n_draft = min(k, block_size - 1 - pos, max_new_tokens - produced - 1)
-            proposed, draft_probs = propose(draft, token, pos, n_draft, sampling)
-            logits = model(proposed, pos=pos)[0]  # the model's next-token logits after each of them
-            accepted, n, last = verify(logits, proposed, draft_probs, sampling)
-            stats["proposed"] += n_draft * batch_size
-            stats["accepted"] += int(accepted.sum())
-            stats["rounds"] += 1
-            if n == n_draft and n_draft:  # the draft never ran its last proposal: cache it for the next round
-                decode_step(draft, proposed[:, -1:], pos + n_draft)
-            new = [*proposed[:, 1 : n + 1].unbind(dim=1), last]
-            for next_token in new:
-                yield next_token
-                produced += 1
-                if stop_tokens:
-                    done |= torch.isin(next_token, stop)
-                    if done.all():
-                        return
-                if produced == max_new_tokens:
+    while True:
+        if pos == block_size:  # the context is full: slide the window, as generate() does
+            history = [torch.cat(history, dim=1)[:, -(block_size // 2) :]]
+            token, pos = start(history[0])
+        n_draft = min(k, block_size - 1 - pos, max_new_tokens - produced - 1)
+        proposed, draft_probs = propose(draft, draft_cache, token, pos, n_draft, sampling)
+        logits = model(proposed, cache=cache, pos=pos)[0]  # the model's next-token logits after each of them
+        accepted, n, last = verify(logits, proposed, draft_probs, sampling)
+        stats["proposed"] += n_draft * batch_size
+        stats["accepted"] += int(accepted.sum())
+        stats["rounds"] += 1
+        if n == n_draft and n_draft:  # the draft never ran its last proposal: cache it for the next round
+            decode_step(draft, proposed[:, -1:], pos + n_draft, draft_cache)
+        new = [*proposed[:, 1 : n + 1].unbind(dim=1), last]
+        for next_token in new:
+            yield next_token
+            produced += 1
+            if stop_tokens:
+                done |= torch.isin(next_token, stop)
+                if done.all():
                     return
-            history.append(torch.stack(new, dim=1))
-            token, pos = last[:, None], pos + n + 1
-    finally:
-        for m in (model, draft):
-            m.clear_kv_cache()
+            if produced == max_new_tokens:
+                return
+        history.append(torch.stack(new, dim=1))
+        token, pos = last[:, None], pos + n + 1
 
 
-def propose(draft: GPT, token: torch.Tensor, pos: int, n: int, sampling: Sampling):
-    """The draft's n proposals after token (B, 1) at position pos, one decoding step each: (token followed by the
-    proposals, (B, 1 + n); the distributions q (B, vocab_size) they were drawn from)."""
+def propose(draft: GPT, cache: KVCache, token: torch.Tensor, pos: int, n: int, sampling: Sampling):
+    """The draft's n proposals after token (B, 1) at position pos, one decoding step each over its cache: (token
+    followed by the proposals, (B, 1 + n); the distributions q (B, vocab_size) they were drawn from)."""
     proposals, draft_probs, current = [], [], token
     for i in range(n):
-        q = sampling.distribution(decode_step(draft, current, pos + i))
+        q = sampling.distribution(decode_step(draft, current, pos + i, cache))
         current = q.argmax(dim=-1, keepdim=True) if sampling.temperature == 0 else sampling.draw(q)[:, None]
         proposals.append(current)
         draft_probs.append(q)

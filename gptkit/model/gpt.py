@@ -5,7 +5,6 @@ Module and parameter names follow Hugging Face's GPT2LMHeadModel (transformer.wt
 """
 
 import math
-from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -13,46 +12,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from gptkit.model.config import ACTIVATIONS, GPTConfig
-
-
-class KVCache(nn.Module):
-    """Preallocated keys and values of one attention layer, for decoding one token at a time."""
-
-    def __init__(self, k: torch.Tensor, v: torch.Tensor):
-        super().__init__()
-        self.register_buffer("k", k, persistent=False)
-        self.register_buffer("v", v, persistent=False)
-
-    def update(self, pos: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, H, T, D) at positions pos..pos+T-1; return all keys and values up to there. With pos a
-        tensor (one token, T = 1) of one position for all rows (1,) or one a row (B,), return the whole cache: the
-        caller masks what lies past each row's position."""
-        if isinstance(pos, torch.Tensor):
-            if pos.numel() == 1:
-                self.k.index_copy_(2, pos, k)
-                self.v.index_copy_(2, pos, v)
-            else:
-                rows = torch.arange(k.size(0), device=k.device)
-                self.k[rows, :, pos] = k[:, :, 0]
-                self.v[rows, :, pos] = v[:, :, 0]
-            return self.k, self.v
-        end = pos + k.size(2)
-        self.k[:, :, pos:end] = k
-        self.v[:, :, pos:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-    def narrow(self, rows: slice, length: int) -> "KVCacheView":
-        """The cache of rows up to position length, as views: what is stored in it lands in this cache."""
-        return KVCacheView(self.k[rows, :, :length], self.v[rows, :, :length])
-
-
-class KVCacheView(KVCache):
-    """Some rows and positions of a KVCache (KVCache.narrow). Its tensors are plain attributes, not buffers: a
-    compiled step keeps buffers' shapes static, but takes any number of rows and positions from attributes."""
-
-    def __init__(self, k: torch.Tensor, v: torch.Tensor):
-        nn.Module.__init__(self)
-        self.k, self.v = k, v
+from gptkit.model.kv_cache import KVCache
 
 
 # Vocabulary columns per slice in LinearCrossEntropy: (tokens x 8192) slices keep the CPU's matmul near its peak,
@@ -124,8 +84,9 @@ def attention_by_matmul(q, k, v, visible: torch.Tensor | None, dropout: float = 
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
+        self.layer = layer  # its keys and values in a KVCache
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
@@ -133,15 +94,16 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.c_proj.residual_projection = True
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, pos: int | torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, pos: int | torch.Tensor | None = None
+    ) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         mask, is_causal = None, True
-        if pos is not None:  # incremental decoding: attend to everything cached so far
-            k, v = self.kv_cache.update(pos, k, v)
+        if cache is not None:  # incremental decoding: attend to everything cached so far
+            k, v = cache.insert(self.layer, pos, k, v)
             if isinstance(pos, torch.Tensor):  # one token over the whole cache, masked past each row's pos
                 mask = torch.arange(k.size(2), device=x.device) <= pos.view(-1, 1, 1, 1)
                 is_causal = False
@@ -152,9 +114,9 @@ class CausalSelfAttention(nn.Module):
                 is_causal = False
         dropout = self.dropout if self.training else 0.0
         on_cpu = q.device.type == "cpu"
-        if on_cpu and T == 1 and pos is not None:
+        if on_cpu and T == 1 and cache is not None:
             y = attention_by_matmul(q, k, v, mask)
-        elif pos is None and on_cpu and q.dtype == torch.bfloat16 and torch.is_grad_enabled():
+        elif cache is None and on_cpu and q.dtype == torch.bfloat16 and torch.is_grad_enabled():
             causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
             y = attention_by_matmul(q, k, v, causal, dropout)
         else:
@@ -177,15 +139,17 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, pos: int | torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), pos)
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, pos: int | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, pos)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -209,7 +173,7 @@ class GPT(nn.Module):
                 wte=embedding(config.vocab_size, config.n_embd),
                 wpe=embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
             )
         )
@@ -244,6 +208,7 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         *,
+        cache: KVCache | None = None,
         pos: int | torch.Tensor | None = None,
         last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -252,10 +217,12 @@ class GPT(nn.Module):
         idx: (B, T) token ids. logits: (B, T, vocab_size) float, or (B, 1, vocab_size) with last_only.
         loss: the mean cross-entropy against targets (B, T), where targets of -1 are ignored; the logits are not
         returned with it, since not keeping them all at once is what makes training fast (LinearCrossEntropy).
-        pos: with caches set up (setup_kv_cache), idx holds the tokens at positions pos..pos+T-1 and attends to
-        the cached keys and values of the earlier positions. A 1-element tensor pos (with T = 1) keeps every
-        step's shapes the same, for a compiled decoding step; a (B,) tensor gives each row its own position.
+        cache, pos (together): idx holds the tokens at positions pos..pos+T-1, stored in cache, and attends to its
+        keys and values of the earlier positions. A 1-element tensor pos (with T = 1) keeps every step's shapes the
+        same, for a compiled decoding step; a (B,) tensor gives each row its own position.
         """
+        if (cache is None) != (pos is None):
+            raise ValueError("a key/value cache and the position pos of the tokens go together")
         B, T = idx.size()
         if isinstance(pos, torch.Tensor):  # one token at a position held in a tensor: the same shapes at every step
             positions = pos.view(-1, 1)
@@ -267,10 +234,10 @@ class GPT(nn.Module):
                 )
             positions = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
-        recompute = self.activation_checkpointing and pos is None and torch.is_grad_enabled()
+        recompute = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
         for block in self.transformer.h:
             # the recomputation replays the RNG states of the first pass: dropout masks are the same, and so is the step
-            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x, pos)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x, cache, pos)
         x = self.transformer.ln_f(x)
         if targets is not None:
             return None, self.loss(x, targets)
@@ -284,34 +251,6 @@ class GPT(nn.Module):
             x = x.to(torch.get_autocast_dtype(x.device.type))
         x, weight = x.reshape(-1, x.size(-1)), self.lm_head.weight
         return LinearCrossEntropy.apply(x, weight, targets.reshape(-1), LOSS_CHUNK_SIZE)
-
-    def setup_kv_cache(self, batch_size: int, max_seq_len: int | None = None, dtype=None, device=None):
-        """Allocate a key/value cache in every attention layer, for forward(..., pos=...)."""
-        max_seq_len = min(max_seq_len or self.config.block_size, self.config.block_size)
-        weight = self.transformer.wte.weight
-        head_dim = self.config.n_embd // self.config.n_head
-        shape = (batch_size, self.config.n_head, max_seq_len, head_dim)
-        for block in self.transformer.h:
-            k, v = (torch.zeros(shape, dtype=dtype or weight.dtype, device=device or weight.device) for _ in "kv")
-            block.attn.kv_cache = KVCache(k, v)
-
-    def clear_kv_cache(self):
-        for block in self.transformer.h:
-            block.attn.kv_cache = None
-
-    @contextmanager
-    def kv_cache_narrowed(self, rows: slice, length: int | None = None):
-        """Run forward(..., pos=...) on some rows of the caches, up to position length (default: all): each row one
-        sequence of its own, for continuous batching."""
-        caches = [block.attn.kv_cache for block in self.transformer.h]
-        length = length or caches[0].k.size(2)
-        for block, cache in zip(self.transformer.h, caches):
-            block.attn.kv_cache = cache.narrow(rows, length)
-        try:
-            yield
-        finally:
-            for block, cache in zip(self.transformer.h, caches):
-                block.attn.kv_cache = cache
 
     def crop_block_size(self, block_size: int) -> torch.Tensor:
         """Shorten the context to the first block_size position embeddings; return the rest (detached), which
