@@ -89,7 +89,8 @@ def bench_tokenizing(folder: Path, size: int, rounds: int) -> list[list]:
     the same text already in memory, in the same pieces, on every core; alternating. MB per wall second is the
     speed; MB per CPU second (all threads) is the work done per megabyte, which other load on the machine does not
     change."""
-    from gptkit.data.prepare import prepare, split_for_encoding, workers
+    from gptkit.data.inputs import split_for_encoding
+    from gptkit.data.prepare import prepare, workers
     from gptkit.data.tokenizer import get_tokenizer
 
     text_path = generate_text(folder / "speed.txt", size)

@@ -5,7 +5,7 @@ from conftest import SHAKESPEARE_PATH
 from gptkit.data import prepare
 from gptkit.data.loader import BatchLoader, eval_batches, load_tokens, split_tokens
 from gptkit.errors import GptkitError
-from gptkit.data.prepare import split_for_encoding
+from gptkit.data.inputs import split_for_encoding
 from gptkit.data.tokenizer import encode
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40

@@ -12,6 +12,7 @@ import pytest
 from conftest import SHAKESPEARE_PATH, assert_one_line_error
 from typer.testing import CliRunner
 
+from gptkit.data import inputs
 from gptkit.data import prepare as prep
 from gptkit.cli import app
 from gptkit.data.loader import load_tokens, open_data
@@ -60,9 +61,11 @@ def write_parquet(path, docs, column="text"):
 
 @pytest.fixture
 def small_jobs(monkeypatch):
-    """Jobs and reads of a few hundred characters, so that tiny corpora make many jobs, shards and resume points."""
+    """Jobs, pieces and reads of a few hundred characters, so that tiny corpora make many jobs, shards and resume
+    points."""
     monkeypatch.setattr(prep, "JOB_CHARS", 300)
-    monkeypatch.setattr(prep, "READ_BYTES", 1000)
+    monkeypatch.setattr(inputs, "PIECE_CHARS", 300)
+    monkeypatch.setattr(inputs, "READ_BYTES", 1000)
 
 
 # --- formats and exact tokens ----------------------------------------------------------------------------------------
@@ -82,7 +85,7 @@ def test_text_file_gives_tiktokens_whole_text_encoding(tmp_path, small_jobs):
 
 def test_text_without_line_breaks_is_cut_exactly(tmp_path, small_jobs):
     text = " ".join(SHAKESPEARE.split())  # no newline at all: cut before spaces between letters
-    pieces = prep.split_for_encoding(text, 300)
+    pieces = inputs.split_for_encoding(text, 300)
     assert len(pieces) > 50 and "".join(pieces) == text
     path = tmp_path / "one-line.txt"
     path.write_text(text)
@@ -175,7 +178,7 @@ def test_interrupted_prepare_resumes_where_it_stopped(tmp_path, small_jobs, monk
     straight = json.loads((tmp_path / "straight" / MANIFEST).read_text())
     assert json.loads((out / MANIFEST).read_text())["shards"] == straight["shards"] and not killed.exists()
     assert all_tokens(out) == all_tokens(tmp_path / "straight")
-    assert len(encoded) < len(list(prep.make_jobs(prep.read_items([data], (0, 0)), (0, 0))))  # not from the start
+    assert len(encoded) < len(list(prep.make_jobs(inputs.read_items([data], (0, 0)), (0, 0))))  # not from the start
 
 
 def test_prepare_refuses_a_folder_of_other_data(tmp_path):

@@ -100,7 +100,8 @@ def open_data(path: str | Path, progress=None, check: bool = True) -> TokenSourc
 
 
 def open_text(path: Path, progress=None) -> TokenSource:
-    from gptkit.data.prepare import input_files, prepare
+    from gptkit.data.inputs import input_files
+    from gptkit.data.prepare import prepare
 
     files = input_files(path)
     digest = data_hash(files)

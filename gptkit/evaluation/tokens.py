@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gptkit.checkpoint.folder import read_metadata
 from gptkit.data.loader import TokenSequence, open_data
-from gptkit.data.prepare import input_files
+from gptkit.data.inputs import input_files
 from gptkit.errors import GptkitError
 from gptkit.files import data_hash
 from gptkit.progress import PrepareProgress
