@@ -1,10 +1,12 @@
 """The decoding engine of gptkit serve, driven step by step in the test's thread (fp32 on the CPU)."""
 
+from dataclasses import dataclass, field
+
 import pytest
 import torch
 from conftest import lively
 
-from gptkit.data.tokenizer import encode
+from gptkit.data.tokenizer import EOT_TOKEN, encode
 from gptkit.inference.batching import CACHE_STEP, Done, Engine, Failed, Job, PromptLogprobs, Token
 from gptkit.inference.sampling import Sampling
 from gptkit.model.config import GPTConfig
@@ -120,3 +122,100 @@ def test_no_tokens_asked_for_runs_no_model_without_prompt_logprobs(model):
         assert scored_events[1:] == [Done("length", "", 0)]
     finally:
         hook.remove()
+
+
+# --- a request's lifetime in the batch -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Scripted(Sampling):
+    """Draws the tokens of script in turn, whatever the logits: a job that ends where the test says. Its settings
+    (Sampling's defaults) are the only ones of their kind in the batch, so the engine draws it in a call of its own;
+    eq=False keeps Sampling's hash, which leaves out the script and what was drawn."""
+
+    script: tuple[int, ...] = ()
+    drawn: list = field(default_factory=list)
+
+    def next(self, logits: torch.Tensor) -> torch.Tensor:
+        self.drawn.append(self.script[len(self.drawn)])
+        return torch.tensor([self.drawn[-1]])
+
+
+# the job's max_tokens and stop texts, and the Done it gets (None: its client goes before its third step)
+ENDINGS = {
+    "stop text": (20, ("\n\n",), Done("stop", "", 4)),
+    "end of text": (20, (), Done("stop", "", 5)),
+    "max_tokens": (3, (), Done("length", "", 3)),
+    "client gone": (20, (), None),
+}
+SCRIPT = (*encode(" one two\n\nthree"), EOT_TOKEN, *encode(" on and on" * 5))  # " one", " two", "\n", "\n", ...
+
+
+@pytest.fixture(scope="module")
+def solo(model) -> dict[str, list]:
+    """The events of the jobs that run beside the ending one, each decoded alone."""
+    events = {}
+    for prompt, max_tokens in (("Once upon a time", 30), ("It was", 12)):
+        alone, events[prompt] = job(prompt, max_tokens)
+        decode(Engine(model, 1), alone)
+    return events
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["ending in row 0", "ending in row 1"])
+@pytest.mark.parametrize("ending", list(ENDINGS))
+def test_a_finished_row_leaves_at_the_next_step_and_the_next_request_takes_its_cache_row(model, solo, ending, first):
+    """A job that ends (stop text, <|endoftext|>, max_tokens) gets one Done and nothing after it, one whose client is
+    gone gets nothing more; either way the step that ends it runs the model without its row, and the next request
+    takes its cache row (the only one free), decoding there as it does alone."""
+    max_tokens, stop, done = ENDINGS[ending]
+    leaving, events = job("Hello", max_tokens, Scripted(script=SCRIPT), stop=stop)
+    other, other_events = job("Once upon a time", 30)
+    engine = Engine(model, 2)  # two rows: the next request fits only in the row freed
+    rows_a_pass = []
+    hook = model.register_forward_pre_hook(lambda module, args: rows_a_pass.append(args[0].size(0)))
+    try:
+        with torch.inference_mode():
+            for each in (leaving, other) if first else (other, leaving):
+                engine.join(each)
+            while any(row.job is leaving for row in engine.rows):
+                if done is None and engine.steps == 2:
+                    leaving.cancelled, sent = True, len(events)
+                rows_a_pass.clear()
+                engine.step()
+            assert rows_a_pass == [1] and [row.job for row in engine.rows] == [other]  # it left at this step
+            following, following_events = job("It was", 12)
+            engine.join(following)
+            assert [row.job for row in engine.rows] == [other, following]
+            decode(engine)
+    finally:
+        hook.remove()
+    if done is None:
+        assert len(events) == sent  # nothing after the client went
+    else:
+        assert events[-1] == done and sum(isinstance(event, Done) for event in events) == 1
+    tokens = events if done is None else events[:-1]
+    assert tokens and all(isinstance(event, Token) for event in tokens)
+    assert other_events == solo["Once upon a time"] and following_events == solo["It was"]
+
+
+def test_a_job_whose_receiver_raises_leaves_at_that_step_and_is_sent_nothing_more(model, solo):
+    attempts = []
+
+    def gone(event):  # the second Token finds the client gone
+        attempts.append(event)
+        if len(attempts) == 2:
+            raise ConnectionResetError("the client went away")
+
+    leaving = Job(encode("Hello"), 20, GREEDY, gone)
+    other, other_events = job("Once upon a time", 30)
+    engine = Engine(model, 2)
+    with torch.inference_mode():
+        engine.join(leaving)
+        engine.join(other)
+        engine.step()
+        engine.step()
+        assert leaving.cancelled and [row.job for row in engine.rows] == [other]
+        following, following_events = job("It was", 12)
+        decode(engine, following)
+    assert len(attempts) == 2 and all(isinstance(event, Token) for event in attempts)
+    assert other_events == solo["Once upon a time"] and following_events == solo["It was"]
