@@ -103,7 +103,7 @@ def bench_model(name: str, quick: bool) -> list[dict]:
     from gptkit.checkpoint.folder import save_checkpoint
     from gptkit.model.config import PRESETS
     from gptkit.model.gpt import GPT
-    from gptkit.training.loop import flops_per_token
+    from gptkit.training.step import flops_per_token
 
     steps, rounds = (3, 1) if quick else (8, 2)
     torch.manual_seed(0)

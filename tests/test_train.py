@@ -401,7 +401,7 @@ def test_bad_inputs(text, tiny_checkpoint, tmp_path):
 
 def test_batch_too_big_for_memory(text, tiny_checkpoint, tmp_path, monkeypatch):
     # 256 MiB free, whatever this machine has; the logits alone of 64 x 64 tokens take 64 x 64 x 50257 x 4 = 0.8 GB
-    monkeypatch.setattr("gptkit.training.loop.available_memory", lambda: 2**28)
+    monkeypatch.setattr("gptkit.training.step.available_memory", lambda: 2**28)
     assert_fails(
         [text, "--model", tiny_checkpoint, "--batch-size", "64", "--block-size", "64", "--steps", "1"],
         "out of memory at a batch of 64 x 64 tokens (a step needs over 0.8 GiB, 0.2 GiB free)",
@@ -431,7 +431,7 @@ def test_memory_floor_stays_below_what_a_step_really_takes(tiny_config):
     attention's output, the MLP's input to and output of the GELU (4 n_embd each): 14 of them."""
     from gptkit.model.config import PRESETS
     from gptkit.model.gpt import GPT
-    from gptkit.training.loop import step_memory_floor
+    from gptkit.training.step import step_memory_floor
 
     for config, batch_size, block_size in ((PRESETS["gpt2"], 4, 256), (tiny_config, 8, 64)):
         with torch.device("meta"):
