@@ -14,7 +14,8 @@ from gptkit.cli import app
 from gptkit.evaluation.loss import evaluate_lm
 from gptkit.model.int8 import quantize_int8
 from gptkit.model.gpt import GPT
-from gptkit.commands.quantize import quantize_checkpoint
+from gptkit.commands.quantize import quantize
+from gptkit.options import QuantizeOptions
 from gptkit.inference.decode import prepare_for_decoding
 from gptkit.inference.generate import generate
 from gptkit.inference.sampling import Sampling
@@ -57,7 +58,7 @@ def test_int8_decoding_matches_cpu(tiny_model, tiny_config):
 
 
 def test_int8_checkpoint_on_cuda(tiny_checkpoint):
-    stored = load_checkpoint(quantize_checkpoint(tiny_checkpoint), "cuda")
+    stored = load_checkpoint(quantize(QuantizeOptions(tiny_checkpoint)), "cuda")
     at_load = quantize_int8(load_checkpoint(tiny_checkpoint, "cuda"))
     assert stored.lm_head.weight.is_cuda and stored.lm_head.weight.dtype == torch.int8
     assert torch.equal(stored.lm_head.weight, at_load.lm_head.weight)
@@ -72,7 +73,7 @@ def test_int8_checkpoint_on_cuda(tiny_checkpoint):
 def test_checkpoints_load_onto_cuda_64_byte_aligned(tiny_model, tmp_path):
     """Every tensor of a checkpoint loaded onto the GPU starts on a 64-byte boundary (vectorized kernels need it)."""
     fp32 = save_checkpoint(tiny_model, tmp_path / "fp32")
-    int8 = quantize_checkpoint(fp32)
+    int8 = quantize(QuantizeOptions(fp32))
     bf16 = save_checkpoint(GPT(tiny_model.config).to(torch.bfloat16), tmp_path / "bf16")
     for ckpt, dtype in ((fp32, None), (bf16, torch.bfloat16), (int8, None), (int8, torch.bfloat16)):
         model = load_checkpoint(ckpt, "cuda", dtype)

@@ -10,7 +10,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from gptkit.cli import app
-from gptkit.commands.plot import COLOURS, load_curves, plot, smooth
+from gptkit.commands.plot import COLOURS, draw, load_curves, smooth
 
 
 def write_run(folder, steps=200, start=10.0, end=3.0, eval_every=50, cut_last_line=False):
@@ -83,7 +83,7 @@ def test_svg_and_pdf_by_extension(tmp_path):
 def test_terminal_plot_fits_the_width_and_names_the_runs(tmp_path):
     a, b = write_run(tmp_path / "run-one"), write_run(tmp_path / "run-two", start=8.0, end=4.0)
     console = Console(file=io.StringIO(), width=72, color_system=None)
-    plot([a, b], None, "time", False, 0.9, console, print)
+    draw([a, b], None, "time", False, 0.9, console, print)
     lines = console.file.getvalue().splitlines()
     assert all(len(line) <= 72 for line in lines), max(map(len, lines))
     assert len(lines) == 16 + 4 and "run-one" in lines[-2] and "run-two" in lines[-2]

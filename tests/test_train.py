@@ -769,11 +769,11 @@ def test_defaults_the_readme_states(tiny_config):
     --batch-size 4 on the CPU, 16 on a GPU; --block-size the model's context, at most 256 on the CPU."""
     from dataclasses import replace
 
-    from gptkit.training.config import resolve
+    from gptkit.training.settings import with_defaults
 
     def resolved(device="cpu", context=1024, fine_tuning=False, **options):
         cfg = TrainConfig(data="", dtype="float32", **options)
-        return resolve(cfg, torch.device(device), replace(tiny_config, block_size=context), fine_tuning, 1)
+        return with_defaults(cfg, torch.device(device), replace(tiny_config, block_size=context), fine_tuning, 1)
 
     assert (resolved().lr, resolved(fine_tuning=True).lr) == (6e-4, 3e-5)
     muon, muon_fine_tuning = resolved(optimizer="muon"), resolved(optimizer="muon", fine_tuning=True)

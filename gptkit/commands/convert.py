@@ -3,19 +3,19 @@ checkpoint folder, which transformers opens too."""
 
 from pathlib import Path
 
+from gptkit.options import ConvertOptions
 
-def convert_checkpoint(src: Path, out: Path | None = None, overwrite: bool = False) -> Path:
-    """`gptkit convert`: write src (nanoGPT's ckpt.pt, build-nanogpt's model_XXXXX.pt) as a checkpoint folder out
-    (default: src without its suffix, beside it), all at once: nothing is written unless src reads whole."""
+
+def convert(options: ConvertOptions) -> Path:
+    """`gptkit convert`: write options.src (nanoGPT's ckpt.pt, build-nanogpt's model_XXXXX.pt) as a checkpoint folder
+    options.out_path, all at once: nothing is written unless it reads whole."""
     from rich.console import Console
 
     from gptkit.checkpoint.folder import load_checkpoint, save_checkpoint
     from gptkit.checkpoint.nanogpt import read_nanogpt_file
-    from gptkit.options import check_convert_command, default_converted_out
     from gptkit.units import human_count
 
-    check_convert_command(src, out, overwrite)
-    out = Path(out) if out is not None else default_converted_out(src)
+    src, out = options.src, options.out_path
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     with console.status(f"converting {src}"):
         original = read_nanogpt_file(src)

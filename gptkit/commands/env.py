@@ -1,11 +1,14 @@
 """`gptkit env`: the facts about this machine and its software that a bug report needs, and the choices gptkit makes
 from them (the device and dtype that --device/--dtype auto pick, the int8 kernel)."""
 
+import json
 import os
 import platform
+import sys
 from importlib import metadata
 
 from gptkit import __version__
+from gptkit.options import EnvOptions
 
 # The packages whose versions matter to a report: the dependencies, then the optional extras.
 PACKAGES = ("torch", "transformers", "safetensors", "tiktoken", "numpy", "typer", "rich", "huggingface_hub")
@@ -119,3 +122,14 @@ def render(info: dict, console):
     for key, value in rows:
         console.print(f"{key:<{width}}  {value}", highlight=False, soft_wrap=True)
 
+
+
+def env(options: EnvOptions):
+    """`gptkit env`: the facts as a table, or as JSON with --json."""
+    from rich.console import Console
+
+    info = environment()
+    if options.json_output:
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+    else:
+        render(info, Console())

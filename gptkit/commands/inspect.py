@@ -3,6 +3,7 @@ training run's folder also its loss curve, from metrics.jsonl."""
 
 import json
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from gptkit.checkpoint.huggingface import IGNORED_SUFFIXES, SCALES_SUFFIX, strip
 from gptkit.checkpoint.locate import checkpoint_files, is_int8, resolve
 from gptkit.checkpoint.tensors import FLOAT_DTYPES, read_safetensors_header
 from gptkit.files import read_json
+from gptkit.options import InspectOptions
 from gptkit.training.runlog import METRICS_FILE, read_metrics
 from gptkit.units import human_bytes, human_count
 
@@ -220,3 +222,14 @@ def render(info: dict, console) -> None:
                 f"[yellow]{m['skipped_lines']} unreadable line(s) of {METRICS_FILE} skipped "
                 "(cut short by a crash mid-write?)[/yellow]"
             )
+
+
+def inspect(options: InspectOptions):
+    """`gptkit inspect`: the summary as a table, or as JSON with --json."""
+    from rich.console import Console
+
+    info = inspect_checkpoint(options.ckpt)
+    if options.json_output:
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+    else:
+        render(info, Console())

@@ -2,20 +2,20 @@
 
 from pathlib import Path
 
+from gptkit.options import MergeOptions
 
-def merge_adapters(run: Path, out: Path | None = None, overwrite: bool = False) -> Path:
-    """Write run's base + adapters (merged: W + alpha / rank * B A, in float32) as a checkpoint in out (default
-    `<run>-merged` beside it); the weights keep the dtype the base stores them in."""
+
+def merge(options: MergeOptions) -> Path:
+    """Write a run's base + adapters (merged: W + alpha / rank * B A, in float32) as a checkpoint in
+    options.out_path; the weights keep the dtype the base stores them in."""
     import torch
     from rich.console import Console
 
     from gptkit.checkpoint.adapters import lora_settings
     from gptkit.checkpoint.folder import load_checkpoint, read_metadata, save_checkpoint
     from gptkit.checkpoint.locate import stored_float_dtype
-    from gptkit.options import check_merge_command, default_merged_out
 
-    check_merge_command(run, out, overwrite)
-    out = Path(out) if out is not None else default_merged_out(run)
+    run, out = options.run, options.out_path
     settings, base = lora_settings(run)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     with console.status(f"merging {run}"):

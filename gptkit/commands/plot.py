@@ -6,11 +6,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import Console
+
 from gptkit.errors import GptkitError
+from gptkit.options import PlotOptions
 from gptkit.training.runlog import METRICS_FILE, read_metrics
 
-X_AXES = ("step", "tokens", "time")
-FILE_FORMATS = ("png", "svg", "pdf")
 # matplotlib's default colour cycle (tab10), so a run has the same colour in the terminal and in a file
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
@@ -78,16 +79,21 @@ def time_unit(seconds: float) -> tuple[str, float]:
     return ("s", 1.0) if seconds < 120 else ("min", 60.0) if seconds < 7200 else ("h", 3600.0)
 
 
-def plot(runs: list[Path], out: Path | None, x: str, log: bool, weight: float, console, warn) -> None:
-    """Draw the runs' loss curves into out (by its extension) or, without out, on the console."""
-    if x not in X_AXES:
-        raise GptkitError(f"unknown --x '{x}': use step, tokens or time")
-    if not 0 <= weight < 1:
-        raise GptkitError(f"--smooth {weight} must be in [0, 1): 0 is no smoothing, 0.99 very smooth")
-    if out is not None and out.suffix.lower().lstrip(".") not in FILE_FORMATS:
-        raise GptkitError(f"cannot write a plot to {out}: name a .png, .svg or .pdf file")
-    if out is not None and not out.parent.is_dir():
-        raise GptkitError(f"cannot write {out}: the folder {out.parent} does not exist")
+def plot(options: PlotOptions):
+    """`gptkit plot`: the runs' curves on the terminal, or in options.out; warnings (lines skipped) on stderr."""
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def warn(line: str):
+        errors.print(line, style="yellow")
+
+    draw(options.runs, options.out, options.x, options.log, options.smooth, Console(highlight=False), warn)
+    if options.out is not None:
+        errors.print(f"wrote {options.out}")
+
+
+def draw(runs: list[Path], out: Path | None, x: str, log: bool, weight: float, console, warn) -> None:
+    """Draw the runs' loss curves into out (by its extension) or, without out, on the console; warn(line) is told
+    about lines of metrics.jsonl that could not be read."""
     curves = [load_curves(run, x, weight, warn) for run in runs]
     names = [c.name for c in curves]
     for c, run in zip(curves, runs):

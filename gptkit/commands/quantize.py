@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from gptkit.model.int8 import quantize_int8
+from gptkit.options import QuantizeOptions
 
 
-def quantize_checkpoint(ckpt: Path, out: Path | None = None, overwrite: bool = False) -> Path:
-    """`gptkit quantize`: write ckpt as an int8 checkpoint in out (default: `<name>-int8` beside it), all at once.
+def quantize(options: QuantizeOptions) -> Path:
+    """`gptkit quantize`: write options.ckpt as an int8 checkpoint in options.out_path, all at once.
 
     The weights are quantized from float32 (as `--quantize int8` does with a float32 load), so loading the result
     gives the same Int8Linear weights and scales; the float tensors keep the dtype ckpt stores them in."""
@@ -20,11 +21,9 @@ def quantize_checkpoint(ckpt: Path, out: Path | None = None, overwrite: bool = F
     from gptkit.checkpoint.folder import load_checkpoint, read_metadata, save_checkpoint
     from gptkit.checkpoint.locate import WEIGHTS_FILE, checkpoint_files, stored_float_dtype
     from gptkit.files import atomic_dir
-    from gptkit.options import check_quantize_command, default_quantized_out
     from gptkit.units import human_bytes
 
-    check_quantize_command(ckpt, out, overwrite)
-    out = Path(out) if out is not None else default_quantized_out(ckpt)
+    ckpt, out = options.ckpt, options.out_path
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     float_dtype = stored_float_dtype(ckpt)
     with console.status(f"quantizing {ckpt}"):

@@ -21,7 +21,8 @@ from gptkit.errors import GptkitError
 from gptkit.evaluation.hellaswag import read_hellaswag
 from gptkit.model.config import PRESETS
 from gptkit.progress import PrepareProgress
-from gptkit.training.config import TrainConfig, check, default_out, merge_for_resume, resolve, settings_of
+from gptkit.training.config import TrainConfig, check, default_out, settings_of
+from gptkit.training.settings import merge_for_resume, with_defaults
 from gptkit.training.distributed import Processes, start_processes, stop_processes
 from gptkit.training.evaluate import evaluate, hellaswag_accuracy
 from gptkit.training.run import Run
@@ -87,7 +88,7 @@ def run(cfg: TrainConfig, procs: Processes, console, held: contextlib.ExitStack)
     cfg, source = load_data(cfg, procs, console, state)
     model_name = cfg.model or "gpt2"
     base = model_config(model_name) if state is None else read_config(saved)
-    cfg = resolve(cfg, procs.device, base, model_name not in PRESETS, procs.world_size)
+    cfg = with_defaults(cfg, procs.device, base, model_name not in PRESETS, procs.world_size)
     r = build_run(cfg, procs, out, state, saved, source)
     r.started, r.hellaswag = started, hellaswag
     if procs.main:

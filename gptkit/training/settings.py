@@ -1,0 +1,131 @@
+"""A run's settings: a TrainConfig with every default filled in and checked (with_defaults: an option's fallback, or a
+value worked out from the model, the machine and the other options), and a resumed run's (merge_for_resume: the
+saved settings, with the options that may change). Importing this module does not import torch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gptkit.errors import GptkitError
+from gptkit.model.config import GPTConfig
+from gptkit.options.declare import fallbacks, flag_of
+from gptkit.training.config import CHANGEABLE_ON_RESUME, LORA_SHAPE, TrainConfig
+
+if TYPE_CHECKING:
+    import torch
+
+ADAMW_LR, ADAMW_FINE_TUNING_LR = 6e-4, 3e-5
+MUON_LR, MUON_FINE_TUNING_LR = 0.02, 1e-3
+SHAPE = ("n_layer", "n_head", "n_embd")  # the options that set a model's shape from scratch (with block_size)
+
+
+def default_lr(optimizer: str, fine_tuning: bool) -> float:
+    """The default of --lr: AdamW's (nanoGPT's 6e-4, 3e-5 fine-tuning), or Muon's (Keller Jordan's 0.02; see
+    bench/quality_bench.py)."""
+    if optimizer == "muon":
+        return MUON_FINE_TUNING_LR if fine_tuning else MUON_LR
+    return ADAMW_FINE_TUNING_LR if fine_tuning else ADAMW_LR
+
+
+def model_shape(cfg: TrainConfig, base: GPTConfig, fine_tuning: bool, on_cpu: bool) -> dict:
+    """The model's shape, dropout and training window: base's (a preset's or checkpoint's) unless given. A
+    checkpoint's shape is fixed; it trains on windows of block_size and keeps its whole context."""
+    shape = {}
+    for name in SHAPE:
+        given, own = getattr(cfg, name), getattr(base, name)
+        if fine_tuning and given is not None and given != own:
+            flag = flag_of(TrainConfig, name)
+            raise GptkitError(
+                f"{flag} {given} differs from the checkpoint's {own}: a checkpoint's shape is fixed, so {flag} "
+                "applies to training a preset from scratch; leave it out"
+            )
+        shape[name] = own if given is None else given
+    shape["dropout"] = (base.dropout if fine_tuning else 0.0) if cfg.dropout is None else cfg.dropout
+    context = base.block_size
+    shape["block_size"] = cfg.block_size or (min(256, context) if on_cpu else context)
+    if fine_tuning and shape["block_size"] > context:
+        raise GptkitError(f"--block-size {shape['block_size']} is longer than the model's context of {context} tokens")
+    return shape
+
+
+def grad_accum_for_tokens(cfg: TrainConfig, micro_tokens: int) -> int:
+    """The micro-steps per optimizer step that --tokens-per-step asks for (--grad-accum, if given, must agree)."""
+    if cfg.grad_accum is not None and cfg.grad_accum * micro_tokens != cfg.tokens_per_step:
+        raise GptkitError("--grad-accum and --tokens-per-step disagree: give one of them")
+    if cfg.tokens_per_step < micro_tokens or cfg.tokens_per_step % micro_tokens:
+        raise GptkitError(
+            f"--tokens-per-step {cfg.tokens_per_step} must be a multiple of batch x block x processes = {micro_tokens}"
+        )
+    return cfg.tokens_per_step // micro_tokens
+
+
+def with_defaults(
+    cfg: TrainConfig, device: torch.device, base: GPTConfig, fine_tuning: bool, world_size: int
+) -> TrainConfig:
+    """cfg with every default filled in and checked, the checks that need the device and the model included.
+    base: the config of the preset or checkpoint trained (of the run's own checkpoint when resuming)."""
+    from gptkit.machine.runtime import pick_dtype
+
+    on_cpu = device.type == "cpu"
+    lora = cfg.lora_rank is not None
+    v = asdict(cfg)
+    for name, value in fallbacks(TrainConfig).items():  # LoRA's only for a run with adapters
+        if v[name] is None and (lora or name not in LORA_SHAPE):
+            v[name] = value
+    v["batch_size"] = cfg.batch_size or (4 if on_cpu else 16)
+    v |= model_shape(cfg, base, fine_tuning, on_cpu)
+    micro_tokens = v["batch_size"] * v["block_size"] * world_size
+    if cfg.tokens_per_step is not None:
+        v["grad_accum"] = grad_accum_for_tokens(cfg, micro_tokens)
+    v["tokens_per_step"] = v["grad_accum"] * micro_tokens
+    if v["lr"] is None:
+        v["lr"] = default_lr(v["optimizer"], fine_tuning)
+    if v["optimizer"] == "muon" and v["adam_lr"] is None:
+        v["adam_lr"] = default_lr("adamw", fine_tuning)
+    if v["min_lr"] is None:
+        v["min_lr"] = v["lr"] / 10
+    if v["warmup_steps"] is None:
+        v["warmup_steps"] = v["steps"] // 20
+    if v["eval_tokens"] is None:
+        v["eval_tokens"] = 20 * micro_tokens
+    v["dtype"] = str(pick_dtype(cfg.dtype or "auto", device)).removeprefix("torch.")
+    v["fsdp"] = bool(cfg.fsdp) and world_size > 1  # an --fsdp run resumed in one process holds the whole model
+    if lora:
+        v["lora_alpha"] = 2.0 * cfg.lora_rank if cfg.lora_alpha is None else float(cfg.lora_alpha)
+        v["lora_targets"] = ",".join(t.strip() for t in v["lora_targets"].split(","))
+    v["device"] = str(device)
+    return TrainConfig(**v)  # checked again: the values that came from defaults (or the run resumed) with the given
+
+
+def merge_for_resume(cfg: TrainConfig, saved: dict, saved_model: str) -> TrainConfig:
+    """The saved run's settings, with the options that may change on resume taken from cfg; any other option
+    given with a different value is an error (it would not be the same run)."""
+    if cfg.model is not None and cfg.model != saved_model and str(Path(cfg.model).resolve()) != saved_model:
+        raise GptkitError(f"--model {cfg.model} differs from the run being resumed ({saved_model}): leave it out")
+    merged = {"data": cfg.data, "model": saved_model, "out": cfg.out, "resume": True}
+    for f in fields(TrainConfig):
+        if f.name not in saved:  # an option newer than the run
+            if f.name in CHANGEABLE_ON_RESUME:
+                merged[f.name] = getattr(cfg, f.name)
+            continue
+        given, before = getattr(cfg, f.name), saved[f.name]
+        if given is None or (f.name == "dtype" and given == "auto"):
+            merged[f.name] = before
+        elif (
+            f.name in CHANGEABLE_ON_RESUME
+            or given == before
+            or isinstance(given, float)
+            and math.isclose(given, before)
+        ):
+            merged[f.name] = given
+        else:
+            raise GptkitError(
+                f"{flag_of(TrainConfig, f.name)} {given} differs from the run being resumed ({before}): leave it out"
+            )
+    merged["device"] = cfg.device  # the device is this machine's choice, not the run's
+    if cfg.grad_accum is None:  # from the tokens per step, for the processes this session has (maybe not the run's)
+        merged["grad_accum"] = None
+    return TrainConfig(**merged)
