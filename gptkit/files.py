@@ -21,7 +21,8 @@ def current_umask() -> int:
 
 @contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path beside `path`; once the block succeeds, rename it over `path` (else delete it)."""
+    """Yield a temporary path beside `path`; once the block succeeds, flush it to the disk and rename it over `path`,
+    then flush the folder, which makes the rename durable (else delete it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,6 +32,7 @@ def atomic_path(path: Path):
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's file is owner-only (and writers may replace it)
         fsync(Path(tmp))
         os.replace(tmp, path)
+        fsync(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -40,7 +42,8 @@ def atomic_path(path: Path):
 def atomic_dir(path: Path, first: str | None = None):
     """Yield a temporary folder beside `path` to write files into; once the block succeeds, it becomes `path` (one
     rename), or, where `path` exists, its files replace those of `path` one by one (the file named `first` before the
-    others); else it is deleted. So an interrupted write leaves nothing half-written."""
+    others); else it is deleted. So an interrupted write leaves nothing half-written. Every file is flushed to the disk
+    before it takes its name, and the folder after its files (and its own folder after the rename)."""
     path = Path(path)
     if is_temporary(path) and path.is_dir():  # a temporary folder already, made whole by an atomic_dir of its own
         yield path
@@ -53,11 +56,14 @@ def atomic_dir(path: Path, first: str | None = None):
         if not path.exists():
             for file in tmp.iterdir():
                 fsync(file)
+            fsync(tmp)
             os.rename(tmp, path)
             fsync(path.parent)
             return
         for file in sorted(tmp.iterdir(), key=lambda f: f.name != first):
+            fsync(file)
             os.replace(file, path / file.name)
+        fsync(path)
         tmp.rmdir()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

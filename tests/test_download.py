@@ -224,6 +224,22 @@ def test_repo_without_safetensors(server, repo_files, tmp_path):
     assert read_metadata(out)["source"]["files"] == ["config.json", "pytorch_model.bin"]
 
 
+def test_downloads_are_durable(server, tmp_path, monkeypatch):
+    """Each file of a download (fetched, converted from a .bin, linked from the hub cache) fsynced before it takes
+    its name, the folder after (test_durability's check)."""
+    from faults import WriteOrder
+    from huggingface_hub import hf_hub_download
+
+    order = WriteOrder(tmp_path / "outs")
+    order.install(monkeypatch.setattr)
+    hub.download("gpt2", tmp_path / "outs" / "fetched")
+    hub.download("someone/gpt2-bin", tmp_path / "outs" / "converted")
+    hf_hub_download("openai-community/gpt2", "model.safetensors", endpoint=server.url)
+    hub.download("gpt2", tmp_path / "outs" / "linked")
+    assert sum(path.endswith("model.safetensors") for path in order.renames()) == 3
+    assert not order.problems(), order.problems()
+
+
 def test_default_out_and_revision(server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     commit = server.repos["someone/gpt2-bin"].commit
@@ -506,7 +522,8 @@ def test_hub_that_keeps_failing(server, tmp_path, no_waiting):
 
 
 def test_not_enough_disk_space(tmp_path, monkeypatch):
-    monkeypatch.setattr(hub.shutil, "disk_usage", lambda path: namedtuple("usage", "total used free")(10**6, 0, 1000))
+    usage = namedtuple("usage", "total used free")(10**6, 0, 1000)
+    monkeypatch.setattr(hub_transfer.shutil, "disk_usage", lambda path: usage)
     with pytest.raises(GptkitError, match="not enough disk space .* needs .* more, 1.0 kB free"):
         hub.download("gpt2", tmp_path / "gpt2")
 

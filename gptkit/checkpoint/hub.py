@@ -16,7 +16,6 @@ log lines. The fetching is hub_transfer.py's, the failures' messages hub_errors.
 """
 
 import os
-import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +29,7 @@ from gptkit.checkpoint.locate import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, i
 from gptkit.checkpoint.tensors import read_safetensors_header
 from gptkit.checkpoint.tokenizer_files import TOKENIZER_FILES, write_tokenizer_files
 from gptkit.errors import GptkitError
-from gptkit.files import read_json, write_json
+from gptkit.files import fsync, link_or_copy, read_json, write_json
 from gptkit.model.config import GPTConfig
 from gptkit.training.runlock import DOWNLOAD_FOLDER_IN_USE, folder_lock
 
@@ -170,8 +169,9 @@ def install(fetched: Fetched, weights: Path, cached: bool, out: Path):
     (out / WEIGHTS_FILE).unlink(missing_ok=True)
     write_json(out / CONFIG_FILE, fetched.hf_config)
     if cached:
-        link_or_copy(weights, out / WEIGHTS_FILE)
+        link_or_copy(Path(os.path.realpath(weights)), out / WEIGHTS_FILE)  # the hub cache's blob, not its symlink
     else:
+        fsync(weights)  # on the disk before it takes its name
         os.replace(weights, out / WEIGHTS_FILE)
     if fetched.weights_name == BIN_FILE and not fetched.cached:  # the fetched .bin, converted
         fetched.weights.unlink()
@@ -187,14 +187,3 @@ def check_weights(path: Path, config, source: str):
     shapes = {k: v["shape"] for k, v in header.items() if k not in ("__metadata__", "lm_head.weight")}
     tensors = {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
     from_hf_tensors(tensors, config, source)
-
-
-def link_or_copy(src: Path, dst: Path):
-    """Put the hub cache's file at dst without doubling disk use where the filesystem allows."""
-    tmp = dst.with_name(f".{dst.name}.link")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(os.path.realpath(src), tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
