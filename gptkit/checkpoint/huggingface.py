@@ -135,7 +135,7 @@ def expected_tensors(config: GPTConfig, int8: bool) -> dict[str, tuple[torch.Siz
     from gptkit.model.int8 import Int8Linear, replace_linears
     from gptkit.model.gpt import GPT
 
-    def int8_layer(_, linear):  # the shapes only: quantizing meta weights would import torch._dynamo (see model.py)
+    def int8_layer(_, linear):  # the shapes only: quantizing meta weights would import torch._dynamo (see model/gpt.py)
         weight = torch.empty(linear.weight.shape, dtype=torch.int8)
         return Int8Linear(weight, torch.empty(linear.out_features), linear.bias)
 

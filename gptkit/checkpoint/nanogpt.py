@@ -18,7 +18,8 @@ prefix `_orig_mod.`. What differs from a gptkit model, and what is made of it:
 - nanoGPT's bias=False leaves out every Linear's and LayerNorm's bias: they become zeros, which compute the same
   (x @ W.T + 0; a LayerNorm shifted by 0). Fine-tuning in gptkit then trains them.
 - the vocabulary is padded to 50304 rows (a multiple of 64, for speed): the rows are kept, so the loss is the one the
-  original model computed (its softmax runs over them too); sampling cuts them off (sample.drop_padded_vocabulary).
+  original model computed (its softmax runs over them too); sampling cuts them off
+  (inference.decode.drop_padded_vocabulary).
 - nanoGPT's attention keeps a causal mask as a buffer, `attn.bias`, where torch has no scaled_dot_product_attention:
   dropped.
 A vocabulary smaller than GPT-2's (nanoGPT's character-level models, their meta.pkl's) is refused: gptkit reads and
