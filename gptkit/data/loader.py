@@ -307,6 +307,7 @@ class BatchLoader:
             )
         self.epoch = 0
         self.index = 0
+        self.last_trained = global_batch * block_size  # the targets of the last global batch: all of them count
         self._order_epoch = None
         self._order = None
 

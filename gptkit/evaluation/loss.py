@@ -55,7 +55,7 @@ def lm_windows(n_tokens: int, block_size: int, stride: int):
 def summed_loss(model: GPT, batches, dtype: torch.dtype, distributed: bool = False, progress=None) -> tuple[float, int]:
     """(the summed next-token loss in nats, the number of targets scored) over batches, the one loss loop of training's
     validation and `gptkit eval`. Each batch is (inputs, targets, scored): the last scored[row] targets of each row
-    count (a strided window scores only what earlier windows did not). With distributed, the sums of every process
+    count (a strided window scores only what earlier windows did not), but a target of -1 never does. With distributed, the sums of every process
     are added up (each process scores its share of the batches). progress(scored so far) runs after each batch and
     may raise to stop."""
     device = model.lm_head.weight.device
@@ -65,8 +65,9 @@ def summed_loss(model: GPT, batches, dtype: torch.dtype, distributed: bool = Fal
         with autocast(device, dtype):
             logits, _ = model(inputs)
         for row, n in enumerate(scored):
-            total[0] += F.cross_entropy(logits[row, -n:].float(), targets[row, -n:], reduction="sum").double()
-            total[1] += n
+            counted = targets[row, -n:]  # -1: a target the loss does not count (a conversation's prompt, padding)
+            total[0] += F.cross_entropy(logits[row, -n:].float(), counted, ignore_index=-1, reduction="sum").double()
+            total[1] += (counted >= 0).sum()
         if progress:
             progress(int(total[1].item()))
     if distributed:

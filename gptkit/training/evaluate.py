@@ -8,7 +8,9 @@ import contextlib
 import torch
 import torch.distributed as dist
 
+from gptkit.data.conversations import PackedRows
 from gptkit.data.loader import eval_batches
+from gptkit.data.packed import packed_eval_batches
 from gptkit.evaluation.hellaswag import evaluate_hellaswag
 from gptkit.evaluation.loss import summed_loss
 from gptkit.model.gpt import GPT
@@ -45,8 +47,13 @@ def evaluate(model: GPT, val_tokens, cfg: TrainConfig, procs: Processes, dtype, 
     alone = evaluates_alone(cfg)
     rank, world_size = (procs.rank, procs.world_size) if alone else (0, 1)
 
+    if isinstance(val_tokens, PackedRows):
+        windows = packed_eval_batches(val_tokens, cfg.eval_tokens, cfg.batch_size, rank, world_size)
+    else:
+        windows = eval_batches(val_tokens, cfg.eval_tokens, cfg.batch_size, cfg.block_size, rank, world_size)
+
     def batches():
-        for x, y in eval_batches(val_tokens, cfg.eval_tokens, cfg.batch_size, cfg.block_size, rank, world_size):
+        for x, y in windows:
             if stop.requested and alone:
                 return
             yield x, y, [y.size(1)] * len(y)

@@ -16,8 +16,11 @@ from pathlib import Path
 import torch
 
 from gptkit.checkpoint.folder import read_config
+from gptkit.data.conversations import conversation_files, is_conversation_data
 from gptkit.data.loader import TokenSource, open_data
+from gptkit.data.packed import ConversationSource
 from gptkit.errors import GptkitError
+from gptkit.files import data_hash
 from gptkit.evaluation.hellaswag import read_hellaswag
 from gptkit.model.config import PRESETS
 from gptkit.progress import PrepareProgress
@@ -132,7 +135,7 @@ def load_data(cfg: TrainConfig, procs: Processes, console, state: dict | None) -
     try:
         if not procs.main:
             procs.barrier()
-        source = open_data(cfg.data, progress, check=procs.main)
+        source = open_source(cfg, progress, procs)
         if procs.main:
             procs.barrier()
     finally:
@@ -146,17 +149,43 @@ def load_data(cfg: TrainConfig, procs: Processes, console, state: dict | None) -
     return cfg, source
 
 
+def open_source(cfg: TrainConfig, progress, procs: Processes) -> TokenSource | ConversationSource:
+    """DATA's conversations (read when the block size is known: setup.data_stream), or its tokens."""
+    if is_conversation_data(cfg.data):
+        return ConversationSource(Path(cfg.data), data_hash(conversation_files(Path(cfg.data))))
+    if cfg.train_on_prompt:
+        raise GptkitError(f"--train-on-prompt is for conversations, and {cfg.data} holds text: leave it out")
+    return open_data(cfg.data, progress, check=procs.main)
+
+
+def data_summary(r: Run) -> str:
+    """What the run trains on, for its first line: tokens, or conversations and the tokens the loss counts."""
+    if r.chat_template is None:
+        return f"{r.loader.n_tokens:,} train / {sum(len(s) for s in r.val_tokens):,} val tokens"
+    packed = r.source.packed
+    return (
+        f"{packed.conversations:,} train / {packed.val_conversations:,} val conversations in {len(packed.train):,} + "
+        f"{len(packed.val):,} rows, {packed.train.trained_tokens:,} train tokens counted by the loss"
+    )
+
+
 def announce(r: Run, procs: Processes, console):
     cfg = r.cfg
-    n_train, n_val = r.loader.n_tokens, sum(len(s) for s in r.val_tokens)
     console.print(
         f"training {r.model_label} ({r.model.num_params() / 1e6:.1f}M parameters) on {cfg.data} "
-        f"({n_train:,} train / {n_val:,} val tokens) | {procs.device} {cfg.dtype}"
+        f"({data_summary(r)}) | {procs.device} {cfg.dtype}"
         f"{f' x {procs.world_size} processes' if procs.distributed else ''}{' (FSDP)' if cfg.fsdp else ''} | "
         f"batch {cfg.batch_size} x {cfg.block_size} x accum {cfg.grad_accum} = {cfg.tokens_per_step:,} tokens/step | "
         f"{r.out}",
         highlight=False,
     )
+    packed = getattr(r.source, "packed", None)
+    if packed is not None and packed.truncated:
+        console.print(
+            f"[yellow]warning:[/yellow] {packed.truncated:,} conversation(s) longer than --block-size "
+            f"{cfg.block_size} cut at its end ({packed.left_out:,} of them left nothing to train on and were left out)",
+            highlight=False,
+        )
     if r.step:
         console.print(f"resuming at step {r.step}/{cfg.steps}", highlight=False)
 

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 
 from gptkit.checkpoint.folder import save_adapters, save_checkpoint
+from gptkit.data.conversations import PackedRows
 from gptkit.data.loader import BatchLoader
+from gptkit.data.packed import PackedBatchLoader
 from gptkit.errors import GptkitError
 from gptkit.files import remove
 from gptkit.model.gpt import GPT
@@ -40,14 +42,17 @@ class Run:
     model_label: str
     step_model: torch.nn.Module  # the model as the step calls it: compiled and / or wrapped in DDP
     optimizer: Optimizers
-    loader: BatchLoader
-    val_tokens: list[np.ndarray]  # the validation shards
+    loader: BatchLoader | PackedBatchLoader
+    val_tokens: list[np.ndarray] | PackedRows  # the validation shards, or rows of conversations
     data_info: dict
     dtype: torch.dtype
     extra_positions: torch.Tensor | None = None  # a checkpoint's position embeddings past the training window
     hellaswag: list[dict] | None = None  # the HellaSwag examples scored at each evaluation
     step: int = 0
     tokens_seen: int = 0
+    tokens_trained: int = 0  # the targets the loss counted: all of a text's, a conversation's replies
+    chat_template: dict | None = None  # the template conversations were written with (None: text data)
+    source: object = None  # DATA as train opened it (a TokenSource or a ConversationSource)
     wall_before: float = 0.0  # seconds spent in earlier sessions of a resumed run
     loss: float | None = None
     val_loss: float | None = None
@@ -62,6 +67,8 @@ class Run:
             "step": self.step,
             "steps": self.cfg.steps,
             "tokens_seen": self.tokens_seen,
+            **({"tokens_trained": self.tokens_trained} if self.chat_template is not None else {}),
+            **({"chat_template": self.chat_template} if self.chat_template is not None else {}),
             "train_loss": self.loss,
             "val_loss": self.val_loss,
             **({"hellaswag_acc_norm": self.hellaswag_acc_norm} if self.hellaswag_acc_norm is not None else {}),

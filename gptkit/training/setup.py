@@ -10,10 +10,13 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gptkit.checkpoint.folder import load_checkpoint, read_config
+from gptkit.checkpoint.folder import load_checkpoint, read_config, read_metadata
 from gptkit.checkpoint.tensors import load_tensors
+from gptkit.data.conversations import load_conversations
 from gptkit.data.loader import BatchLoader, TokenSource
+from gptkit.data.packed import ConversationSource, PackedBatchLoader
 from gptkit.errors import GptkitError
+from gptkit.inference.chat_template import DEFAULT_TEMPLATE, recorded_template
 from gptkit.machine.runtime import keep_freed_memory
 from gptkit.model.config import PRESETS, GPTConfig
 from gptkit.model.gpt import GPT
@@ -58,8 +61,7 @@ def build_run(
     cfg: TrainConfig, procs: Processes, out: Path, state: dict | None, saved: Path | None, source: TokenSource
 ) -> Run:
     """The model, optimizer and data stream of the run: new, or restored from the save in the folder saved."""
-    train_tokens, val_tokens = source.split(cfg.val_fraction)
-    loader = BatchLoader(train_tokens, cfg.batch_size, cfg.block_size, cfg.seed, procs.rank, procs.world_size)
+    loader, val_tokens, chat_template = data_stream(cfg, procs, source, saved)
     torch.manual_seed(cfg.seed)
     keep_freed_memory()
     dtype = getattr(torch, cfg.dtype)
@@ -85,6 +87,8 @@ def build_run(
         data_info=data_info(cfg, source),
         dtype=dtype,
         extra_positions=extra_positions,
+        chat_template=chat_template,
+        source=source,
     )
     if state is not None:
         restore(r, state, saved, procs)
@@ -97,6 +101,22 @@ def build_run(
     return r
 
 
+def data_stream(cfg: TrainConfig, procs: Processes, source, saved: Path | None):
+    """(the training batches, the validation data, the chat template) of DATA: a text's token windows, or its
+    conversations written with the run's template (the save's when resuming, the checkpoint's when fine-tuning one
+    that records one, else the default) and packed into rows of the block size."""
+    if not isinstance(source, ConversationSource):
+        train_tokens, val_tokens = source.split(cfg.val_fraction)
+        loader = BatchLoader(train_tokens, cfg.batch_size, cfg.block_size, cfg.seed, procs.rank, procs.world_size)
+        return loader, val_tokens, None
+    recorded_in = saved if saved is not None else cfg.model if Path(cfg.model).is_dir() else None
+    template = DEFAULT_TEMPLATE if recorded_in is None else recorded_template(read_metadata(recorded_in), recorded_in)
+    packed = load_conversations(source.path, cfg.block_size, cfg.val_fraction, template, cfg.train_on_prompt)
+    source.packed, source.tokens = packed, int(packed.train.tokens.size + packed.val.tokens.size)
+    loader = PackedBatchLoader(packed.train, cfg.batch_size, cfg.seed, procs.rank, procs.world_size)
+    return loader, packed.val, template
+
+
 def data_info(cfg: TrainConfig, source: TokenSource) -> dict:
     """The training data as a save records it (and eval rebuilds the validation split from)."""
     return {
@@ -104,7 +124,7 @@ def data_info(cfg: TrainConfig, source: TokenSource) -> dict:
         "format": source.format,
         "sha256": source.digest,
         "tokens": source.tokens,
-        "val_fraction": cfg.val_fraction if source.split_kind == "tail" else None,
+        "val_fraction": cfg.val_fraction if source.split_kind in ("tail", "conversations") else None,
         "split": source.split_kind,
     }
 
@@ -123,6 +143,7 @@ def restore(r: Run, state: dict, saved: Path, procs: Processes):
     restore_rng({k: v for k, v in tensors.items() if k.startswith("rng.")}, procs, cfg.seed)
     r.loader.load_state(state["loader"])
     r.step, r.tokens_seen, r.wall_before = state["step"], state["tokens_seen"], state["wall_time_s"]
+    r.tokens_trained = state.get("tokens_trained", 0)
     r.val_loss, r.hellaswag_acc_norm = state.get("val_loss"), state.get("hellaswag_acc_norm")
 
 

@@ -93,6 +93,7 @@ def train_step(r: Run, procs: Processes, stop: StopRequest, stats: torch.Tensor)
     try:
         for micro in range(cfg.grad_accum):
             x, y = r.loader.next_batch()
+            r.tokens_trained += r.loader.last_trained
             x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
             last = micro == cfg.grad_accum - 1
             # (under --fsdp every micro-batch's gradients are reduce-scattered: accumulated whole, they would take 4
@@ -128,6 +129,7 @@ def train_step(r: Run, procs: Processes, stop: StopRequest, stats: torch.Tensor)
         "lr": lr,
         "grad_norm": grad_norm.item(),
         "tokens_seen": r.tokens_seen,
+        **({"tokens_trained": r.tokens_trained} if r.chat_template is not None else {}),
         "tokens_per_s": cfg.tokens_per_step / dt,
         "step_time_s": dt,
     }
