@@ -30,6 +30,7 @@ from gptkit.options import (
     QuantizeOptions,
     SampleOptions,
     ServeOptions,
+    ChatOptions,
 )
 from gptkit.options.declare import Declaration, declared
 from gptkit.training.config import TrainConfig
@@ -66,6 +67,12 @@ COMMANDS = [
         SampleOptions,
         "gptkit.commands.sample:sample",
         "Generate text from a checkpoint, streaming it as it comes.",
+    ),
+    Command(
+        "chat",
+        ChatOptions,
+        "gptkit.commands.chat:chat",
+        "Chat with a checkpoint in the terminal, replies streamed (a fine-tuned one's chat template, else the default).",
     ),
     Command(
         "serve",

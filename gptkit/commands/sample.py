@@ -19,7 +19,7 @@ class SamplePrinter:
     """The samples of a batch, printed one after another to out: the current one streams, the others are buffered
     until their turn."""
 
-    def __init__(self, prompt: str, num_samples: int, stop: str | None, out):
+    def __init__(self, prompt: str, num_samples: int, stop: str | tuple[str, ...] | None, out):
         self.streams = [TextStream(stop) for _ in range(num_samples)]
         self.buffers = [prompt] * num_samples
         self.counts = [0] * num_samples  # the tokens of each sample so far
@@ -93,6 +93,8 @@ def sample(opts: SampleOptions):
     from rich.console import Console
 
     from gptkit.checkpoint.folder import read_config
+    from gptkit.commands.chat import chat_template_of
+    from gptkit.inference.chat_template import format_prompt
     from gptkit.checkpoint.locate import checkpoint_or_latest, quantization_of
     from gptkit.machine.runtime import pick_device, pick_dtype
 
@@ -104,7 +106,13 @@ def sample(opts: SampleOptions):
     dtype = pick_dtype(opts.dtype, device)
     model = load_for_decoding(ckpt, device, dtype, opts.quantize, opts.compile)
     draft = None if opts.draft is None else load_for_decoding(opts.draft, device, dtype, opts.quantize, opts.compile)
-    prompt_tokens = encode(prompt) if prompt else [EOT_TOKEN]
+    stop = opts.stop
+    if opts.chat:  # the prompt is a message: the reply alone is printed, ending where the turn does
+        template = chat_template_of(ckpt, Console(stderr=True, highlight=False, soft_wrap=True))
+        stop = (*template["stop"], *([opts.stop] if opts.stop else []))
+        prompt_tokens, prompt = encode(format_prompt(template, [("user", prompt)])), ""
+    else:
+        prompt_tokens = encode(prompt) if prompt else [EOT_TOKEN]
     block_size = model.config.block_size
     if len(prompt_tokens) > block_size:
         raise GptkitError(
@@ -113,7 +121,7 @@ def sample(opts: SampleOptions):
     idx = torch.tensor([prompt_tokens] * opts.num_samples, dtype=torch.long, device=device)
     generator = None if opts.seed is None else torch.Generator(device).manual_seed(opts.seed)
 
-    printer = SamplePrinter(prompt, opts.num_samples, opts.stop, sys.stdout)
+    printer = SamplePrinter(prompt, opts.num_samples, stop, sys.stdout)
     start = time.perf_counter()
     arrivals = []  # (seconds since start, tokens printed so far) after each step
     stats = {}

@@ -9,7 +9,7 @@ prepare; reports: eval, plot, inspect, env."""
 
 from gptkit.options.checkpoints import ConvertOptions, ExportOptions, MergeOptions, QuantizeOptions
 from gptkit.options.data import DownloadOptions, PrepareOptions, check_prepare
-from gptkit.options.inference import SampleOptions, ServeOptions
+from gptkit.options.inference import ChatOptions, SampleOptions, ServeOptions
 from gptkit.options.reports import EnvOptions, EvalOptions, InspectOptions, PlotOptions
 from gptkit.options.shared import DTYPE_NAMES, check_device, check_dtype, check_hellaswag_file, check_window
 
@@ -26,6 +26,7 @@ __all__ = [
     "PrepareOptions",
     "QuantizeOptions",
     "SampleOptions",
+    "ChatOptions",
     "ServeOptions",
     "check_device",
     "check_dtype",

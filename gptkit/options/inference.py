@@ -20,6 +20,36 @@ from gptkit.options.declare import (
 from gptkit.options.shared import check_checkpoint, device_option, dtype_option, is_loopback, quantize_option
 
 
+def temperature_option():
+    return option(
+        1.0,
+        "Softmax temperature; 0 is greedy.",
+        panel=SAMPLING,
+        min=0,
+        message="{flag} must be 0 (greedy) or more, not {value}",
+    )
+
+
+def top_k_option():
+    return option(
+        50,
+        "Sample among the k most likely tokens; 0 turns it off.",
+        panel=SAMPLING,
+        min=0,
+        message="{flag} must be 0 (off) or more, not {value}",
+    )
+
+
+def top_p_option():
+    return option(
+        None, "Nucleus sampling: the most likely tokens holding this probability.", panel=SAMPLING, above=0, max=1
+    )
+
+
+def seed_option():
+    return option(None, "Random seed, for reproducible samples.", panel=SAMPLING)
+
+
 @dataclass(frozen=True)
 class SampleOptions:
     """`gptkit sample`'s options, checked when made (no torch needed): a SampleOptions is one sample() can run."""
@@ -33,28 +63,19 @@ class SampleOptions:
         check=check_checkpoint,
     )
     max_new_tokens: int = option(200, "Tokens to generate per sample, at most.", panel=SAMPLING, min=1)
-    temperature: float = option(
-        1.0,
-        "Softmax temperature; 0 is greedy.",
-        panel=SAMPLING,
-        min=0,
-        message="{flag} must be 0 (greedy) or more, not {value}",
-    )
-    top_k: int = option(
-        50,
-        "Sample among the k most likely tokens; 0 turns it off.",
-        panel=SAMPLING,
-        min=0,
-        message="{flag} must be 0 (off) or more, not {value}",
-    )
-    top_p: float | None = option(
-        None, "Nucleus sampling: the most likely tokens holding this probability.", panel=SAMPLING, above=0, max=1
-    )
+    temperature: float = temperature_option()
+    top_k: int = top_k_option()
+    top_p: float | None = top_p_option()
     num_samples: int = option(
         1, "Samples to generate (as one batch), printed one after another.", panel=SAMPLING, min=1
     )
-    seed: int | None = option(None, "Random seed, for reproducible samples.", panel=SAMPLING)
+    seed: int | None = seed_option()
     stop: str | None = option(None, "Stop a sample at this text (as well as at <|endoftext|>).", panel=SAMPLING)
+    chat: bool = option(
+        False,
+        "The prompt is a user's message: write it with the checkpoint's chat template and print the reply.",
+        panel=SAMPLING,
+    )
     dtype: str = dtype_option()
     device: str = device_option()
     quantize: str | None = quantize_option(SPEED)
@@ -66,6 +87,34 @@ class SampleOptions:
         check=check_checkpoint,
     )
     draft_tokens: int = option(4, "Tokens the --draft model proposes per step.", panel=SPEED, min=1)
+
+    def __post_init__(self):
+        check_declared(self)
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """`gptkit chat`'s options, checked when made (no torch needed)."""
+
+    ckpt: Path | None = argument(
+        "Checkpoint directory (or .safetensors, or nanoGPT / build-nanogpt .pt file).",
+        None,
+        check=check_checkpoint,
+        default_text="the newest one under checkpoints/",
+        show_default=False,
+    )
+    system: str | None = option(None, "A system message that starts the conversation.", panel=MODEL)
+    max_new_tokens: int = option(
+        256, "Tokens a reply may take, at most (and never more than half the context).", panel=SAMPLING, min=1
+    )
+    temperature: float = temperature_option()
+    top_k: int = top_k_option()
+    top_p: float | None = top_p_option()
+    seed: int | None = seed_option()
+    dtype: str = dtype_option()
+    device: str = device_option()
+    quantize: str | None = quantize_option(SPEED)
+    compile: bool = option(False, "torch.compile the one-token decoding step (compiling takes a while).", panel=SPEED)
 
     def __post_init__(self):
         check_declared(self)
