@@ -56,21 +56,21 @@ def row_format(row) -> str | None:
 
 
 def is_conversation_data(path: str | Path) -> bool:
-    """Whether DATA holds conversations: a .json file, or a .jsonl / .jsonl.gz file whose first row is one of the
-    formats, or a folder holding such a file (text files beside it are then refused by read_conversations)."""
+    """Whether DATA holds conversations: a .json file given itself, or a .json, .jsonl or .jsonl.gz file whose first
+    record is one of the formats, or a folder holding such a file (text files beside it are then refused by
+    read_conversations; a token folder's own .json files are not conversations)."""
     path = Path(path)
+    if path.is_file() and path.name.lower().endswith(".json"):
+        return True
     files = files_under(path, SUFFIXES) if path.is_dir() else [path] if path.is_file() else []
     for file in files:
-        name = file.name.lower()
-        if name.endswith(".json"):
+        records = json_array_records(file) if file.name.lower().endswith(".json") else jsonl_records(file)
+        try:
+            first = next(records, None)
+        except GptkitError:
+            continue  # not JSON (lines), or not an array: left to the text loader, which says what is wrong
+        if first is not None and row_format(first[1]) is not None:
             return True
-        if name.endswith(SUFFIXES):
-            try:
-                first = next(jsonl_records(file), None)
-            except GptkitError:
-                continue  # not JSON lines: left to the text loader, which says what is wrong
-            if first is not None and row_format(first[1]) is not None:
-                return True
     return False
 
 
