@@ -135,3 +135,19 @@ def test_the_library_never_imports_a_command():
         if imported.split(".")[0] in COMMAND_SIDE
     }
     assert not wrong, sorted(wrong)
+
+
+def test_modules_and_functions_are_sizes_a_reader_can_hold():
+    """No module over MAX_MODULE_LINES lines, no function (method, nested function) over MAX_FUNCTION_LINES: a
+    module has one job, a function one step of it."""
+    too_big = []
+    for module, path in module_names().items():
+        source = path.read_text()
+        if len(source.splitlines()) > MAX_MODULE_LINES:
+            too_big.append(f"{module}: {len(source.splitlines())} lines")
+        for node in ast.walk(ast.parse(source, filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    too_big.append(f"{module}.{node.name}: {lines} lines")
+    assert not too_big, too_big
