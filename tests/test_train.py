@@ -750,7 +750,8 @@ def test_weight_decay_acts_on_matrices_only(tiny_model, optimizer):
     shrinks by lr * weight_decay, biases and layer norms stay (the README: weight decay on weight matrices only)."""
     from gptkit.training.optim import make_optimizer
 
-    cfg = TrainConfig(data="", optimizer=optimizer, lr=0.02, adam_lr=0.01, weight_decay=0.1)
+    adam_lr = {"adam_lr": 0.01} if optimizer == "muon" else {}  # AdamW's beside Muon; refused for AdamW alone
+    cfg = TrainConfig(data="", optimizer=optimizer, lr=0.02, weight_decay=0.1, **adam_lr)
     optimizer = make_optimizer(tiny_model, cfg, torch.device("cpu"))
     before = {name: p.detach().clone() for name, p in tiny_model.named_parameters()}
     for p in tiny_model.parameters():
