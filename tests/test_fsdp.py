@@ -26,7 +26,10 @@ from test_train import (  # noqa: F401 (hellaswag_file: a fixture)
 from gptkit.checkpoint.folder import read_metadata
 from gptkit.training.runfolder import OPTIMIZER_SHARDS_DIR, load_run_state, newest_save
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+pytestmark = [
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed"),
+    pytest.mark.slow,  # torchrun: two processes each test
+]
 
 FP32_CPU = ["--block-size", "32", "--lr", "1e-3", "--dtype", "float32", "--device", "cpu", "--eval-tokens", "256"]
 

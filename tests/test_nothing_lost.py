@@ -74,6 +74,7 @@ def spread(calls: list, n: int) -> list[str]:
     return [f"{calls[i][0]}:{sum(name == calls[i][0] for name, _ in calls[: i + 1])}" for i in picked]
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_call_of_a_save_loses_nothing(text, tmp_path):
     """Kill `gptkit train --resume --save-every 1` at calls that change files of the run, spread over a save's
     writes, renames, links and removals, resume after each kill, and end with weights, optimizer and RNG states

@@ -145,6 +145,7 @@ def test_int8_greedy_decoding_picks_the_dequantized_models_best_tokens(tiny_mode
     assert (shortfall <= 2 * tolerance).all()
 
 
+@pytest.mark.slow
 def test_compiled_int8_decoding_gives_the_same_tokens(tiny_model, tiny_config):
     idx = torch.randint(0, 50257, (2, 8), generator=torch.Generator().manual_seed(1))
     eager = prepare_for_decoding(quantized_copy(tiny_model, tiny_config))

@@ -135,6 +135,7 @@ def test_next_token_distribution_is_what_sample_next_draws_from():
     torch.testing.assert_close(next_token_distribution(logits, 0, None, None)[0], torch.tensor([0.0, 1, 0, 0]))
 
 
+@pytest.mark.slow
 def test_compiled_decoding_reuses_its_graph_for_other_lengths(tiny_model, tiny_config):
     from torch._dynamo.utils import counters
 
@@ -275,6 +276,7 @@ def test_cli_streams_from_the_newest_checkpoint(workdir, tiny_config):
         assert "8 tokens in" in result.stderr and "tokens/s" in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_compile_gives_the_same_text_and_says_what_compiling_took(workdir):
     # the compiled step computes what the eager one does in float32 (under bf16 they may round apart); greedy: a
     # random model's top logits are close, so a step that computes something else soon picks another token

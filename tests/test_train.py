@@ -162,6 +162,7 @@ def test_training_lowers_the_loss_of_a_learnable_text_with_clipped_gradients(tmp
     assert all(after == pytest.approx(min(norm, 1.0), rel=1e-5) for _, norm, after in clipped)
 
 
+@pytest.mark.slow
 def test_compiled_training_on_the_cpu(text, tmp_path):
     summary = run(text, "nano", tmp_path / "run", steps=2, n_layer=1, n_head=2, n_embd=32, compile=True)
     assert summary["step"] == 2 and read_metadata(tmp_path / "run")["settings"]["compile"] is True
@@ -306,6 +307,7 @@ def max_weight_difference(name: str, shape: torch.Size, settings: dict) -> float
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+@pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(text, tiny_checkpoint, hellaswag_file, tmp_path, optimizer):
     two, one = tmp_path / "two", tmp_path / "one"
     options = ["--steps", "3", "--block-size", "32", "--lr", "1e-3", "--dtype", "float32", "--device", "cpu"]
@@ -356,6 +358,7 @@ finally:  # torchrun stops every process once one exits: exit when both have pri
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+@pytest.mark.slow
 def test_under_torchrun_each_process_names_its_rank_in_its_error_line(text, tiny_checkpoint, tmp_path):
     script = tmp_path / "unexpected_error.py"
     script.write_text(UNEXPECTED_ERROR_IN_EACH_PROCESS)
@@ -643,6 +646,7 @@ def test_nanogpt_folder_trains_and_validates_on_val_bin(text, tiny_checkpoint, t
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+@pytest.mark.slow
 def test_two_processes_from_shards_match_one(shards, tiny_checkpoint, tmp_path):
     options = ["--steps", "3", "--block-size", "32", "--lr", "1e-3", "--dtype", "float32", "--device", "cpu"]
     two = tmp_path / "two"
