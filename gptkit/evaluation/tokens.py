@@ -35,6 +35,11 @@ def validation_split(ckpt: Path, quiet: bool = False, max_tokens: int | None = N
             "give a TEXT file or folder to evaluate on"
         )
     path, val_fraction, split = Path(data["path"]), data.get("val_fraction"), data.get("split", "tail")
+    if split == "conversations":
+        raise GptkitError(
+            f"{ckpt} was fine-tuned on conversations: its validation loss on the replies is the val_loss of its "
+            "gptkit.json and metrics.jsonl; give a TEXT to evaluate it on text"
+        )
     if split not in ("tail", "files") or split == "tail" and val_fraction is None:
         raise GptkitError(
             f"{ckpt}: the validation split it records is not one gptkit knows: give a TEXT to evaluate on"
