@@ -191,6 +191,20 @@ def test_lora_nanogpt_and_int8_checkpoints_run_a_task(setup, gptkit_results):
     assert on_the_fly["tasks"][MC_TASK]["metrics"]["acc"] == quantized["tasks"][MC_TASK]["metrics"]["acc"]
 
 
+def test_a_chat_run_asks_in_its_own_template(setup):
+    """With apply_chat_template, each question is a user message in the template the checkpoint's gptkit.json
+    records, the reply begun with its generation text."""
+    own = {"user": "Q: {content}\n", "assistant": "A: {content}<|endoftext|>"}
+    chat = save_checkpoint(load_checkpoint(setup["ckpt"]), setup["root"] / "chat", {"chat_template": own})
+    results = run_tasks(
+        chat, [GEN_TASK], include_path=setup["tasks"], device="cpu", dtype="float32", apply_chat_template=True,
+        log_samples=True,
+    )  # fmt: skip
+    asked = [sample["arguments"][0][0] for sample in sorted(results["samples"][GEN_TASK], key=lambda s: s["doc_id"])]
+    assert asked == [f"Q: {question}\nA:" for question, _ in PROMPTS]
+    assert results["settings"]["apply_chat_template"] is True
+
+
 def test_what_cannot_run_is_one_line(setup, tmp_path):
     tasks = setup["tasks"]
     missing = tmp_path / "tasks"

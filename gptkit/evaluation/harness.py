@@ -7,7 +7,9 @@ Importing this module registers "gptkit" with the harness, so that from Python
     lm_eval.simple_evaluate(model="gptkit", model_args="ckpt=DIR", tasks=[...])
 works once it is imported. The harness's own command line (lm-eval 0.4.13) finds models only in its own table, with
 no plugin mechanism; this module runs that command line with "gptkit" registered:
-    python -m gptkit.evaluation.harness --model gptkit --model_args ckpt=DIR --tasks hellaswag
+    python -m gptkit.evaluation.harness --model gptkit --model_args ckpt=DIR --tasks hellaswag --batch_size 16
+(--device and --batch_size are the harness's options there, its batch size 1 unless given; model_args takes dtype,
+quantize, share_context and progress.)
 """
 
 from collections import deque
