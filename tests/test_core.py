@@ -155,3 +155,22 @@ def test_a_bundle_that_cannot_be_read_is_one_line(tmp_path):
         read_bundle(bundle)
     with pytest.raises(GptkitError, match="the limit must be at least 1"):
         core_score(tmp_path / "ckpt", bundle, limit=0)
+
+
+def test_gptkit_eval_core_prints_the_score(tmp_path, tiny_config):
+    """`gptkit eval CKPT --core BUNDLE --json`: the same score as core_score, by hand 4/9 (see above)."""
+    import subprocess
+    import sys
+
+    model = GPT(tiny_config).eval()
+    with torch.no_grad():
+        model.transformer.wte.weight.zero_()
+    ckpt = save_checkpoint(model, tmp_path / "uniform")
+    bundle = write_bundle(tmp_path / "eval_bundle", by_hand_tasks())
+    ran = subprocess.run(
+        [sys.executable, "-m", "gptkit", "eval", str(ckpt), "--core", str(bundle), "--device", "cpu", "--dtype",
+         "float32", "--json"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["core"]["core"] == pytest.approx(4 / 9)

@@ -4,6 +4,7 @@ adapter as through the harness's own `hf` model on the same checkpoint folder; e
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -242,3 +243,27 @@ def test_the_harness_command_line_runs_gptkit(setup, gptkit_results):
     (written,) = (setup["root"] / "out").rglob("results_*.json")
     acc = json.loads(written.read_text())["results"][MC_TASK]["acc,none"]
     assert acc == gptkit_results["tasks"][MC_TASK]["metrics"]["acc"]
+
+
+def test_gptkit_eval_tasks_prints_the_harness_scores_and_records_them(setup, gptkit_results):
+    """`gptkit eval CKPT --tasks ... --include-path DIR --json` gives run_tasks' scores, and evals.jsonl records them."""
+    ran = subprocess.run(
+        [sys.executable, "-m", "gptkit", "eval", str(setup["ckpt"]), "--tasks", MC_TASK, "--include-path",
+         str(setup["tasks"]), "--device", "cpu", "--dtype", "float32", "--json"],
+        capture_output=True, text=True, env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    printed = json.loads(ran.stdout)["tasks"]["tasks"][MC_TASK]["metrics"]
+    assert printed["acc"] == gptkit_results["tasks"][MC_TASK]["metrics"]["acc"]
+    recorded = json.loads((setup["ckpt"] / "evals.jsonl").read_text().splitlines()[-1])
+    assert recorded["tasks"]["tasks"][MC_TASK]["metrics"] == printed
+
+
+def test_gptkit_eval_tasks_with_a_text_is_one_line(setup):
+    from conftest import assert_one_line_error
+
+    ran = subprocess.run(
+        [sys.executable, "-m", "gptkit", "eval", str(setup["ckpt"]), str(setup["tasks"] / "mc.jsonl"), "--tasks", "x"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert_one_line_error(ran, "--tasks and --core run on their own")

@@ -81,6 +81,10 @@ def print_table(record: dict):
 def run_eval(opts: EvalOptions):
     """`gptkit eval`: evaluate, print, record; everything the user gave is checked before the model loads (opts
     checked itself when it was made)."""
+    if opts.tasks is not None or opts.core is not None:
+        from gptkit.commands.benchmarks import run_benchmarks
+
+        return run_benchmarks(opts)
     ckpt, text, hellaswag, max_tokens = Path(opts.ckpt), opts.text, opts.hellaswag, opts.max_tokens
     folder = ckpt if ckpt.is_dir() else ckpt.parent
     block_size = read_config(ckpt).block_size if opts.block_size is None else opts.block_size

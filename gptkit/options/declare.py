@@ -12,7 +12,7 @@ from gptkit.errors import GptkitError
 
 # The help panels that group the options, in the order one thinks about a command (a panel shows only once an option
 # is in it). train's: MODEL, DATA, OPTIMIZATION, SCHEDULE, EVALUATION_AND_SAVING, HARDWARE, LORA, LOGGING; sample's:
-# MODEL, SAMPLING, HARDWARE, SPEED; eval's: SCORING, OUTPUT, HARDWARE; serve's: SERVER, MODEL, LIMITS, HARDWARE, SPEED.
+# MODEL, SAMPLING, HARDWARE, SPEED; eval's: SCORING, BENCHMARKS, OUTPUT, HARDWARE; serve's: SERVER, MODEL, LIMITS, HARDWARE, SPEED.
 MODEL = "Model"
 DATA = "Data"
 OPTIMIZATION = "Optimization"
@@ -25,6 +25,7 @@ SAMPLING = "Sampling"
 SPEED = "Speed"
 SCORING = "Scoring"
 OUTPUT = "Output"
+BENCHMARKS = "Benchmarks"
 SERVER = "Server"
 LIMITS = "Limits"
 

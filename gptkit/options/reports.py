@@ -1,12 +1,14 @@
 """The options of the commands that report on a model, a run or the machine (eval, plot, inspect, env), each declared
 once (see declare.option) and checked when the object is made (no torch)."""
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptkit.options.declare import HARDWARE, OUTPUT, SCORING, argument, check_declared, fail_if, option
+from gptkit.options.declare import BENCHMARKS, HARDWARE, OUTPUT, SCORING, argument, check_declared, fail_if, option
 from gptkit.options.shared import (
     check_checkpoint,
+    check_folder,
     check_hellaswag_file,
     check_text,
     check_window,
@@ -47,6 +49,23 @@ class EvalOptions:
         panel=SCORING,
         check=check_hellaswag_file,
     )
+    tasks: str | None = option(
+        None,
+        "lm-evaluation-harness tasks, comma-separated (hellaswag,arc_easy,piqa,...; `lm-eval ls tasks` lists them): "
+        "needs gptkit[evals].",
+        panel=BENCHMARKS,
+    )
+    num_fewshot: int | None = option(None, "Few-shot examples a --tasks prompt. Default: the task's.", panel=BENCHMARKS, min=0)
+    limit: int | None = option(None, "Score at most this many examples of each task (--tasks, --core).", panel=BENCHMARKS, min=1)
+    include_path: Path | None = option(
+        None, "A folder of task YAML files of your own, for --tasks.", panel=BENCHMARKS, check=check_folder
+    )
+    core: Path | None = option(
+        None,
+        "The CORE score from DCLM's eval bundle folder (core.yaml, eval_meta_data.csv, eval_data/).",
+        panel=BENCHMARKS,
+        check=check_folder,
+    )
     json_output: bool = option(False, "Print the results as JSON only.", flag="--json", panel=OUTPUT)
     dtype: str = dtype_option()
     device: str = device_option()
@@ -57,6 +76,16 @@ class EvalOptions:
 
         check_window(self.block_size, self.stride)
         check_declared(self)
+        benchmarks = self.tasks is not None or self.core is not None
+        fail_if(
+            benchmarks and (self.text is not None or self.hellaswag is not None),
+            "--tasks and --core run on their own: leave out TEXT and --hellaswag (or run gptkit eval twice)",
+        )
+        fail_if(
+            self.tasks is not None and importlib.util.find_spec("lm_eval") is None,
+            "gptkit eval --tasks needs lm-evaluation-harness: pip install 'gptkit[evals]' (from a clone: uv sync "
+            "--extra evals)",
+        )
         check_window(self.block_size, self.stride, read_config(self.ckpt).block_size)  # the model's context
 
 

@@ -121,3 +121,7 @@ def quantize_option(panel: str):
         choices=QUANTIZATIONS,
         message="{flag} {value} is not supported: use --quantize int8 (weight-only, per channel)",
     )
+
+
+def check_folder(path: Path):
+    fail_if(not Path(path).is_dir(), f"{path} is not a folder")
