@@ -38,7 +38,12 @@ def run_benchmarks(opts) -> dict:
         sys.stdout.write(json.dumps(record, indent=2) + "\n")
     else:
         print_benchmarks(record)
-    append_record(ckpt if ckpt.is_dir() else ckpt.parent, record)
+    folder = ckpt if ckpt.is_dir() else ckpt.parent
+    common = {key: record[key] for key in ("date", "gptkit_version", "checkpoint", "step")}
+    for name, task in record.get("tasks", {}).get("tasks", {}).items():  # a line a task, as eval's other results
+        append_record(folder, common | {"task": name, **task, "settings": record["tasks"]["settings"]})
+    if "core" in record:
+        append_record(folder, common | {"core": record["core"]})
     return record
 
 
