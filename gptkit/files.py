@@ -20,9 +20,10 @@ def current_umask() -> int:
 
 
 @contextmanager
-def atomic_path(path: Path):
+def atomic_path(path: Path, flush_folder: bool = True):
     """Yield a temporary path beside `path`; once the block succeeds, flush it to the disk and rename it over `path`,
-    then flush the folder, which makes the rename durable (else delete it)."""
+    then flush the folder, which makes the rename durable (else delete it). flush_folder=False leaves that to a caller
+    that flushes the folder once after several files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -32,7 +33,8 @@ def atomic_path(path: Path):
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's file is owner-only (and writers may replace it)
         fsync(Path(tmp))
         os.replace(tmp, path)
-        fsync(path.parent)
+        if flush_folder:
+            fsync(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -100,12 +102,12 @@ def remove(path: Path):
         path.unlink(missing_ok=True)
 
 
-def link_or_copy(source: Path, path: Path):
-    """Make path hold source's content in one step (atomic_path): a hard link where the filesystem has them, else a
-    copy."""
+def link_or_copy(source: Path, path: Path, flush_folder: bool = True):
+    """Make path hold source's content in one step (atomic_path, flush_folder as its): a hard link where the
+    filesystem has them, else a copy."""
     if path.exists() and os.path.samefile(source, path):  # a rename onto another link of the same file does nothing
         return
-    with atomic_path(path) as tmp:
+    with atomic_path(path, flush_folder) as tmp:
         tmp.unlink()
         try:
             os.link(source, tmp)

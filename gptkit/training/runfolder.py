@@ -30,7 +30,7 @@ from gptkit.checkpoint.adapters import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 from gptkit.checkpoint.locate import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, is_adapter_folder, is_checkpoint
 from gptkit.checkpoint.tensors import read_safetensors_header, save_tensors
 from gptkit.errors import GptkitError
-from gptkit.files import atomic_dir, atomic_path, is_temporary, link_or_copy, read_json, remove, write_json
+from gptkit.files import atomic_dir, atomic_path, fsync, is_temporary, link_or_copy, read_json, remove, write_json
 from gptkit.training.runlock import EVAL_LOCK_WAIT_S, EVALS_LOCK_FILE, RUN_FOLDER_IN_USE, RUN_LOCK_WAIT_S, folder_lock
 from gptkit.training.runlog import EVALS_FILE, METRICS_FILE, TENSORBOARD_DIR, WANDB_DIR, WANDB_RUN_FILE, read_metrics
 from gptkit.checkpoint.tokenizer_files import TOKENIZER_FILES
@@ -202,11 +202,14 @@ def save_failure(out: Path, step: int, previous: Path | None, needed: int, e: OS
 
 
 def publish(folder: Path, out: Path):
-    """Make the checkpoint files of the save in folder those of out, the weights first, each replaced in one step.
-    The training state stays in the save: its files, and its folders (an --fsdp run's optimizer shards)."""
+    """Make the checkpoint files of the save in folder those of out, each replaced in one step: the weights first,
+    config.json next (a run's first publish, cut short, leaves weights without their config for one file's time at
+    most), then out flushed once. The training state stays in the save: its files, and its folders (an --fsdp run's
+    optimizer shards)."""
     names = [p.name for p in folder.iterdir() if p.is_file() and p.name not in (STATE_TENSORS, STATE_JSON)]
-    for name in sorted(names, key=lambda name: name != WEIGHTS_FILE):
-        link_or_copy(folder / name, out / name)
+    for name in sorted(names, key=lambda name: (name != WEIGHTS_FILE, name != CONFIG_FILE)):
+        link_or_copy(folder / name, out / name, flush_folder=False)
+    fsync(out)
 
 
 # --- resuming --------------------------------------------------------------------------------------------------------
