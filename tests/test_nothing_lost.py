@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import assert_one_line_error
 from faults import Faults, raise_oserror
