@@ -12,7 +12,7 @@ from gptkit import __version__
 
 def run_benchmarks(opts) -> dict:
     """Run opts.tasks and / or the CORE bundle opts.core on opts.ckpt (opts: an EvalOptions, checked)."""
-    from gptkit.commands.eval import append_record
+    from gptkit.commands.evals_log import append_record
     from gptkit.checkpoint.folder import read_metadata
 
     ckpt = Path(opts.ckpt)

@@ -4,7 +4,6 @@ line of the checkpoint folder's evals.jsonl.
 """
 
 import json
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 from gptkit import __version__
 from gptkit.checkpoint.folder import load_checkpoint, read_config, read_metadata
 from gptkit.checkpoint.locate import quantization_of
-from gptkit.errors import GptkitError
+from gptkit.commands.evals_log import append_record
 from gptkit.evaluation.hellaswag import evaluate_hellaswag, read_hellaswag
 from gptkit.evaluation.loss import evaluate_lm
 from gptkit.evaluation.tokens import read_tokens, validation_split
@@ -21,28 +20,6 @@ from gptkit.machine.runtime import keep_freed_memory, pick_device, pick_dtype
 from gptkit.model.int8 import quantize_int8
 from gptkit.options import EvalOptions
 from gptkit.progress import count_bar, track
-from gptkit.training.runlock import EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S, EVALS_LOCK_FILE, folder_lock
-from gptkit.training.runlog import EVALS_FILE
-
-
-def append_record(folder: Path, record: dict):
-    """Add one line to the checkpoint folder's evals.jsonl, under the lock of that file (runlock.EVALS_LOCK_FILE,
-    which other evals and a run's --overwrite take; a training run holds the folder's own lock, and goes on), on a
-    line of its own even after a line that a crash cut short; a read-only folder only earns a warning."""
-    path = folder / EVALS_FILE
-    lock = folder_lock(folder, "gptkit eval", EVAL_FOLDER_IN_USE, EVAL_LOCK_WAIT_S, EVALS_LOCK_FILE)
-    try:
-        with lock, open(path, "a+b") as f:
-            size = f.seek(0, os.SEEK_END)
-            if size:
-                f.seek(size - 1)
-                if f.read(1) != b"\n":  # the last line was cut short by a crash: start a new one
-                    f.write(b"\n")
-            f.write((json.dumps(record) + "\n").encode())
-    except OSError as e:
-        print(f"warning: could not append the results to {path}: {e.strerror or e}", file=sys.stderr)
-    except GptkitError as e:
-        print(f"warning: could not append the results to {path}: {e}", file=sys.stderr)
 
 
 def print_table(record: dict):
