@@ -172,7 +172,7 @@ def test_train_help_groups_the_options_in_panels():
 
 
 @pytest.mark.parametrize("command, panels", [("sample", ["Model", "Sampling", "Hardware", "Speed"]),
-                                             ("eval", ["Scoring", "Output", "Hardware"])])  # fmt: skip
+                                             ("eval", ["Scoring", "Benchmarks", "Output", "Hardware"])])  # fmt: skip
 def test_help_panels_of_sample_and_eval(command, panels):
     result = subprocess.run(
         [sys.executable, "-m", "gptkit", command, "--help"],
