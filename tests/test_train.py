@@ -124,7 +124,7 @@ def test_a_second_ctrl_c_stops_at_once(text, tiny_checkpoint, tmp_path, monkeypa
 
     monkeypatch.setattr(BatchLoader, "next_batch", ctrl_c_twice_at_step_3)
     out = tmp_path / "run"
-    handler = signal.getsignal(signal.SIGINT)  # Python's own, or SIG_IGN where a shell started the tests in the background
+    handler = signal.getsignal(signal.SIGINT)  # Python's, or SIG_IGN for tests a shell started in the background
     code, output = cli(text, "--model", tiny_checkpoint, "--out", out, *train_options(10))
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert code == 130 and errors == ["error: interrupted"] and "Traceback" not in output, output
