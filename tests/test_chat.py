@@ -158,6 +158,7 @@ def test_the_mask_keeps_the_users_text_out_of_what_the_model_learns(facts_run, t
     assert masked_user > 5.0  # the masked run did not
 
 
+@pytest.mark.slow  # three training runs in subprocesses
 def test_a_run_on_conversations_resumes_exactly(tmp_path):
     """Six steps straight, or three and three more resumed, give the same weights (a constant learning rate, so
     that the schedule does not depend on --steps, which a resumed run may raise)."""

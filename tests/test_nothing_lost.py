@@ -103,6 +103,7 @@ def test_sigkill_at_any_call_of_a_save_loses_nothing(text, tmp_path):
     assert [step for step, _ in save_folders(out)] == [steps] and not temporaries(out)
 
 
+@pytest.mark.slow  # fault injection at every write
 def test_each_failing_write_of_a_save_is_one_line_and_keeps_the_previous_save(text, tmp_path, monkeypatch):
     """Make the 1st, 2nd, ... call of a resumed run's save fail once (ENOSPC and EIO in turn): one line, the previous
     save untouched where the new one did not make it, and at the end a run equal to one that never failed."""
