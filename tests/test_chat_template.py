@@ -140,6 +140,19 @@ def test_transformers_writes_and_tokenizes_the_prompt_as_gptkit(tmp_path, templa
         tokenizer.apply_chat_template([{"role": "tool", "content": "42"}], tokenize=False)
 
 
+def test_the_jinja_template_writes_a_templates_own_characters_outside_the_basic_plane():
+    """Jinja reads a \\u escape in a literal as one UTF-16 unit: an emoji of the template's own text written as an
+    escaped surrogate pair would come out as two lone surrogates."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment  # as transformers renders it
+
+    template = check_template({"system": "🤖 {content}\n", "assistant": "🦜 {content}" + EOT_TEXT}, "emoji")
+    messages = [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello")]
+    jinja = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(jinja_template(template))
+    assert jinja.render(messages=as_dicts(messages)) == whole_text(template, messages)
+    prompt = jinja.render(messages=as_dicts(messages[:2]), add_generation_prompt=True)
+    assert prompt == format_prompt(template, messages[:2]) and prompt.endswith("🦜")
+
+
 def test_a_checkpoint_folder_carries_its_template(tmp_path, tiny_model):
     default = save_checkpoint(tiny_model, tmp_path / "default")
     assert json.loads((default / "tokenizer_config.json").read_text())["chat_template"] == jinja_template(

@@ -183,6 +183,15 @@ def test_a_conversation_longer_than_a_row_is_cut_at_the_end():
     assert rows.tokens[1, : len(short[0])].tolist() == short[0].tolist()
 
 
+def test_a_conversation_of_exactly_a_row_is_whole_and_not_cut():
+    ids, mask = tokenize_conversation(DEFAULT_TEMPLATE, HI)
+    rows, truncated, left_out = pack([(ids, mask)], len(ids) - 1)  # a row holds block_size + 1 tokens
+    assert (truncated, left_out, len(rows)) == (0, 0, 1) and rows.tokens[0].tolist() == ids.tolist()
+    assert (rows.trained[0] == mask[1:]).all()
+    rows, truncated, left_out = pack([(ids, mask)], len(ids) - 2)
+    assert (truncated, left_out) == (1, 0) and rows.tokens[0].tolist() == ids[:-1].tolist()
+
+
 def test_train_on_prompt_counts_every_token_but_padding(tmp_path):
     write_jsonl(tmp_path / "chat.jsonl", [messages_row(m) for m in made_up(20)])
     data = load_conversations(tmp_path / "chat.jsonl", 256, 0.0, train_on_prompt=True)

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from gptkit.checkpoint.folder import save_checkpoint
 from gptkit.cli import app
 from gptkit.data.tokenizer import EOT_TOKEN, encode, get_tokenizer
-from gptkit.inference.decode import prepare_for_decoding
+from gptkit.inference.decode import decoding_cache, one_token_logits, prepare_for_decoding
 from gptkit.inference.generate import generate
 from gptkit.inference.sampling import Sampling, next_token_distribution, sample_next
 from gptkit.inference.stream import TextStream
@@ -145,6 +145,24 @@ def test_compiled_decoding_reuses_its_graph_for_other_lengths(tiny_model, tiny_c
     for prompt_length, new_tokens in ((5, 30), (20, 3)):  # other cache lengths, up to the same multiple
         generated(compiled, prompt_batch(length=prompt_length), new_tokens)
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_a_compiled_step_is_the_one_decoding_runs_over_a_cache_of_whole_multiples():
+    """What --compile changes, without compiling (the test above compiles): a model given a compiled step decodes
+    through it, over a cache of whole multiples of COMPILED_CACHE_MULTIPLE positions, never past the context."""
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=1000)).eval()
+    assert decoding_cache(model, 1, 300).length == 300
+    plain = generated(model, prompt_batch(), 5, GREEDY)
+    lengths = []
+
+    def compiled_step(model, token, pos, cache):
+        lengths.append(cache.length)
+        return one_token_logits(model, token, pos, cache)
+
+    model.compiled_step = compiled_step
+    assert [decoding_cache(model, 1, n).length for n in (1, 256, 257, 600, 999)] == [256, 256, 512, 768, 1000]
+    assert torch.equal(generated(model, prompt_batch(), 5, GREEDY), plain)
+    assert lengths == [256] * 4  # each step after the prompt's pass
 
 
 # --- speculative decoding --------------------------------------------------------------------------------------------

@@ -257,6 +257,22 @@ def test_chat_renders_the_messages_with_the_template(server):
     assert all(len(t.top_logprobs) == 2 for t in logprobs.choices[0].logprobs.content)
 
 
+def test_chat_replies_end_at_the_templates_stop_texts(server, monkeypatch):
+    """The template's stop texts end a chat reply as a request's own do: a word from the middle of a reply, made the
+    template's stop text, cuts the same reply before it, whole or streamed."""
+    client = server.client()
+    messages = [{"role": "user", "content": "Tell me more"}]
+    settings = {"model": "tiny", "messages": messages, "max_tokens": 16, "temperature": 0}
+    whole = client.chat.completions.create(**settings).choices[0].message.content
+    stop = whole.split()[len(whole.split()) // 2]
+    assert whole.index(stop) > 0
+    monkeypatch.setattr(server.server.config.app.state, "chat_template", {**DEFAULT_TEMPLATE, "stop": [stop]})
+    reply = client.chat.completions.create(**settings).choices[0]
+    assert reply.message.content == whole[: whole.index(stop)] and reply.finish_reason == "stop"
+    chunks = list(client.chat.completions.create(**settings, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply.message.content
+
+
 def test_chat_template_from_the_checkpoint_or_a_file(tmp_path, checkpoint):
     options = ServeOptions(ckpt=checkpoint)
     assert chat_template_of(options, checkpoint) == DEFAULT_TEMPLATE
