@@ -38,14 +38,25 @@ def test_the_prompt_drops_the_oldest_turns_and_keeps_the_newest_message():
     assert conversation.turns == [("user", "question three")]
 
 
+def test_a_message_too_long_for_the_context_leaves_the_conversation_as_it_was():
+    conversation = Conversation(DEFAULT_TEMPLATE)
+    for role, text in TURNS:
+        (conversation.ask if role == "user" else conversation.answer)(text)
+    conversation.ask("far too long " * 40)
+    with pytest.raises(GptkitError, match="the message and the system prompt take"):
+        conversation.prompt(64, 8)
+    assert conversation.turns[:-1] == TURNS and conversation.dropped == 0  # the chat loop then takes the message back
+
+
 @pytest.mark.parametrize(
     "drawn, max_new_tokens, reply",
     [
         ([" The capital is Quellmark.\nUser: and now"], 50, "The capital is Quellmark."),  # the template's stop text
         ([" Hello there.", EOT_TOKEN, " more"], 50, "Hello there."),
+        ([" Line one\n", EOT_TOKEN], 50, "Line one\n"),  # held back as a stop text's start, released at the end
         (["  two spaces\n"], None, "two spaces\n"),  # max_new_tokens: all it drew, what was held back too
     ],
-    ids=["stop text", "end of text", "max tokens"],
+    ids=["stop text", "end of text", "end of text after held text", "max tokens"],
 )
 def test_a_reply_ends_at_the_end_of_text_or_a_stop_text_without_its_leading_space(
     tiny_model, monkeypatch, drawn, max_new_tokens, reply

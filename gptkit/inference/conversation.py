@@ -37,17 +37,19 @@ class Conversation:
     def prompt(self, context: int, room: int) -> list[int]:
         """The prompt's tokens for the reply to the last message, leaving room tokens of the context for it: the
         oldest turns (a user message and its reply) are dropped while it does not fit."""
+        turns, dropped = self.turns, 0
         while True:
-            tokens = encode(format_prompt(self.template, self.messages()))
+            system = [("system", self.system)] if self.system else []
+            tokens = encode(format_prompt(self.template, system + turns))
             if len(tokens) + room <= context:
+                self.turns, self.dropped = turns, self.dropped + dropped
                 return tokens
-            if len(self.turns) <= 1:
+            if len(turns) <= 1:  # refused: the conversation stays as it was
                 raise GptkitError(
                     f"the message and the system prompt take {len(tokens):,} tokens, and the reply {room:,} more: "
                     f"the model's context holds {context:,}; shorten them, or lower --max-new-tokens"
                 )
-            self.turns = self.turns[2:]
-            self.dropped += 1
+            turns, dropped = turns[2:], dropped + 1
 
 
 def reply_room(context: int, max_new_tokens: int) -> int:
@@ -72,7 +74,7 @@ def stream_reply(model: GPT, prompt: list[int], template: dict, sampling: Sampli
         if text:
             yield text
         if token == EOT_TOKEN or stream.done:
-            return
-    tail = stream.finish()
+            break
+    tail = stream.finish()  # what was held back as the possible start of a stop text
     if tail and (started or tail.strip()):
         yield tail if started else tail.lstrip()
