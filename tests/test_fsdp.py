@@ -159,8 +159,10 @@ def test_a_sharded_run_killed_at_any_moment_resumes_to_the_same_weights(text, ti
         )
         saved_before = newest_save(killed)
         deadline = time.time() + 120
-        while child.poll() is None and time.time() < deadline:  # until it has saved a step of its own
-            if newest_save(killed) not in (None, saved_before):
+        # until it has saved a step of its own, and the run folder holds a published checkpoint (before the first
+        # save is published there is none to load: a kill then leaves the save, and --resume, but no checkpoint yet)
+        while child.poll() is None and time.time() < deadline:
+            if newest_save(killed) not in (None, saved_before) and (killed / "config.json").exists():
                 break
             time.sleep(0.01)
         time.sleep(delay)
