@@ -257,7 +257,7 @@ def test_chat_renders_the_messages_with_the_template(server):
     assert all(len(t.top_logprobs) == 2 for t in logprobs.choices[0].logprobs.content)
 
 
-def test_chat_replies_end_at_the_templates_stop_texts(server, monkeypatch):
+def test_chat_replies_end_at_the_templates_stop_texts(server):
     """The template's stop texts end a chat reply as a request's own do: a word from the middle of a reply, made the
     template's stop text, cuts the same reply before it, whole or streamed."""
     client = server.client()
@@ -266,11 +266,15 @@ def test_chat_replies_end_at_the_templates_stop_texts(server, monkeypatch):
     whole = client.chat.completions.create(**settings).choices[0].message.content
     stop = whole.split()[len(whole.split()) // 2]
     assert whole.index(stop) > 0
-    monkeypatch.setattr(server.server.config.app.state, "chat_template", {**DEFAULT_TEMPLATE, "stop": [stop]})
-    reply = client.chat.completions.create(**settings).choices[0]
-    assert reply.message.content == whole[: whole.index(stop)] and reply.finish_reason == "stop"
-    chunks = list(client.chat.completions.create(**settings, stream=True))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply.message.content
+    state = server.server.config.app.state  # starlette's State: monkeypatch's undo deletes the attribute instead
+    state.chat_template = {**DEFAULT_TEMPLATE, "stop": [stop]}
+    try:
+        reply = client.chat.completions.create(**settings).choices[0]
+        assert reply.message.content == whole[: whole.index(stop)] and reply.finish_reason == "stop"
+        chunks = list(client.chat.completions.create(**settings, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply.message.content
+    finally:
+        state.chat_template = DEFAULT_TEMPLATE
 
 
 def test_chat_template_from_the_checkpoint_or_a_file(tmp_path, checkpoint):
