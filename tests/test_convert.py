@@ -215,7 +215,12 @@ def run(*args):
 
 
 @pytest.mark.parametrize(
-    "bias, compiled, mask_buffer", [(True, False, False), (False, True, False), (True, True, True)]
+    "bias, compiled, mask_buffer",
+    [
+        (True, False, False),
+        pytest.param(False, True, False, marks=pytest.mark.slow),  # the other kinds of file: in .ci/run
+        pytest.param(True, True, True, marks=pytest.mark.slow),
+    ],
 )
 def test_nanogpt_checkpoint_gives_nanogpts_loss(tmp_path, tokens, short_text, bias, compiled, mask_buffer):
     reference = Reference(**SHAPE, bias=bias, exact_gelu=True, mask_buffer=mask_buffer)

@@ -82,6 +82,7 @@ def scored(model, context: list[int], continuation: list[int]) -> tuple[float, b
     return losses.mean().item(), logits.argmax(-1).tolist() == continuation
 
 
+@pytest.mark.slow  # every task scored twice, by hand and by core_score
 def test_core_scores_as_a_plain_forward_pass_does(tmp_path, tiny_config):
     """0-shot questions whose prompts split where the eye sees it (choices of different first words, contexts of
     different last words), scored here one plain forward pass a prompt: the same accuracies, and the same CORE."""
