@@ -46,6 +46,17 @@ def top_p_option():
     )
 
 
+def newest_checkpoint_argument(help: str):
+    """CKPT, a positional that defaults to the newest checkpoint under checkpoints/."""
+    return argument(
+        help, None, check=check_checkpoint, default_text="the newest one under checkpoints/", show_default=False
+    )
+
+
+def compile_step_option():
+    return option(False, "torch.compile the one-token decoding step (compiling takes a while).", panel=SPEED)
+
+
 def seed_option():
     return option(None, "Random seed, for reproducible samples.", panel=SAMPLING)
 
@@ -79,7 +90,7 @@ class SampleOptions:
     dtype: str = dtype_option()
     device: str = device_option()
     quantize: str | None = quantize_option(SPEED)
-    compile: bool = option(False, "torch.compile the one-token decoding step (compiling takes a while).", panel=SPEED)
+    compile: bool = compile_step_option()
     draft: Path | None = option(
         None,
         "Speculative decoding: a smaller checkpoint with the same tokenizer proposes tokens.",
@@ -96,12 +107,8 @@ class SampleOptions:
 class ChatOptions:
     """`gptkit chat`'s options, checked when made (no torch needed)."""
 
-    ckpt: Path | None = argument(
-        "Checkpoint directory (or .safetensors, or nanoGPT / build-nanogpt .pt file).",
-        None,
-        check=check_checkpoint,
-        default_text="the newest one under checkpoints/",
-        show_default=False,
+    ckpt: Path | None = newest_checkpoint_argument(
+        "Checkpoint directory (or .safetensors, or nanoGPT / build-nanogpt .pt file)."
     )
     system: str | None = option(None, "A system message that starts the conversation.", panel=MODEL)
     max_new_tokens: int = option(
@@ -114,7 +121,7 @@ class ChatOptions:
     dtype: str = dtype_option()
     device: str = device_option()
     quantize: str | None = quantize_option(SPEED)
-    compile: bool = option(False, "torch.compile the one-token decoding step (compiling takes a while).", panel=SPEED)
+    compile: bool = compile_step_option()
 
     def __post_init__(self):
         check_declared(self)
@@ -125,13 +132,7 @@ class ServeOptions:
     """`gptkit serve`'s options, checked when made (no torch needed): FastAPI and uvicorn are installed, the address
     is safe to listen on (loopback, else with an API key or --no-api-key), the limits make sense."""
 
-    ckpt: Path | None = argument(
-        "Checkpoint directory.",
-        None,
-        check=check_checkpoint,
-        default_text="the newest one under checkpoints/",
-        show_default=False,
-    )
+    ckpt: Path | None = newest_checkpoint_argument("Checkpoint directory.")
     host: str = option("127.0.0.1", "The address to listen on (one other than loopback needs a key).", panel=SERVER)
     port: int = option(8000, "The port to listen on; 0: any free one.", panel=SERVER, min=0, max=65535)
     api_key: str | None = option(
