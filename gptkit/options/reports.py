@@ -55,8 +55,12 @@ class EvalOptions:
         "needs gptkit[evals].",
         panel=BENCHMARKS,
     )
-    num_fewshot: int | None = option(None, "Few-shot examples a --tasks prompt. Default: the task's.", panel=BENCHMARKS, min=0)
-    limit: int | None = option(None, "Score at most this many examples of each task (--tasks, --core).", panel=BENCHMARKS, min=1)
+    num_fewshot: int | None = option(
+        None, "Few-shot examples a --tasks prompt. Default: the task's.", panel=BENCHMARKS, min=0
+    )
+    limit: int | None = option(
+        None, "Score at most this many examples of each task (--tasks, --core).", panel=BENCHMARKS, min=1
+    )
     include_path: Path | None = option(
         None, "A folder of task YAML files of your own, for --tasks.", panel=BENCHMARKS, check=check_folder
     )
