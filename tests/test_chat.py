@@ -3,7 +3,6 @@ sample --chat`, the served API (OpenAI's client) and transformers' pipeline with
 mask keeps the users' text out of what it learns; a run on conversations resumes exactly."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
