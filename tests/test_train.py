@@ -51,14 +51,49 @@ def weights(out) -> dict[str, torch.Tensor]:
 
 
 def test_schedule_warms_up_then_decays_to_min_lr():
-    cfg = TrainConfig(data="", steps=110, warmup_steps=10, lr=1e-3, min_lr=1e-4)
+    cfg = TrainConfig(data="", steps=110, warmup_steps=10, lr=1e-3, min_lr=1e-4, schedule="cosine")
     lrs = [learning_rate(step, cfg) for step in range(110)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[4] == pytest.approx(5e-4) and lrs[9] == pytest.approx(1e-3)
     assert lrs[10] == pytest.approx(1e-3)
     assert lrs[60] == pytest.approx(5.5e-4)  # halfway through the cosine: the mean of lr and min_lr
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lrs[-1] == pytest.approx(1e-4, rel=1e-2) and learning_rate(110, cfg) == 1e-4
-    assert learning_rate(0, TrainConfig(data="", steps=5, warmup_steps=0, lr=1e-3, min_lr=0.0)) == 1e-3
+    flat_start = TrainConfig(data="", steps=5, warmup_steps=0, lr=1e-3, min_lr=0.0, schedule="cosine")
+    assert learning_rate(0, flat_start) == 1e-3
+
+
+def test_linear_and_wsd_schedules():
+    """linear: warmup, then a straight line to min_lr at `steps`; wsd: warmup, constant, then a straight line to
+    min_lr over the last cooldown_fraction of the steps."""
+    linear = TrainConfig(data="", steps=110, warmup_steps=10, lr=1e-3, min_lr=1e-4, schedule="linear")
+    assert learning_rate(9, linear) == pytest.approx(1e-3) and learning_rate(10, linear) == pytest.approx(1e-3)
+    assert learning_rate(60, linear) == pytest.approx(5.5e-4) and learning_rate(85, linear) == pytest.approx(3.25e-4)
+    assert learning_rate(110, linear) == 1e-4
+    wsd = TrainConfig(data="", steps=100, warmup_steps=10, lr=1e-3, min_lr=0.0, schedule="wsd", cooldown_fraction=0.4)
+    lrs = [learning_rate(step, wsd) for step in range(101)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert lrs[10:61] == [1e-3] * 51  # stable until the cooldown, the last 40 steps, starts at step 60
+    assert lrs[70] == pytest.approx(0.75e-3) and lrs[80] == pytest.approx(0.5e-3) and lrs[99] == pytest.approx(2.5e-5)
+    assert lrs[100] == 0.0
+    whole = TrainConfig(data="", steps=100, warmup_steps=10, lr=1e-3, min_lr=0.0, schedule="wsd", cooldown_fraction=1)
+    assert [learning_rate(s, whole) for s in (10, 55)] == pytest.approx([1e-3, 0.5e-3])  # the cooldown after warmup
+
+
+def test_muon_momentum_warms_up_from_085_and_the_schedule_sets_every_group(tiny_model):
+    from gptkit.training.optim import apply_schedule, make_optimizer, muon_momentum
+
+    cfg = TrainConfig(data="", steps=100, warmup_steps=0, lr=0.02, min_lr=0.0, schedule="linear", optimizer="muon",
+                      embedding_lr=0.004, scalar_lr=0.001, muon_momentum_warmup=40, weight_decay=0.1)  # fmt: skip
+    assert [muon_momentum(step, cfg) for step in (0, 10, 20, 39, 40, 99)] == pytest.approx(
+        [0.85, 0.875, 0.9, 0.9475, 0.95, 0.95]
+    )
+    assert muon_momentum(0, TrainConfig(data="", muon_momentum_warmup=0)) == 0.95
+    optimizer = make_optimizer(tiny_model, cfg, torch.device("cpu"))
+    assert apply_schedule(optimizer, 20, cfg) == pytest.approx(0.016)
+    muon, adamw = optimizer.parts
+    assert muon.param_groups[0]["lr"] == pytest.approx(0.016) and muon.param_groups[0]["momentum"] == pytest.approx(0.9)
+    assert [g["lr"] for g in adamw.param_groups] == pytest.approx([0.0032, 0.0008])  # embeddings, scalars
+    assert all("momentum" not in g for g in adamw.param_groups)
 
 
 def test_accumulation_matches_one_big_batch(text, tiny_checkpoint, tmp_path):
@@ -74,7 +109,14 @@ def test_accumulation_matches_one_big_batch(text, tiny_checkpoint, tmp_path):
     assert metadata["val_loss"] is not None and metadata["data"]["path"] == str(text.resolve())
 
 
-@pytest.mark.parametrize("options", [{}, {"optimizer": "muon", "dropout": 0.1}], ids=["adamw", "muon-dropout"])
+RECIPE = {"optimizer": "muon", "schedule": "wsd", "cooldown_fraction": 0.5, "min_lr_fraction": 0.0}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"optimizer": "muon", "dropout": 0.1}, RECIPE | {"muon_momentum_warmup": 12}],
+    ids=["adamw", "muon-dropout", "wsd-momentum-warmup"],
+)
 def test_interrupt_saves_and_resume_is_exact(text, tiny_checkpoint, tmp_path, monkeypatch, capsys, options):
     run(text, tiny_checkpoint, tmp_path / "straight", steps=16, eval_every=5, save_every=5, **options)
 
@@ -287,7 +329,8 @@ def orthogonalization_difference(input_difference: float, ns_steps: int, dtype: 
 
 
 def max_weight_difference(name: str, shape: torch.Size, settings: dict) -> float:
-    cfg = TrainConfig(data="", **{k: settings[k] for k in ("steps", "lr", "min_lr", "warmup_steps")})
+    schedule = ("steps", "lr", "min_lr", "warmup_steps", "schedule", "cooldown_fraction")
+    cfg = TrainConfig(data="", **{k: settings[k] for k in schedule})
     lr_sum = sum(learning_rate(step, cfg) for step in range(cfg.steps))  # what moves a weight, step by step
     rho = (settings["batch_size"] * settings["block_size"] + 4 * settings["n_embd"]) * unit_roundoff(torch.float32)
     # AdamW's step lr * m / (sqrt(v) + eps) does not depend on the gradient's scale: a relative difference r of the
@@ -300,10 +343,11 @@ def max_weight_difference(name: str, shape: torch.Size, settings: dict) -> float
     o_difference = orthogonalization_difference(rho, ns_steps, muon_iterates_in(), 4 * settings["n_embd"])
     if len(shape) == 2 and name.startswith("transformer.h."):  # optim.is_block_matrix: Muon's
         return lr_sum * math.sqrt(max(1, shape[0] / shape[1])) * o_difference
-    # the rest, with AdamW at adam_lr: their gradients flow through the Muon matrices, which differ by up to the bound
+    # the rest, with AdamW at its groups' rates: their gradients flow through the Muon matrices, which differ by up to the bound
     # above (scale 4: the widest matrix, 4 n_embd x n_embd) against weights of GPT2_INIT_STD
     relative = rho + lr_sum * math.sqrt(4) * o_difference / GPT2_INIT_STD
-    return lr_sum * settings["adam_lr"] / settings["lr"] * min(2, relative * CANCELLATION)
+    adamw_lr = max(settings["embedding_lr"], settings["scalar_lr"])
+    return lr_sum * adamw_lr / settings["lr"] * min(2, relative * CANCELLATION)
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
@@ -469,7 +513,7 @@ def test_resume_refuses_changed_settings_and_finished_runs(text, tiny_checkpoint
 
 
 def test_default_run_folders_do_not_collide(tiny_checkpoint):
-    from gptkit.training.config import run_name
+    from gptkit.training.runcheck import run_name
 
     assert run_name("data/input.txt", "gpt2") == "input-gpt2"
     assert run_name("data/input.txt", str(tiny_checkpoint)) == f"input-{tiny_checkpoint.name}-finetuned"
@@ -681,8 +725,17 @@ def test_bad_experiment_options(text, tiny_checkpoint, tmp_path):
     assert_fails([*nano, "--dropout", "1.5"], "--dropout must be in [0, 1)", out)
     assert_fails([text, "--model", tiny_checkpoint, "--n-layer", "3"], "a checkpoint's shape is fixed", out)
     assert_fails([*nano, "--optimizer", "sgd"], "--optimizer sgd is not one gptkit has", out)
-    assert_fails([*nano, "--adam-lr", "1e-3"], "--adam-lr sets AdamW's rate beside Muon", out)
-    assert_fails([*nano, "--optimizer", "muon", "--adam-lr", "0"], "--adam-lr must be positive", out)
+    adamw = [*nano, "--optimizer", "adamw"]
+    for flag in ("--embedding-lr", "--scalar-lr", "--muon-momentum-warmup"):
+        assert_fails([*adamw, flag, "1"], f"{flag} is for AdamW's groups beside Muon", out)
+    assert_fails([text, "--model", tiny_checkpoint, "--scalar-lr", "1e-3"], "--scalar-lr is for AdamW's groups", out)
+    assert_fails([*nano, "--embedding-lr", "0"], "--embedding-lr must be positive", out)
+    assert_fails([*nano, "--schedule", "step"], "--schedule step is not one gptkit has: use wsd, cosine, linear", out)
+    assert_fails([*nano, "--schedule", "cosine", "--cooldown-fraction", "0.5"], "add --schedule wsd", out)
+    assert_fails([*nano, "--cooldown-fraction", "0"], "--cooldown-fraction must be in (0, 1]", out)
+    assert_fails([*nano, "--min-lr", "1e-3", "--min-lr-fraction", "0.5"], "give one", out)
+    assert_fails([*nano, "--min-lr-fraction", "2"], "--min-lr-fraction must be between 0 and 1", out)
+    assert_fails([*nano, "--target-loss", "0"], "--target-loss must be positive", out)
     assert_fails([*nano, "--hellaswag", tmp_path / "no.jsonl"], "hellaswag_val.jsonl", out)
     hellaswag = tmp_path / "hs.jsonl"
     hellaswag.write_text(json.dumps(HELLASWAG[0]) + "\n")
@@ -729,24 +782,30 @@ def test_dropout_acts_only_in_training(tiny_model):
     assert torch.equal(tiny_model(idx)[0], tiny_model(idx)[0])
 
 
-def test_muon_takes_the_block_matrices_and_the_schedule_scales_both(tiny_model):
-    from gptkit.training.optim import make_optimizer, set_learning_rate
+def test_muon_takes_the_block_matrices_and_adamw_the_embeddings_and_scalars_in_their_groups(tiny_model):
+    from gptkit.training.optim import apply_schedule, make_optimizer
 
-    cfg = TrainConfig(data="", optimizer="muon", lr=0.02, adam_lr=1e-3, weight_decay=0.1)
+    cfg = TrainConfig(data="", optimizer="muon", lr=0.02, embedding_lr=1e-3, scalar_lr=4e-3, weight_decay=0.1,
+                      steps=10, warmup_steps=0, min_lr=0.0, schedule="linear")  # fmt: skip
     optimizer = make_optimizer(tiny_model, cfg, torch.device("cpu"))
     muon, adamw = optimizer.parts
     assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
     name_of = {id(p): name for name, p in tiny_model.named_parameters()}
     muon_names = {name_of[id(p)] for g in muon.param_groups for p in g["params"]}
-    adamw_names = {name_of[id(p)] for g in adamw.param_groups for p in g["params"]}
+    embeddings, scalars = ({name_of[id(p)] for p in g["params"]} for g in adamw.param_groups)
     assert muon_names == {
         f"transformer.h.{i}.{m}.weight"
         for i in range(2)
         for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
     }
-    assert adamw_names == set(name_of.values()) - muon_names  # wte (= lm_head), wpe, biases, layer norms
-    set_learning_rate(optimizer, 0.01, cfg.lr)
-    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 5e-4, 5e-4])
+    # wte is lm_head's weight too (tied): one tensor, in the embeddings' group
+    assert tiny_model.lm_head.weight is tiny_model.transformer.wte.weight
+    assert embeddings == {"transformer.wte.weight", "transformer.wpe.weight"}
+    assert scalars == set(name_of.values()) - muon_names - embeddings and all(".ln_" in n or "bias" in n or "ln_f" in n
+                                                                            for n in scalars)  # fmt: skip
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.1, 0.0]
+    apply_schedule(optimizer, 5, cfg)  # halfway down the line: every group at half its peak
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 5e-4, 2e-3])
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
@@ -755,8 +814,8 @@ def test_weight_decay_acts_on_matrices_only(tiny_model, optimizer):
     shrinks by lr * weight_decay, biases and layer norms stay (the README: weight decay on weight matrices only)."""
     from gptkit.training.optim import make_optimizer
 
-    adam_lr = {"adam_lr": 0.01} if optimizer == "muon" else {}  # AdamW's beside Muon; refused for AdamW alone
-    cfg = TrainConfig(data="", optimizer=optimizer, lr=0.02, weight_decay=0.1, **adam_lr)
+    beside = {"embedding_lr": 0.01, "scalar_lr": 0.01} if optimizer == "muon" else {}  # refused for AdamW alone
+    cfg = TrainConfig(data="", optimizer=optimizer, lr=0.02, weight_decay=0.1, **beside)
     optimizer = make_optimizer(tiny_model, cfg, torch.device("cpu"))
     before = {name: p.detach().clone() for name, p in tiny_model.named_parameters()}
     for p in tiny_model.parameters():
@@ -764,15 +823,17 @@ def test_weight_decay_acts_on_matrices_only(tiny_model, optimizer):
     optimizer.step()
     muon_lr = {id(p): group["lr"] for group in optimizer.parts[0].param_groups for p in group["params"]}
     for name, p in tiny_model.named_parameters():
-        lr = muon_lr.get(id(p), cfg.adam_lr if cfg.optimizer == "muon" else cfg.lr)
+        lr = muon_lr.get(id(p), cfg.embedding_lr if cfg.optimizer == "muon" else cfg.lr)
         # one fp32 product of the weight by (1 - lr * weight_decay): within a unit roundoff of it
         expected = before[name] * (1 - lr * cfg.weight_decay) if p.dim() == 2 else before[name]
         torch.testing.assert_close(p.detach(), expected, rtol=2**-24, atol=0, msg=lambda m, name=name: f"{name}: {m}")
 
 
-def test_defaults_the_readme_states(tiny_config):
-    """--lr 6e-4 for AdamW from scratch, 3e-5 fine-tuning; Muon's 0.02 and 1e-3, AdamW's beside it as AdamW's alone;
-    --batch-size 4 on the CPU, 16 on a GPU; --block-size the model's context, at most 256 on the CPU."""
+def test_defaults_the_docs_state(tiny_config):
+    """From scratch the recipe: Muon at 0.02 with AdamW's groups at 0.008 beside it, momentum warmed up over 300
+    steps, wsd with a cooldown over the last 70% to 0 (docs/training.md); --optimizer adamw: 6e-4, the same schedule.
+    Fine-tuning: AdamW at 3e-5 (Muon 1e-3, AdamW's groups 3e-5), cosine to a tenth, no momentum warmup. --batch-size
+    4 on the CPU, 16 on a GPU; --block-size the model's context, at most 256 on the CPU."""
     from dataclasses import replace
 
     from gptkit.training.settings import with_defaults
@@ -781,12 +842,61 @@ def test_defaults_the_readme_states(tiny_config):
         cfg = TrainConfig(data="", dtype="float32", **options)
         return with_defaults(cfg, torch.device(device), replace(tiny_config, block_size=context), fine_tuning, 1)
 
-    assert (resolved().lr, resolved(fine_tuning=True).lr) == (6e-4, 3e-5)
-    muon, muon_fine_tuning = resolved(optimizer="muon"), resolved(optimizer="muon", fine_tuning=True)
-    assert (muon.lr, muon.adam_lr, muon_fine_tuning.lr, muon_fine_tuning.adam_lr) == (0.02, 6e-4, 1e-3, 3e-5)
+    recipe = ("optimizer", "lr", "embedding_lr", "scalar_lr", "muon_momentum_warmup", "schedule", "cooldown_fraction")
+    recipe += ("min_lr_fraction", "min_lr", "warmup_steps")
+
+    def values(cfg):
+        return tuple(getattr(cfg, name) for name in recipe)
+
+    assert values(resolved()) == ("muon", 0.02, 0.008, 0.008, 300, "wsd", 0.7, 0.0, 0.0, 50)
+    assert values(resolved(optimizer="adamw")) == ("adamw", 6e-4, None, None, None, "wsd", 0.7, 0.0, 0.0, 50)
+    assert values(resolved(fine_tuning=True)) == ("adamw", 3e-5, None, None, None, "cosine", None, 0.1, 3e-6, 50)
+    muon_fine_tuning = values(resolved(optimizer="muon", fine_tuning=True))
+    assert muon_fine_tuning == ("muon", 1e-3, 3e-5, 3e-5, 0, "cosine", None, 0.1, 1e-4, 50)
+    assert resolved(min_lr=1e-3).min_lr_fraction == pytest.approx(0.05)  # --min-lr: a value of --lr's group
+    assert resolved(min_lr_fraction=0.5, lr=0.01).min_lr == 0.005
     assert (resolved().block_size, resolved(context=64).block_size, resolved("cuda").block_size) == (256, 64, 1024)
     assert (resolved().batch_size, resolved("cuda").batch_size) == (4, 16)
-    assert resolved().min_lr == pytest.approx(6e-5) and resolved(steps=100).warmup_steps == 5
+
+
+def test_a_run_saved_before_the_recipe_options_resumes_as_it_trained(tiny_config):
+    """Settings saved before --schedule, --min-lr-fraction, --embedding-lr / --scalar-lr (one --adam-lr then) and
+    --muon-momentum-warmup existed: cosine to the saved min_lr, AdamW's rate in both groups, no momentum warmup."""
+    from gptkit.training.config import settings_of
+    from gptkit.training.settings import merge_for_resume, with_defaults
+
+    new = TrainConfig(data="", optimizer="muon", lr=0.02, steps=10, dtype="float32")
+    saved = settings_of(with_defaults(new, torch.device("cpu"), tiny_config, False, 1))
+    for name in ("schedule", "cooldown_fraction", "min_lr_fraction", "embedding_lr", "scalar_lr", "muon_momentum_warmup"):
+        del saved[name]
+    saved |= {"adam_lr": 6e-4, "min_lr": 2e-3}
+    merged = merge_for_resume(TrainConfig(data="", resume=True, steps=20), saved, "nano")
+    resumed = with_defaults(merged, torch.device("cpu"), tiny_config, False, 1)
+    assert (resumed.schedule, resumed.cooldown_fraction, resumed.min_lr, resumed.min_lr_fraction) == (
+        "cosine", None, 2e-3, pytest.approx(0.1))  # fmt: skip
+    assert (resumed.embedding_lr, resumed.scalar_lr, resumed.muon_momentum_warmup) == (6e-4, 6e-4, 0)
+
+
+def test_target_loss_stops_at_the_first_evaluation_reaching_it(text, tmp_path):
+    console = io.StringIO()
+    cfg = TrainConfig(data=str(text), model="nano", out=str(tmp_path / "run"), steps=30, batch_size=4, block_size=32,
+                      dtype="float32", device="cpu", eval_every=2, eval_tokens=256, save_every=0, target_loss=10.0)  # fmt: skip
+    summary = train(cfg, console=Console(file=console, width=400))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    vals = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    assert vals[-1][1] <= 10.0 and all(v > 10.0 for _, v in vals[:-1])  # stopped at the first at or below
+    reached = records[-1]["target_reached"]
+    assert reached["step"] == vals[-1][0] == summary["step"] < 30 and reached["target_loss"] == 10.0
+    assert reached["tokens_seen"] == reached["step"] * 4 * 32 and reached["wall_time_s"] > 0
+    assert summary["target_reached"] == reached == read_metadata(tmp_path / "run")["target_reached"]
+    last = console.getvalue().splitlines()[-1]
+    assert f"val <= 10 at step {reached['step']} ({reached['tokens_seen']:,} tokens, " in last
+    assert load_checkpoint(tmp_path / "run") is not None  # saved where it stopped
+
+    summary = run(text, "nano", tmp_path / "whole", steps=4, eval_every=2)  # no target: the best val and its step
+    best = min((r["val_loss"], r["step"]) for r in map(json.loads, (tmp_path / "whole" / "metrics.jsonl").open())
+               if "val_loss" in r)  # fmt: skip
+    assert (summary["best_val"]["val_loss"], summary["best_val"]["step"]) == best
 
 
 def test_muon_orthogonalizes_in_fp32_where_bf16_is_not_the_faster(monkeypatch):

@@ -3,7 +3,8 @@
 
 import os
 
-from gptkit.training.config import TrainConfig, check
+from gptkit.training.config import TrainConfig
+from gptkit.training.runcheck import check
 
 
 def train(config: TrainConfig) -> dict:

@@ -1,16 +1,14 @@
-"""What `gptkit train` was asked for (TrainConfig: each option declared once, its value checks run when it is made),
-the checks of the files and run folder it names (check, which the train command runs before importing torch) and
-what a run saves of it (settings_of); training.settings fills in its defaults and holds the rules for resuming.
-Importing this module does not import torch."""
+"""What `gptkit train` was asked for (TrainConfig: each option declared once, its value checks run when it is made)
+and what a run saves of it (settings_of); training.settings fills in its defaults and holds the rules for resuming,
+training.runcheck checks the files and run folder it names. Importing this module does not import torch."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-from gptkit.errors import GptkitError
-from gptkit.model.config import LORA_TARGETS, PRESETS, LoraSettings
+from gptkit.model.config import LORA_TARGETS, LoraSettings
 from gptkit.options.declare import (
     DATA,
     EVALUATION_AND_SAVING,
@@ -24,7 +22,7 @@ from gptkit.options.declare import (
     check_declared,
     declared,
     fail_if,
-    fallbacks,
+    flag_of,
     option,
     tagged,
 )
@@ -32,13 +30,11 @@ from gptkit.options.shared import (
     DTYPE_NAMES,
     check_device,
     check_dtype,
-    check_hellaswag_file,
-    check_not_int8,
-    check_text,
 )
-from gptkit.training.runlock import RUN_FOLDER_IN_USE, RUN_LOCK_WAIT_S, check_not_held
 
 OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("wsd", "cosine", "linear")
+MUON_ONLY = ("embedding_lr", "scalar_lr", "muon_momentum_warmup")  # refused with AdamW alone
 LORA_SHAPE = ("lora_alpha", "lora_dropout", "lora_targets")  # the options that shape LoRA adapters (with lora_rank)
 # The tags of train's options: which may differ when resuming (they do not change the trajectory, or extend it:
 # --steps), and which describe the invocation, not the run (they are not saved among its settings).
@@ -132,11 +128,11 @@ class TrainConfig:
     )
     optimizer: str | None = option(
         None,
-        "adamw, or muon: Muon for the blocks' weight matrices, AdamW for embeddings, biases and norms.",
+        "muon: Muon for the blocks' weight matrices, AdamW for embeddings, biases and norms; or adamw for all.",
         panel=OPTIMIZATION,
         choices=OPTIMIZERS,
         message="{flag} {value} is not one gptkit has: use " + " or ".join(OPTIMIZERS),
-        fallback="adamw",
+        default_text="muon from scratch, adamw fine-tuning",
     )
     lr: float | None = option(
         None,
@@ -145,21 +141,68 @@ class TrainConfig:
         above=0,
         default_text="AdamW 6e-4 from scratch, 3e-5 fine-tuning; Muon 0.02 from scratch, 1e-3 fine-tuning",
     )
-    adam_lr: float | None = option(
+    embedding_lr: float | None = option(
         None,
-        "With --optimizer muon: AdamW's peak learning rate.",
+        "With --optimizer muon: AdamW's peak learning rate of the embeddings (wte, which is also the tied output "
+        "head, and wpe).",
         panel=OPTIMIZATION,
         above=0,
-        default_text="AdamW's --lr default",
+        default_text="0.008 from scratch, AdamW's 3e-5 fine-tuning",
+    )
+    scalar_lr: float | None = option(
+        None,
+        "With --optimizer muon: AdamW's peak learning rate of the biases and layer norms.",
+        panel=OPTIMIZATION,
+        above=0,
+        default_text="0.008 from scratch, AdamW's 3e-5 fine-tuning",
+    )
+    muon_momentum_warmup: int | None = option(
+        None,
+        "With --optimizer muon: steps over which Muon's momentum rises linearly from 0.85 to 0.95.",
+        panel=OPTIMIZATION,
+        min=0,
+        default_text="300 from scratch, 0 fine-tuning",
     )
     weight_decay: float | None = option(
         None, "Weight decay of the weight matrices (AdamW's, and Muon's).", panel=OPTIMIZATION, min=0, fallback=0.1
     )
     seed: int | None = option(None, "Random seed of the weights and the data order.", panel=OPTIMIZATION, fallback=1337)
     steps: int | None = option(None, "Optimizer steps.", panel=SCHEDULE, min=1, fallback=1000, tags=CHANGEABLE)
+    schedule: str | None = option(
+        None,
+        "The learning rate after the warmup: cosine decay to the minimum; linear decay to it; or wsd (warmup-stable-"
+        "decay): constant, then linear decay to it over the last --cooldown-fraction of the steps.",
+        panel=SCHEDULE,
+        choices=SCHEDULES,
+        message="{flag} {value} is not one gptkit has: use " + ", ".join(SCHEDULES),
+        default_text="wsd from scratch, cosine fine-tuning",
+    )
+    cooldown_fraction: float | None = option(
+        None, "wsd: the fraction of the steps spent decaying.", panel=SCHEDULE, above=0, max=1, fallback=0.7
+    )
     warmup_steps: int | None = option(None, "Steps of linear warmup.", panel=SCHEDULE, min=0, default_text="steps / 20")
+    min_lr_fraction: float | None = option(
+        None,
+        "The learning rate at the end of the decay, as a fraction of each group's peak.",
+        panel=SCHEDULE,
+        min=0,
+        max=1,
+        default_text="0 from scratch, 0.1 fine-tuning",
+    )
     min_lr: float | None = option(
-        None, "Learning rate at the end of the cosine decay.", panel=SCHEDULE, min=0, default_text="lr / 10"
+        None,
+        "The learning rate at the end of the decay, as a value (of --lr; the other groups' scale alike).",
+        panel=SCHEDULE,
+        min=0,
+        default_text="lr x --min-lr-fraction",
+    )
+    target_loss: float | None = option(
+        None,
+        "Stop at the first evaluation whose validation loss is at most this, and report the steps, tokens and time "
+        "to it.",
+        panel=SCHEDULE,
+        above=0,
+        tags=CHANGEABLE,
     )
     eval_every: int | None = option(
         None,
@@ -308,9 +351,19 @@ def check_combinations(c: TrainConfig):
         given(c.n_embd, c.n_head) and c.n_embd % c.n_head != 0,
         f"--n-embd {c.n_embd} must be divisible by --n-head {c.n_head} (each head gets n_embd / n_head dims)",
     )
+    for name in MUON_ONLY:
+        fail_if(
+            given(getattr(c, name), c.optimizer) and c.optimizer != "muon",
+            f"{flag_of(TrainConfig, name)} is for AdamW's groups beside Muon and Muon's momentum (with --optimizer "
+            "muon); for AdamW alone use --lr",
+        )
     fail_if(
-        given(c.adam_lr) and c.optimizer != "muon",
-        "--adam-lr sets AdamW's rate beside Muon (with --optimizer muon); for AdamW alone use --lr",
+        given(c.min_lr, c.min_lr_fraction, c.lr) and not math.isclose(c.min_lr, c.min_lr_fraction * c.lr),
+        "--min-lr and --min-lr-fraction set the same thing: give one",
+    )
+    fail_if(
+        given(c.cooldown_fraction, c.schedule) and c.schedule != "wsd",
+        "--cooldown-fraction shapes the wsd schedule: add --schedule wsd",
     )
     fail_if(given(c.min_lr, c.lr) and c.min_lr > c.lr, f"--min-lr {c.min_lr} must not exceed --lr {c.lr}")
     fail_if(
@@ -330,53 +383,6 @@ def check_combinations(c: TrainConfig):
 
 CHANGEABLE_ON_RESUME = tagged(TrainConfig, CHANGEABLE_ON_RESUME_TAG)
 NOT_SETTINGS = tagged(TrainConfig, NOT_A_SETTING_TAG)
-DEFAULT_MODEL = fallbacks(TrainConfig)["model"]
-
-
-def run_name(data: str, model: str) -> str:
-    """<data>-<preset> from scratch, <data>-<checkpoint>-finetuned from a checkpoint (never the same folder)."""
-    stem = Path(data).resolve().stem or "data"
-    name = Path(model).stem if Path(model).suffix in (".pt", ".pth") else Path(model).name  # nanoGPT's ckpt.pt: ckpt
-    return f"{stem}-{name}-finetuned" if model not in PRESETS else f"{stem}-{model}"
-
-
-def default_out(cfg: TrainConfig) -> Path:
-    return Path("checkpoints") / run_name(cfg.data, cfg.model or DEFAULT_MODEL)
-
-
-def check(cfg: TrainConfig):
-    """The checks of what the options name (their values were checked when cfg was made), none needing torch, the
-    device or the model: DATA, a checkpoint to fine-tune, a HellaSwag file, the processes --fsdp needs, the run folder
-    (one to resume; not in use: runfolder.lock_run_folder takes its lock later, this only refuses early)."""
-    from gptkit.checkpoint.locate import resolve  # imported here, as in options.shared.check_checkpoint
-
-    check_text(cfg.data)
-    if cfg.model is not None and cfg.model not in PRESETS:
-        if not Path(cfg.model).exists():
-            raise GptkitError(
-                f"unknown model '{cfg.model}': use a preset ({', '.join(PRESETS)}) or a checkpoint directory"
-            )
-        resolve(cfg.model)
-        check_not_int8(cfg.model, "cannot be trained", "fine-tune the float checkpoint it was made from")
-    fail_if(
-        cfg.lora_rank is not None and not cfg.resume and (cfg.model is None or cfg.model in PRESETS),
-        "--lora-rank trains adapters on a frozen checkpoint: give it as --model (a preset from scratch has nothing "
-        "to adapt)",
-    )
-    fail_if(
-        bool(cfg.fsdp) and int(os.environ.get("WORLD_SIZE", "1")) < 2,
-        "--fsdp shards the model over several processes: start them with torchrun --nproc-per-node N (N >= 2)",
-    )
-    out = Path(cfg.out) if cfg.out else default_out(cfg)
-    fail_if(
-        cfg.resume and not out.is_dir(), f"{out} does not exist: there is no run to resume (start one without --resume)"
-    )
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 takes the lock
-        check_not_held(out, RUN_FOLDER_IN_USE, RUN_LOCK_WAIT_S)
-    if cfg.hellaswag is not None:
-        check_hellaswag_file(cfg.hellaswag)
-
-
 def lora_of(cfg: TrainConfig) -> LoraSettings | None:
     """The LoRA adapters a with_defaults cfg trains, if any."""
     if cfg.lora_rank is None:

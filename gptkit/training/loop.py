@@ -24,7 +24,8 @@ from gptkit.files import data_hash
 from gptkit.evaluation.hellaswag import read_hellaswag
 from gptkit.model.config import PRESETS
 from gptkit.progress import PrepareProgress
-from gptkit.training.config import TrainConfig, check, default_out, settings_of
+from gptkit.training.config import TrainConfig, settings_of
+from gptkit.training.runcheck import check, default_out
 from gptkit.training.settings import merge_for_resume, with_defaults
 from gptkit.training.distributed import Processes, start_processes, stop_processes
 from gptkit.training.evaluate import evaluate, hellaswag_accuracy
@@ -176,7 +177,7 @@ def announce(r: Run, procs: Processes, console):
         f"({data_summary(r)}) | {procs.device} {cfg.dtype}"
         f"{f' x {procs.world_size} processes' if procs.distributed else ''}{' (FSDP)' if cfg.fsdp else ''} | "
         f"batch {cfg.batch_size} x {cfg.block_size} x accum {cfg.grad_accum} = {cfg.tokens_per_step:,} tokens/step | "
-        f"{r.out}",
+        f"{recipe_summary(cfg)} | {r.out}",
         highlight=False,
     )
     packed = getattr(r.source, "packed", None)
@@ -188,6 +189,22 @@ def announce(r: Run, procs: Processes, console):
         )
     if r.step:
         console.print(f"resuming at step {r.step}/{cfg.steps}", highlight=False)
+
+
+def recipe_summary(cfg: TrainConfig) -> str:
+    """The optimizer, each group's peak learning rate and the schedule, for the run's first line."""
+    if cfg.optimizer == "muon":
+        groups = (
+            f"muon lr {cfg.lr:g} (matrices, momentum warmup {cfg.muon_momentum_warmup}) + adamw "
+            f"{cfg.embedding_lr:g} (embeddings = head) / {cfg.scalar_lr:g} (scalars)"
+        )
+    else:
+        groups = f"adamw lr {cfg.lr:g}"
+    cooldown = f" (cooldown {cfg.cooldown_fraction:g})" if cfg.schedule == "wsd" else ""
+    return (
+        f"{groups}, weight decay {cfg.weight_decay:g} | {cfg.schedule}{cooldown}, warmup {cfg.warmup_steps}, "
+        f"to {cfg.min_lr_fraction:g}x"
+    )
 
 
 def open_log(r: Run, procs: Processes, console, resumed: bool) -> RunLog:
@@ -209,7 +226,8 @@ def open_log(r: Run, procs: Processes, console, resumed: bool) -> RunLog:
 
 
 def train_loop(r: Run, procs: Processes, console, resumed: bool):
-    """Steps until cfg.steps, evaluating and saving on schedule; on a stop request, save and return early."""
+    """Steps until cfg.steps (or the first evaluation at --target-loss), evaluating and saving on schedule; on a stop
+    request, save and return early."""
     cfg = r.cfg
     stats = torch.zeros(2, device=procs.device)
     with StopRequest() as stop, open_log(r, procs, console, resumed) as log:
@@ -218,28 +236,48 @@ def train_loop(r: Run, procs: Processes, console, resumed: bool):
             r.session_time += record["step_time_s"]
             r.session_tokens += cfg.tokens_per_step
             if not stopping and (r.step == cfg.steps or cfg.eval_every and r.step % cfg.eval_every == 0):
-                val_loss = evaluate(r.model, r.val_tokens, cfg, procs, r.dtype, stop)
-                if val_loss is not None:
-                    r.val_loss = record["val_loss"] = val_loss
-                if r.hellaswag and (acc_norm := hellaswag_accuracy(r, procs, stop)) is not None:
-                    r.hellaswag_acc_norm = record["hellaswag_acc_norm"] = acc_norm
+                record |= evaluate_now(r, procs, stop)
             log.write(record)
-            if stopping or r.step == cfg.steps or cfg.save_every and r.step % cfg.save_every == 0:
+            if stopping or r.target_reached or r.step == cfg.steps or cfg.save_every and r.step % cfg.save_every == 0:
                 r.save(procs)
-            if stopping:
+            if stopping or r.target_reached:
                 break
 
 
+def evaluate_now(r: Run, procs: Processes, stop: StopRequest) -> dict:
+    """The validation loss (and HellaSwag accuracy) at this step, for its record; the best so far and, the first time
+    it is at most --target-loss, the steps, tokens and wall time to it."""
+    cfg, fields = r.cfg, {}
+    val_loss = evaluate(r.model, r.val_tokens, cfg, procs, r.dtype, stop)
+    if val_loss is not None:
+        r.val_loss = fields["val_loss"] = val_loss
+        if r.best_val is None or val_loss < r.best_val["val_loss"]:
+            r.best_val = {"val_loss": val_loss, "step": r.step}
+        if cfg.target_loss is not None and val_loss <= cfg.target_loss:
+            r.target_reached = fields["target_reached"] = {
+                "target_loss": cfg.target_loss,
+                "step": r.step,
+                "tokens_seen": r.tokens_seen,
+                "wall_time_s": round(r.wall_before + time.perf_counter() - r.started, 3),
+            }
+    if r.hellaswag and (acc_norm := hellaswag_accuracy(r, procs, stop)) is not None:
+        r.hellaswag_acc_norm = fields["hellaswag_acc_norm"] = acc_norm
+    return fields
+
+
 def finish(r: Run, procs: Processes, console) -> dict:
-    """The summary of a finished run; Interrupted (after the save) when it stopped early."""
+    """The summary of a finished run (or one stopped at --target-loss); Interrupted (after the save) when it stopped
+    early otherwise."""
     cfg = r.cfg
-    if r.step < cfg.steps:
+    if r.step < cfg.steps and not r.target_reached:
         resume_hint = f"gptkit train {cfg.data} --resume --out {r.out}"
         raise Interrupted(f"interrupted: saved step {r.step}/{cfg.steps} to {r.out}; continue with: {resume_hint}")
     summary = {
         "step": r.step,
         "train_loss": r.loss,
         "val_loss": r.val_loss,
+        "best_val": r.best_val,
+        "target_reached": r.target_reached,
         "hellaswag_acc_norm": r.hellaswag_acc_norm,
         "tokens_seen": r.tokens_seen,
         "wall_time_s": time.perf_counter() - r.started,
@@ -249,9 +287,20 @@ def finish(r: Run, procs: Processes, console) -> dict:
     if procs.main:
         val = f"{r.val_loss:.4f}" if r.val_loss is not None else "n/a (no validation tokens)"
         console.print(
-            f"done: step {r.step}/{cfg.steps} | train loss {r.loss:.4f} | val loss {val} | "
+            f"done: step {r.step}/{cfg.steps} | train loss {r.loss:.4f} | val loss {val} | {outcome(r)} | "
             f"{r.tokens_seen:,} tokens seen | {summary['wall_time_s']:.1f} s | "
             f"{summary['tokens_per_s'] or 0:,.0f} tokens/s | checkpoint {r.out}",
             highlight=False,
         )
     return summary
+
+
+def outcome(r: Run) -> str:
+    """The last line's report of the run against its target: the steps, tokens and wall time to --target-loss, or
+    that it was not reached; without a target, the best validation loss and its step."""
+    target, best = r.cfg.target_loss, r.best_val
+    if r.target_reached:
+        t = r.target_reached
+        return f"val <= {target:g} at step {t['step']} ({t['tokens_seen']:,} tokens, {t['wall_time_s']:.1f} s)"
+    best_text = f"best val {best['val_loss']:.4f} at step {best['step']}" if best else "no evaluation"
+    return best_text if target is None else f"target val {target:g} not reached ({best_text})"

@@ -3,7 +3,12 @@ restored from named tensors in one place (so a run folder holds no pickle).
 
 Muon (Keller Jordan, 2024; torch.optim.Muon) updates a weight matrix by its momentum orthogonalized with a few
 Newton-Schulz iterations. It is for the matrices inside the transformer blocks only: the embeddings (and the output
-head tied to wte), biases and layer norms stay with AdamW, as in the modded-nanogpt speedrun.
+head tied to wte), biases and layer norms stay with AdamW, as in the modded-nanogpt speedrun, in two groups with their
+own peak rates: the embeddings (--embedding-lr; wte is the output head too, one tensor, so the head has no group of
+its own) and the scalars (--scalar-lr: biases, layer norms).
+
+The schedule is a function of the step alone (learning_rate, muon_momentum), applied before each step
+(apply_schedule): a resumed run computes the same values, so nothing of it is saved.
 """
 
 import math
@@ -16,11 +21,12 @@ from gptkit.model.gpt import GPT
 
 ADAMW_BETAS = (0.9, 0.95)
 MUON_MOMENTUM = 0.95
+MUON_FIRST_MOMENTUM = 0.85  # where --muon-momentum-warmup starts (modded-nanogpt, nanochat)
 
 
 class Optimizers:
     """Torch optimizers over disjoint parameters, stepped as one: AdamW alone, or Muon and AdamW. Each parameter
-    group carries its peak learning rate ("peak_lr"), which the schedule scales (set_learning_rate)."""
+    group carries its peak learning rate ("peak_lr"), which the schedule scales (apply_schedule)."""
 
     def __init__(self, *parts: torch.optim.Optimizer):
         self.parts = parts
@@ -99,26 +105,39 @@ def is_block_matrix(name: str, p: torch.nn.Parameter) -> bool:
     return p.dim() == 2 and name.startswith("transformer.h.")
 
 
-def make_adamw(params: list, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW as GPT-2 / nanoGPT: weight decay on matrices (matmul weights, embeddings), none on biases and norms."""
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, "peak_lr": lr},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "peak_lr": lr},
+def make_adamw(groups: list[tuple[list, float]], weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over (parameters, peak lr) groups, as GPT-2 / nanoGPT: weight decay on matrices (matmul weights,
+    embeddings), none on biases and norms."""
+    param_groups = [
+        {"params": params, "weight_decay": weight_decay if params[0].dim() >= 2 else 0.0, "peak_lr": lr, "lr": lr}
+        for params, lr in groups
+        if params
     ]
-    groups = [g for g in groups if g["params"]]
     fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=lr, betas=ADAMW_BETAS, eps=1e-8, fused=fused, foreach=None if fused else True)
+    return torch.optim.AdamW(param_groups, betas=ADAMW_BETAS, eps=1e-8, fused=fused, foreach=None if fused else True)
+
+
+def parameter_groups(model: GPT) -> dict[str, list[torch.nn.Parameter]]:
+    """The trained parameters by group: "matrices" (the blocks' weight matrices), "embeddings" (wte = the tied output
+    head, wpe), "scalars" (biases, layer norms)."""
+    groups = {"matrices": [], "embeddings": [], "scalars": []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            kind = "matrices" if is_block_matrix(name, p) else "embeddings" if p.dim() >= 2 else "scalars"
+            groups[kind].append(p)
+    return groups
 
 
 def make_optimizer(model: GPT, cfg, device: torch.device) -> Optimizers:
-    """AdamW over every parameter at cfg.lr; or, with cfg.optimizer "muon", Muon over the blocks' weight matrices
-    at cfg.lr and AdamW over the rest at cfg.adam_lr."""
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    """AdamW over every parameter at cfg.lr (matrices and embeddings decayed); or, with cfg.optimizer "muon", Muon over
+    the blocks' weight matrices at cfg.lr and AdamW over the embeddings at cfg.embedding_lr and the scalars at
+    cfg.scalar_lr."""
+    groups = parameter_groups(model)
     if cfg.optimizer != "muon":
-        return Optimizers(make_adamw([p for _, p in named], cfg.lr, cfg.weight_decay, device))
-    matrices = [p for name, p in named if is_block_matrix(name, p)]
+        decayed = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]  # in the model's order
+        return Optimizers(make_adamw([(decayed, cfg.lr), (groups["scalars"], cfg.lr)], cfg.weight_decay, device))
     muon = Muon(
-        [{"params": matrices, "peak_lr": cfg.lr}],
+        [{"params": groups["matrices"], "peak_lr": cfg.lr}],
         device,
         sharded=cfg.fsdp,
         lr=cfg.lr,
@@ -126,25 +145,44 @@ def make_optimizer(model: GPT, cfg, device: torch.device) -> Optimizers:
         momentum=MUON_MOMENTUM,
         nesterov=True,
     )
-    rest = [p for name, p in named if not is_block_matrix(name, p)]
-    return Optimizers(muon, make_adamw(rest, cfg.adam_lr, cfg.weight_decay, device))
+    rest = [(groups["embeddings"], cfg.embedding_lr), (groups["scalars"], cfg.scalar_lr)]
+    return Optimizers(muon, make_adamw(rest, cfg.weight_decay, device))
 
 
 def learning_rate(step: int, cfg) -> float:
-    """Linear warmup over warmup_steps to lr, then cosine decay to min_lr at `steps` (step counts from 0)."""
+    """The main group's learning rate at step (counted from 0): linear warmup over warmup_steps to lr, then
+    cfg.schedule down to min_lr at `steps`: cosine; linear; or wsd, constant until the last cooldown_fraction of the
+    steps, then linear."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if step >= cfg.steps:
         return cfg.min_lr
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+    if cfg.schedule == "wsd":
+        decay_start = max(cfg.warmup_steps, cfg.steps - round(cfg.cooldown_fraction * cfg.steps))
+    else:
+        decay_start = cfg.warmup_steps
+    progress = max(0, step - decay_start) / max(1, cfg.steps - decay_start)
+    left = 0.5 * (1.0 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1.0 - progress
+    return cfg.min_lr + left * (cfg.lr - cfg.min_lr)
 
 
-def set_learning_rate(optimizer: Optimizers, lr: float, peak_lr: float):
-    """Put every parameter group at the schedule's point where the main learning rate is lr (of peak_lr): Muon's
-    group (or AdamW's alone) at lr, AdamW's beside Muon at its own peak scaled alike."""
-    for group in optimizer.param_groups:
-        group["lr"] = group["peak_lr"] * lr / peak_lr
+def muon_momentum(step: int, cfg) -> float:
+    """Muon's momentum at step: linear from MUON_FIRST_MOMENTUM to MUON_MOMENTUM over muon_momentum_warmup steps."""
+    if not cfg.muon_momentum_warmup or step >= cfg.muon_momentum_warmup:
+        return MUON_MOMENTUM
+    return MUON_FIRST_MOMENTUM + (MUON_MOMENTUM - MUON_FIRST_MOMENTUM) * step / cfg.muon_momentum_warmup
+
+
+def apply_schedule(optimizer: Optimizers, step: int, cfg) -> float:
+    """Put every parameter group where the schedule has it at step: each group's peak rate scaled as the main one
+    (learning_rate), Muon's momentum (muon_momentum). Returns the main learning rate."""
+    lr = learning_rate(step, cfg)
+    for part in optimizer.parts:
+        for group in part.param_groups:
+            group["lr"] = group["peak_lr"] * lr / cfg.lr
+            if isinstance(part, torch.optim.Muon):
+                group["momentum"] = muon_momentum(step, cfg)
+    return lr
 
 
 def parameter_names(model: GPT, optimizer: torch.optim.Optimizer) -> list[str]:

@@ -57,6 +57,8 @@ class Run:
     loss: float | None = None
     val_loss: float | None = None
     hellaswag_acc_norm: float | None = None
+    best_val: dict | None = None  # the lowest validation loss so far and its step
+    target_reached: dict | None = None  # the step, tokens and wall time at which val <= --target-loss
     started: float = field(default_factory=time.perf_counter)
     session_time: float = 0.0  # seconds in training steps in this process's session
     session_tokens: int = 0
@@ -72,6 +74,8 @@ class Run:
             "train_loss": self.loss,
             "val_loss": self.val_loss,
             **({"hellaswag_acc_norm": self.hellaswag_acc_norm} if self.hellaswag_acc_norm is not None else {}),
+            **({"best_val": self.best_val} if self.best_val is not None else {}),
+            **({"target_reached": self.target_reached} if self.target_reached is not None else {}),
             "data": self.data_info,
             "settings": settings_of(self.cfg) | {"world_size": procs.world_size},
             "wall_time_s": round(self.wall_before + time.perf_counter() - self.started, 3),

@@ -12,13 +12,20 @@ from typing import TYPE_CHECKING
 from gptkit.errors import GptkitError
 from gptkit.model.config import GPTConfig
 from gptkit.options.declare import fallbacks, flag_of
-from gptkit.training.config import CHANGEABLE_ON_RESUME, LORA_SHAPE, TrainConfig
+from gptkit.training.config import CHANGEABLE_ON_RESUME, LORA_SHAPE, NOT_SETTINGS, TrainConfig
 
 if TYPE_CHECKING:
     import torch
 
 ADAMW_LR, ADAMW_FINE_TUNING_LR = 6e-4, 3e-5
 MUON_LR, MUON_FINE_TUNING_LR = 0.02, 1e-3
+# The recipe from scratch (bench/recipe_sweep.py measured it): Muon, AdamW's groups beside it, Muon's momentum warmed
+# up, warmup-stable-decay to zero. Fine-tuning keeps AdamW, cosine to a tenth, no momentum warmup.
+SCRATCH = {"optimizer": "muon", "schedule": "wsd", "min_lr_fraction": 0.0, "muon_momentum_warmup": 300}
+FINE_TUNING = {"optimizer": "adamw", "schedule": "cosine", "min_lr_fraction": 0.1, "muon_momentum_warmup": 0}
+EMBEDDING_LR = SCALAR_LR = 0.008  # AdamW's beside Muon, from scratch
+# What a run saved before an option existed trained with (resuming it goes on exactly so).
+BEFORE_OPTION = {"schedule": "cosine", "muon_momentum_warmup": 0}
 SHAPE = ("n_layer", "n_head", "n_embd")  # the options that set a model's shape from scratch (with block_size)
 
 
@@ -28,6 +35,32 @@ def default_lr(optimizer: str, fine_tuning: bool) -> float:
     if optimizer == "muon":
         return MUON_FINE_TUNING_LR if fine_tuning else MUON_LR
     return ADAMW_FINE_TUNING_LR if fine_tuning else ADAMW_LR
+
+
+def recipe(v: dict, fine_tuning: bool) -> dict:
+    """The optimizer and schedule settings of v (a TrainConfig's values) with their defaults filled in: the recipe
+    from scratch or fine-tuning's. Each group's minimum is min_lr_fraction of its peak (min_lr: the main group's)."""
+    v = dict(v)
+    for name, value in (FINE_TUNING if fine_tuning else SCRATCH).items():
+        if v[name] is None and not (name == "min_lr_fraction" and v["min_lr"] is not None):
+            v[name] = value
+    if v["lr"] is None:
+        v["lr"] = default_lr(v["optimizer"], fine_tuning)
+    if v["optimizer"] == "muon":
+        for name, scratch_lr in (("embedding_lr", EMBEDDING_LR), ("scalar_lr", SCALAR_LR)):
+            if v[name] is None:
+                v[name] = ADAMW_FINE_TUNING_LR if fine_tuning else scratch_lr
+    else:
+        v["muon_momentum_warmup"] = None
+    if v["min_lr_fraction"] is None:
+        v["min_lr_fraction"] = v["min_lr"] / v["lr"]
+    if v["min_lr"] is None:
+        v["min_lr"] = v["lr"] * v["min_lr_fraction"]
+    if v["schedule"] != "wsd":
+        v["cooldown_fraction"] = None
+    if v["warmup_steps"] is None:
+        v["warmup_steps"] = v["steps"] // 20
+    return v
 
 
 def model_shape(cfg: TrainConfig, base: GPTConfig, fine_tuning: bool, on_cpu: bool) -> dict:
@@ -81,14 +114,7 @@ def with_defaults(
     if cfg.tokens_per_step is not None:
         v["grad_accum"] = grad_accum_for_tokens(cfg, micro_tokens)
     v["tokens_per_step"] = v["grad_accum"] * micro_tokens
-    if v["lr"] is None:
-        v["lr"] = default_lr(v["optimizer"], fine_tuning)
-    if v["optimizer"] == "muon" and v["adam_lr"] is None:
-        v["adam_lr"] = default_lr("adamw", fine_tuning)
-    if v["min_lr"] is None:
-        v["min_lr"] = v["lr"] / 10
-    if v["warmup_steps"] is None:
-        v["warmup_steps"] = v["steps"] // 20
+    v |= recipe(v, fine_tuning)
     if v["eval_tokens"] is None:
         v["eval_tokens"] = 20 * micro_tokens
     v["dtype"] = str(pick_dtype(cfg.dtype or "auto", device)).removeprefix("torch.")
@@ -100,6 +126,16 @@ def with_defaults(
     return TrainConfig(**v)  # checked again: the values that came from defaults (or the run resumed) with the given
 
 
+def older_run_setting(name: str, saved: dict):
+    """The value of the option name for a run saved before the option existed: its behaviour then (None: the
+    default). --embedding-lr and --scalar-lr were one --adam-lr; --optimizer was saved already."""
+    if name in ("embedding_lr", "scalar_lr"):
+        return saved.get("adam_lr")
+    if name == "muon_momentum_warmup" and saved.get("optimizer") != "muon":
+        return None
+    return BEFORE_OPTION.get(name)
+
+
 def merge_for_resume(cfg: TrainConfig, saved: dict, saved_model: str) -> TrainConfig:
     """The saved run's settings, with the options that may change on resume taken from cfg; any other option
     given with a different value is an error (it would not be the same run)."""
@@ -107,9 +143,11 @@ def merge_for_resume(cfg: TrainConfig, saved: dict, saved_model: str) -> TrainCo
         raise GptkitError(f"--model {cfg.model} differs from the run being resumed ({saved_model}): leave it out")
     merged = {"data": cfg.data, "model": saved_model, "out": cfg.out, "resume": True}
     for f in fields(TrainConfig):
-        if f.name not in saved:  # an option newer than the run
+        if f.name not in saved:  # an option newer than the run: what the run trained with before it existed
             if f.name in CHANGEABLE_ON_RESUME:
                 merged[f.name] = getattr(cfg, f.name)
+            elif f.name not in NOT_SETTINGS:
+                merged[f.name] = older_run_setting(f.name, saved)
             continue
         given, before = getattr(cfg, f.name), saved[f.name]
         if given is None or (f.name == "dtype" and given == "auto"):

@@ -145,6 +145,7 @@ def restore(r: Run, state: dict, saved: Path, procs: Processes):
     r.step, r.tokens_seen, r.wall_before = state["step"], state["tokens_seen"], state["wall_time_s"]
     r.tokens_trained = state.get("tokens_trained", 0)
     r.val_loss, r.hellaswag_acc_norm = state.get("val_loss"), state.get("hellaswag_acc_norm")
+    r.best_val = state.get("best_val")
 
 
 def read_optimizer_shards(saved: Path, model: GPT) -> dict[str, torch.Tensor]:

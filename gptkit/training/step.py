@@ -15,7 +15,7 @@ from gptkit.machine.runtime import autocast, available_memory
 from gptkit.model.gpt import GPT
 from gptkit.training.config import TrainConfig
 from gptkit.training.distributed import Processes
-from gptkit.training.optim import learning_rate, set_learning_rate
+from gptkit.training.optim import apply_schedule
 from gptkit.training.run import Run
 
 
@@ -88,7 +88,6 @@ def train_step(r: Run, procs: Processes, stop: StopRequest, stats: torch.Tensor)
     """One optimizer step over grad_accum micro-batches: (the step's record, whether any process asked to stop)."""
     cfg = r.cfg
     t0 = time.perf_counter()
-    lr = learning_rate(r.step, cfg)
     stats.zero_()  # summed loss, stop requests (one all_reduce per step)
     try:
         for micro in range(cfg.grad_accum):
@@ -112,7 +111,7 @@ def train_step(r: Run, procs: Processes, stop: StopRequest, stats: torch.Tensor)
         grad_norm = torch.nn.utils.clip_grad_norm_(r.model.parameters(), 1.0)
         if cfg.fsdp:  # the norm of every process's shards
             grad_norm = grad_norm.full_tensor()
-        set_learning_rate(r.optimizer, lr, cfg.lr)
+        lr = apply_schedule(r.optimizer, r.step, cfg)
         r.optimizer.step()
         r.optimizer.zero_grad(set_to_none=True)
         r.loss = stats[0].item() / procs.world_size

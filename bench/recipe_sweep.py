@@ -1,0 +1,117 @@
+"""The training recipe's sweep: validation loss of `gptkit train` runs that differ only in optimizer and schedule
+options, one run at a time in one thread (the losses do not depend on the machine's load; the times printed do).
+
+Settings (every run of a setting starts from the same initial weights: same shape, same --seed):
+  quality  bench/quality_bench.py's: tiny Shakespeare, 4 layers, 4 heads, 256 wide, block 128, batch 16, 300 steps,
+           validation every 50 steps.
+  proxy    the same at 128 wide, block 64, batch 8 (about a fifth of the compute a step): the coarse grid.
+  mini     the mini preset (6 layers, 384 wide), block 128, batch 8, --steps (default 1000), validation every 100.
+
+Grids (label -> options beyond the setting's): `compare` (old default, new default, AdamW one flag away), `coarse`
+(one option at a time around the new default), `mini` (old vs new default over --seeds).
+Run: `OMP_NUM_THREADS=1 uv run python -m bench.recipe_sweep --setting proxy --grid coarse [--only LABEL ...]`.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data" / "input.txt"
+COMMON = ["--dropout", "0", "--save-every", "0"]  # --dtype auto: bf16 on this CPU, as gptkit trains on it
+SETTINGS = {
+    "quality": ["--model", "micro", "--n-layer", "4", "--n-head", "4", "--n-embd", "256", "--block-size", "128",
+                "--batch-size", "16", "--steps", "300", "--eval-every", "50"],
+    "proxy": ["--model", "micro", "--n-layer", "4", "--n-head", "4", "--n-embd", "128", "--block-size", "64",
+              "--batch-size", "8", "--steps", "300", "--eval-every", "50"],
+    "mini": ["--model", "mini", "--block-size", "128", "--batch-size", "8", "--eval-every", "100"],
+}  # fmt: skip
+# gptkit's defaults before the recipe (AdamW, 6e-4 cosine to a tenth, warmup steps / 20), spelled out
+OLD_DEFAULT = ["--optimizer", "adamw", "--lr", "6e-4", "--schedule", "cosine", "--min-lr-fraction", "0.1"]
+MUON = ["--optimizer", "muon"]
+GRIDS = {
+    "compare": {"old default": OLD_DEFAULT, "new default": [], "adamw": ["--optimizer", "adamw"]},
+    "coarse": {
+        "old default": OLD_DEFAULT,
+        "adamw 1e-3 cosine": ["--optimizer", "adamw", "--lr", "1e-3", "--schedule", "cosine", "--min-lr-fraction", "0.1"],
+        "adamw 2e-3 wsd": ["--optimizer", "adamw", "--lr", "2e-3"],
+        "muon before (cosine, adamw 1e-3, no mom. warmup)": [*MUON, "--schedule", "cosine", "--min-lr-fraction", "0.1",
+            "--embedding-lr", "1e-3", "--scalar-lr", "1e-3", "--muon-momentum-warmup", "0"],
+        "new default": [],
+        "lr 0.01": ["--lr", "0.01"],
+        "lr 0.04": ["--lr", "0.04"],
+        "embedding 0.003": ["--embedding-lr", "0.003"],
+        "embedding 0.02": ["--embedding-lr", "0.02"],
+        "scalar 0.002": ["--scalar-lr", "0.002"],
+        "cosine": ["--schedule", "cosine"],
+        "cooldown 0.4": ["--cooldown-fraction", "0.4"],
+        "cooldown 0.9": ["--cooldown-fraction", "0.9"],
+        "momentum warmup 0": ["--muon-momentum-warmup", "0"],
+        "weight decay 0": ["--weight-decay", "0"],
+        "warmup 0": ["--warmup-steps", "0"],
+    },  # fmt: skip
+}
+
+
+def curve(folder: Path) -> list[dict]:
+    """(step, val_loss) at each evaluation of a finished run."""
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [{"step": r["step"], "val_loss": r["val_loss"]} for r in records if "val_loss" in r]
+
+
+def train(options: list[str], out: Path) -> tuple[list[dict], float]:
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "gptkit", "train", str(DATA), *options, "--out", str(out)]
+    started = time.time()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    if done.returncode != 0:
+        sys.exit(f"failed: {' '.join(command)}\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return curve(out), time.time() - started
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--setting", choices=SETTINGS, default="quality")
+    parser.add_argument("--grid", choices=[*GRIDS, "mini"], default="compare")
+    parser.add_argument("--only", nargs="*", help="these labels of the grid only")
+    parser.add_argument("--extra", nargs="*", default=[], help="LABEL=OPTIONS runs to add, e.g. 'lr 0.03=--lr 0.03'")
+    parser.add_argument("--steps", type=int, help="override the setting's steps")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[1337], help="seeds of every run")
+    parser.add_argument("--json", type=Path, help="append each run's result to this file (one JSON line a run)")
+    args = parser.parse_args()
+    grid = dict(GRIDS["compare" if args.grid == "mini" else args.grid])
+    if args.grid == "mini":
+        grid.pop("adamw")
+    if args.only:
+        grid = {label: options for label, options in grid.items() if label in args.only}
+    grid |= {label: options.split() for label, _, options in (e.partition("=") for e in args.extra)}
+    setting = [*SETTINGS[args.setting], *COMMON, *(["--steps", str(args.steps)] if args.steps else [])]
+    if args.setting == "mini" and not args.steps:
+        setting += ["--steps", "1000"]
+    print(f"recipe sweep: setting {args.setting} ({' '.join(setting)}), one thread, one run at a time")
+    print()
+    header_done = False
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            for number, (label, options) in enumerate(grid.items()):
+                points, seconds = train([*setting, *options, "--seed", str(seed)], Path(tmp) / f"run{seed}-{number}")
+                if not header_done:
+                    print("| run | seed | options | " + " | ".join(f"val @ {p['step']}" for p in points) + " | best |")
+                    print("|---" * (len(points) + 4) + "|")
+                    header_done = True
+                vals = " | ".join(f"{p['val_loss']:.3f}" for p in points)
+                best = min(p["val_loss"] for p in points)
+                print(f"| {label} | {seed} | `{' '.join(options)}` | {vals} | {best:.3f} |", flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps({"setting": args.setting, "label": label, "options": options, "seed": seed,
+                                            "curve": points, "seconds": round(seconds, 1)}) + "\n")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
