@@ -32,9 +32,8 @@ def tokens_of(events: list) -> list[int]:
 
 @torch.inference_mode()
 def decode(engine: Engine, *jobs: Job):
-    """Join jobs to the batch, then step until every row is done."""
-    for each in jobs:
-        engine.join(each)
+    """Join jobs to the batch (at one step), then step until every row is done."""
+    engine.join(*jobs)
     while engine.rows:
         engine.step()
 
@@ -122,6 +121,32 @@ def test_no_tokens_asked_for_runs_no_model_without_prompt_logprobs(model):
         assert scored_events[1:] == [Done("length", "", 0)]
     finally:
         hook.remove()
+
+
+def test_prompts_of_one_length_that_join_together_are_prefilled_in_one_pass(model):
+    """Each distinct prompt length a pass (the rows of a pass stored in their own cache rows), the prompt-scoring job
+    a pass of its own; every row's tokens are those it draws alone."""
+    prompts = ["Once upon a time", "It was the best", "Dear Sir,", "Why", "Once upon a time"]
+    lengths = [len(encode(prompt)) for prompt in prompts]
+    assert lengths[0] == lengths[1] != lengths[2]
+    solo = []
+    for prompt in prompts:
+        alone, events = job(prompt, 12)
+        decode(Engine(model, 1), alone)
+        solo.append(events)
+    jobs = [job(prompt, 12, prompt_logprobs=i == 4) for i, prompt in enumerate(prompts)]
+    engine, passes = Engine(model, len(jobs)), []
+    hook = model.register_forward_pre_hook(lambda module, args: passes.append(tuple(args[0].shape)))
+    try:
+        with torch.inference_mode():
+            engine.join(*(each for each, _ in jobs))
+    finally:
+        hook.remove()
+    by_length = [(lengths[:4].count(n), n) for n in set(lengths[:4])]
+    assert sorted(passes) == sorted([*by_length, (1, lengths[4])])
+    decode(engine)
+    assert [events for _, events in jobs[:4]] == solo[:4]
+    assert isinstance(jobs[4][1][0], PromptLogprobs) and jobs[4][1][1:] == solo[4]
 
 
 # --- a request's lifetime in the batch -------------------------------------------------------------------------------

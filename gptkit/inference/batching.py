@@ -23,6 +23,8 @@ from gptkit.model.kv_cache import KVCache
 
 # The cache grows in steps of this many positions, as far as the longest job needs (at most the model's context).
 CACHE_STEP = 64
+# Prompts of one length that join at one step are prefilled together, up to this many tokens a pass.
+PREFILL_TOKENS = 4096
 
 
 @dataclass
@@ -170,8 +172,7 @@ class Engine:
                     break
                 free = self.max_batch - len(self.rows)
                 joining = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
-            for job in joining:
-                self.join(job)
+            self.join(*joining)
             if self.rows:
                 try:
                     self.step()
@@ -179,30 +180,52 @@ class Engine:
                     self.fail_all(e)
         self.fail_all(RuntimeError("the server is shutting down"), list(self.waiting))
 
-    def join(self, job: Job):
-        """Prefill job's prompt into the next free row; it is drawn from at the next step."""
-        if job.cancelled:
+    def join(self, *jobs: Job):
+        """Prefill the jobs' prompts into the next free rows, those of one length together (up to PREFILL_TOKENS a
+        pass); each is drawn from at the next step."""
+        by_length: dict[int, list[Job]] = {}
+        for job in jobs:
+            if job.cancelled:
+                continue
+            if job.max_tokens == 0 and not job.prompt_logprobs:  # nothing to draw or score: no pass over the prompt
+                send(job, Done("length", "", 0))
+            elif job.prompt_logprobs:
+                self.join_scored(job)
+            else:
+                by_length.setdefault(len(job.prompt), []).append(job)
+        for length, group in by_length.items():
+            size = max(1, PREFILL_TOKENS // length)
+            for start in range(0, len(group), size):
+                self.join_group(group[start : start + size])
+
+    def join_group(self, jobs: list[Job]):
+        """Prefill jobs, prompts of one length, in one pass into the next free rows."""
+        try:
+            self.fit(max(len(job.prompt) + job.max_tokens for job in jobs))
+            slot = len(self.rows)
+            idx = torch.tensor([job.prompt for job in jobs], device=self.device)
+            logits = prefill(self.model, idx, self.cache.view(slice(slot, slot + len(jobs))))
+        except Exception as e:
+            for job in jobs:
+                send(job, Failed(e))
             return
-        if job.max_tokens == 0 and not job.prompt_logprobs:  # nothing to draw or score: no pass over the prompt
-            send(job, Done("length", "", 0))
-            return
+        self.rows.extend(Row(job, len(job.prompt), TextStream(job.stop)) for job in jobs)
+        self.logits = logits if self.logits is None else torch.cat([self.logits, logits])
+
+    def join_scored(self, job: Job):
+        """Prefill job's prompt into the next free row, scoring each of its tokens (PromptLogprobs)."""
         try:
             self.fit(len(job.prompt) + job.max_tokens)
             slot = len(self.rows)
             idx = torch.tensor([job.prompt], device=self.device)
-            row_cache = self.cache.view(slice(slot, slot + 1))
-            if job.prompt_logprobs:
-                logits = self.model(idx, cache=row_cache, pos=0)[0][0]  # (prompt, vocab_size)
-                entries = logprobs_of(logits[:-1], job.prompt[1:], job.logprobs)
-                send(job, PromptLogprobs([(job.prompt[0], None, None), *entries]))
-                logits = logits[-1:]
-            else:
-                logits = prefill(self.model, idx, row_cache)
+            logits = self.model(idx, cache=self.cache.view(slice(slot, slot + 1)), pos=0)[0][0]  # (prompt, vocab)
+            entries = logprobs_of(logits[:-1], job.prompt[1:], job.logprobs)
+            send(job, PromptLogprobs([(job.prompt[0], None, None), *entries]))
             if job.max_tokens == 0:
                 send(job, Done("length", "", 0))
                 return
             self.rows.append(Row(job, len(job.prompt), TextStream(job.stop)))
-            self.logits = logits if self.logits is None else torch.cat([self.logits, logits])
+            self.logits = logits[-1:] if self.logits is None else torch.cat([self.logits, logits[-1:]])
         except Exception as e:
             send(job, Failed(e))
 

@@ -7,6 +7,7 @@ make_app() is the application (the tests run it in a thread); serve() is the com
 serves, and on SIGTERM or Ctrl-C stops accepting, finishes what is in flight (--grace-period) and exits 0.
 """
 
+import asyncio
 import contextlib
 import hmac
 import signal
@@ -25,7 +26,7 @@ from gptkit.inference.chat_template import DEFAULT_TEMPLATE, check_template
 from gptkit.options import ServeOptions
 from gptkit.serve import handlers
 from gptkit.serve.handlers import ServerInfo
-from gptkit.serve.jobs import log
+from gptkit.serve.jobs import Mailbox, log
 from gptkit.serve.protocol import APIError, error_response
 
 OPEN_PATHS = ("/", "/health")  # served without the API key: the chat page asks for the key itself
@@ -103,6 +104,7 @@ async def http_error(request: Request, e: HTTPException):
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI):
     """Start the engine, say so (app.state.ready), serve, stop the engine."""
+    app.state.mailbox = Mailbox(asyncio.get_running_loop())
     app.state.engine.start()
     if app.state.ready is not None:
         app.state.ready()

@@ -1,5 +1,6 @@
 """The endpoints, plain functions that find the server in request.app.state: engine (the decoding Engine), info (a
-ServerInfo) and chat_template. Each checks its request, builds its jobs, and answers whole or as a stream."""
+ServerInfo), chat_template and mailbox (the engine's events on their way to the event loop). Each checks its request,
+builds its jobs, and answers whole or as a stream."""
 
 import functools
 import importlib.resources
@@ -168,7 +169,7 @@ async def completions(body: CompletionRequest, request: Request):
     for tokens in prompts:
         check_fits(tokens, max_tokens, "prompt", state.info.block_size)
     prompt_logprobs = body.echo and body.logprobs is not None
-    jobs = request_jobs(state.engine, body, prompts, max_tokens, stops, body.logprobs, prompt_logprobs)
+    jobs = request_jobs(state, body, prompts, max_tokens, stops, body.logprobs, prompt_logprobs)
     texts = [get_tokenizer().decode(p) for p in prompts for _ in range(body.n)]
     choices = [Choice(i, text if body.echo else "") for i, text in enumerate(texts)]
     fields = head("cmpl", "text_completion", state.info.model_name)
@@ -196,7 +197,7 @@ async def chat_completions(body: ChatRequest, request: Request):
         max_tokens = state.info.block_size - len(prompt)  # a prompt longer than the context: check_fits refuses it
     check_fits(prompt, max_tokens, "messages", state.info.block_size)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    jobs = request_jobs(state.engine, body, [prompt], max_tokens, stops, logprobs, False)
+    jobs = request_jobs(state, body, [prompt], max_tokens, stops, logprobs, False)
     choices = [Choice(i, strip=True) for i in range(body.n)]
     fields = head("chatcmpl", "chat.completion.chunk" if body.stream else "chat.completion", state.info.model_name)
     if body.stream:

@@ -4,6 +4,7 @@ log-probabilities and token count (Choice), in the protocol's shapes."""
 import asyncio
 import sys
 import time
+from collections import deque
 from itertools import accumulate
 
 import torch
@@ -56,20 +57,42 @@ class Choice:
         return text
 
 
+class Mailbox:
+    """The engine's events on their way to the event loop's queues: the loop is woken once for all the events that
+    arrive before it runs (a step's, whatever the rows), not once an event."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.letters: deque[tuple[asyncio.Queue, tuple]] = deque()
+        self.wake_pending = False
+
+    def post(self, queue: asyncio.Queue, item: tuple):
+        """From the engine's thread: item for queue. Raises where the loop is closed (the job is then cancelled)."""
+        self.letters.append((queue, item))
+        if not self.wake_pending:
+            self.wake_pending = True
+            self.loop.call_soon_threadsafe(self.deliver)
+
+    def deliver(self):
+        """On the loop: every letter to its queue. The flag is cleared first: a letter posted from here on either is
+        delivered now or has woken the loop again."""
+        self.wake_pending = False
+        while self.letters:
+            queue, item = self.letters.popleft()
+            queue.put_nowait(item)
+
+
 class RequestJobs:
     """The jobs of one request on the engine, and their events read back on the event loop."""
 
-    def __init__(self, engine: Engine):
-        self.engine = engine
-        self.loop = asyncio.get_running_loop()
+    def __init__(self, engine: Engine, mailbox: Mailbox):
+        self.engine, self.mailbox = engine, mailbox
         self.queue: asyncio.Queue = asyncio.Queue()
         self.jobs: list[Job] = []
 
     def add(self, **job) -> Job:
         index = len(self.jobs)
-        self.jobs.append(
-            Job(emit=lambda event: self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, event)), **job)
-        )
+        self.jobs.append(Job(emit=lambda event: self.mailbox.post(self.queue, (index, event)), **job))
         return self.jobs[-1]
 
     async def events(self, request: Request | None = None):
@@ -111,10 +134,12 @@ class RequestJobs:
             job.cancelled = True
 
 
-def request_jobs(engine: Engine, body: Settings, prompts: list[list[int]], max_tokens: int, stops: tuple[str, ...],
+def request_jobs(state, body: Settings, prompts: list[list[int]], max_tokens: int, stops: tuple[str, ...],
                  logprobs: int | None, prompt_logprobs: bool) -> RequestJobs:  # fmt: skip
-    """body.n jobs for each prompt (choice i = prompt i // n), each with its own generator."""
-    jobs = RequestJobs(engine)
+    """body.n jobs for each prompt (choice i = prompt i // n), each with its own generator, on the server's (state:
+    the app's) engine."""
+    engine = state.engine
+    jobs = RequestJobs(engine, state.mailbox)
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = body.top_p if body.top_p is not None and body.top_p < 1 else None
     for i, prompt in enumerate(p for p in prompts for _ in range(body.n)):
