@@ -3,7 +3,8 @@
 The setting (nanoGPT reached val 5.20 at step 250 and 5.21 at 300 on it): tiny Shakespeare (data/input.txt),
 4 layers, 4 heads, 256 wide, block 128, batch 16, no dropout, lr 1e-3 cosine to 1e-4 over 300 steps, warmup 30,
 validation every 50 steps. Muon runs with its own --lr default on the blocks' matrices and the same AdamW rate
-(1e-3 cosine to 1e-4) on the rest. Each run is a `gptkit train` child process; the runs go side by side, at the same
+(1e-3 cosine to 1e-4) on the rest; "default" is `gptkit train`'s recipe from scratch (docs/training.md) with the
+bench's warmup. Each run is a `gptkit train` child process; the runs go side by side, at the same
 time, so that machine noise hits all of them (each gets cores / runs torch threads).
 
 Targets: AdamW val <= 5.15 at step 300; Muon reaches AdamW's step-300 val in <= 0.75x the steps, with a lower best.
@@ -34,12 +35,16 @@ ADAMW_LR, ADAMW_MIN_LR = 1e-3, 1e-4
 
 def runs(muon_lrs: list[float]) -> dict[str, list[str]]:
     """label -> the options of each run beyond SETTING."""
+    # Muon as before the recipe: AdamW's 1e-3 beside it, cosine to a tenth, no momentum warmup
+    muon = ["--optimizer", "muon", "--embedding-lr", str(ADAMW_LR), "--scalar-lr", str(ADAMW_LR)]
+    muon += ["--muon-momentum-warmup", "0", "--schedule", "cosine", "--min-lr-fraction", "0.1"]
     out = {
-        "adamw": ["--optimizer", "adamw", "--lr", str(ADAMW_LR), "--min-lr", str(ADAMW_MIN_LR)],
-        "muon": ["--optimizer", "muon", "--adam-lr", str(ADAMW_LR)],
+        "adamw": ["--optimizer", "adamw", "--lr", str(ADAMW_LR), "--schedule", "cosine", "--min-lr", str(ADAMW_MIN_LR)],
+        "muon": muon,
+        "default": [],
     }
     for lr in muon_lrs:
-        out[f"muon lr {lr:g}"] = ["--optimizer", "muon", "--adam-lr", str(ADAMW_LR), "--lr", str(lr)]
+        out[f"muon lr {lr:g}"] = [*muon, "--lr", str(lr)]
     return out
 
 

@@ -34,6 +34,7 @@ SETTINGS = {
 # gptkit's defaults before the recipe (AdamW, 6e-4 cosine to a tenth, warmup steps / 20), spelled out
 OLD_DEFAULT = ["--optimizer", "adamw", "--lr", "6e-4", "--schedule", "cosine", "--min-lr-fraction", "0.1"]
 MUON = ["--optimizer", "muon"]
+# fmt: off
 GRIDS = {
     "compare": {"old default": OLD_DEFAULT, "new default": [], "adamw": ["--optimizer", "adamw"]},
     "coarse": {
@@ -54,8 +55,9 @@ GRIDS = {
         "momentum warmup 0": ["--muon-momentum-warmup", "0"],
         "weight decay 0": ["--weight-decay", "0"],
         "warmup 0": ["--warmup-steps", "0"],
-    },  # fmt: skip
+    },
 }
+# fmt: on
 
 
 def curve(folder: Path) -> list[dict]:
@@ -68,7 +70,7 @@ def train(options: list[str], out: Path) -> tuple[list[dict], float]:
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "gptkit", "train", str(DATA), *options, "--out", str(out)]
     started = time.time()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     if done.returncode != 0:
         sys.exit(f"failed: {' '.join(command)}\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     return curve(out), time.time() - started

@@ -86,11 +86,25 @@ def test_terminal_plot_fits_the_width_and_names_the_runs(tmp_path):
     draw([a, b], None, "time", False, 0.9, console, print)
     lines = console.file.getvalue().splitlines()
     assert all(len(line) <= 72 for line in lines), max(map(len, lines))
-    assert len(lines) == 16 + 4 and "run-one" in lines[-2] and "run-two" in lines[-2]
+    assert len(lines) == 16 + 5 and "run-one: best val" in lines[-3] and "run-two: best val" in lines[-2]
     plotted = "".join(lines[:16])
     assert sum(0x2800 < ord(ch) <= 0x28FF for ch in plotted) > 100  # the curves, in braille dots
     assert plotted.count("●") >= 4  # the validation points
-    assert "training time (s)" in lines[-3] and lines[0].strip().startswith("10")
+    assert "training time (s)" in lines[-4] and lines[0].strip().startswith("10")
+
+
+def test_the_legend_says_where_a_run_reached_its_target_or_its_best_val(tmp_path):
+    run = write_run(tmp_path / "target", steps=100)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records[49]["target_reached"] = {"target_loss": 4.5, "step": 50, "tokens_seen": 51200, "wall_time_s": 31.6}
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert load_curves(run, "step", 0.9, print).outcome == "val <= 4.5 at step 50, 51,200 tokens, 32 s"
+    best = min((r["val_loss"], r["step"]) for r in records if "val_loss" in r)
+    plain = load_curves(write_run(tmp_path / "plain", steps=100), "step", 0.9, print)
+    assert plain.outcome == f"best val {best[0]:.3f} at step {best[1]}"
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    draw([run], None, "step", False, 0.9, console, print)
+    assert "target: val <= 4.5 at step 50, 51,200 tokens, 32 s" in console.file.getvalue().splitlines()[-2]
 
 
 def test_terminal_plot_through_the_cli_takes_the_terminal_width(tmp_path):

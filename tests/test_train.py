@@ -343,7 +343,8 @@ def max_weight_difference(name: str, shape: torch.Size, settings: dict) -> float
     o_difference = orthogonalization_difference(rho, ns_steps, muon_iterates_in(), 4 * settings["n_embd"])
     if len(shape) == 2 and name.startswith("transformer.h."):  # optim.is_block_matrix: Muon's
         return lr_sum * math.sqrt(max(1, shape[0] / shape[1])) * o_difference
-    # the rest, with AdamW at its groups' rates: their gradients flow through the Muon matrices, which differ by up to the bound
+    # the rest, with AdamW at its groups' rates: their gradients flow through the Muon matrices, which differ by up to
+    # the bound
     # above (scale 4: the widest matrix, 4 n_embd x n_embd) against weights of GPT2_INIT_STD
     relative = rho + lr_sum * math.sqrt(4) * o_difference / GPT2_INIT_STD
     adamw_lr = max(settings["embedding_lr"], settings["scalar_lr"])
@@ -867,7 +868,8 @@ def test_a_run_saved_before_the_recipe_options_resumes_as_it_trained(tiny_config
 
     new = TrainConfig(data="", optimizer="muon", lr=0.02, steps=10, dtype="float32")
     saved = settings_of(with_defaults(new, torch.device("cpu"), tiny_config, False, 1))
-    for name in ("schedule", "cooldown_fraction", "min_lr_fraction", "embedding_lr", "scalar_lr", "muon_momentum_warmup"):
+    newer = ("schedule", "cooldown_fraction", "min_lr_fraction", "embedding_lr", "scalar_lr", "muon_momentum_warmup")
+    for name in newer:
         del saved[name]
     saved |= {"adam_lr": 6e-4, "min_lr": 2e-3}
     merged = merge_for_resume(TrainConfig(data="", resume=True, steps=20), saved, "nano")
@@ -879,8 +881,10 @@ def test_a_run_saved_before_the_recipe_options_resumes_as_it_trained(tiny_config
 
 def test_target_loss_stops_at_the_first_evaluation_reaching_it(text, tmp_path):
     console = io.StringIO()
-    cfg = TrainConfig(data=str(text), model="nano", out=str(tmp_path / "run"), steps=30, batch_size=4, block_size=32,
-                      dtype="float32", device="cpu", eval_every=2, eval_tokens=256, save_every=0, target_loss=10.0)  # fmt: skip
+    cfg = TrainConfig(
+        data=str(text), model="nano", out=str(tmp_path / "run"), steps=30, batch_size=4, block_size=32,
+        dtype="float32", device="cpu", eval_every=2, eval_tokens=256, save_every=0, target_loss=10.0,
+    )  # fmt: skip
     summary = train(cfg, console=Console(file=console, width=400))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     vals = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]

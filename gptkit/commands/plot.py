@@ -26,6 +26,19 @@ class Curves:
     smoothed: list[float]
     val_x: list[float]
     val_loss: list[float]
+    outcome: str = ""  # the steps, tokens and time to --target-loss, or the best val loss and its step
+
+
+def outcome(records: list[dict]) -> str:
+    """The legend's note of a run: where it reached its --target-loss, else its best validation loss."""
+    reached = next((r["target_reached"] for r in records if isinstance(r.get("target_reached"), dict)), None)
+    if reached is not None:
+        return (
+            f"val <= {reached['target_loss']:g} at step {reached['step']}, {reached['tokens_seen']:,} tokens, "
+            f"{reached['wall_time_s']:.0f} s"
+        )
+    vals = [(r["val_loss"], r["step"]) for r in records if isinstance(r.get("val_loss"), (int, float))]
+    return f"best val {min(vals)[0]:.3f} at step {min(vals)[1]}" if vals else ""
 
 
 def smooth(values: list[float], weight: float) -> list[float]:
@@ -67,7 +80,7 @@ def load_curves(run: Path, x: str, weight: float, warn) -> Curves:
     losses = [r["loss"] for r in records]
     val = [(xv, r["val_loss"]) for xv, r in zip(xs, records) if r.get("val_loss") is not None]
     name = (run if run.is_dir() else run.parent).resolve().name
-    return Curves(name, xs, losses, smooth(losses, weight), [v[0] for v in val], [v[1] for v in val])
+    return Curves(name, xs, losses, smooth(losses, weight), [v[0] for v in val], [v[1] for v in val], outcome(records))
 
 
 def x_label(x: str, unit: str = "") -> str:
@@ -130,7 +143,8 @@ def write_file(curves: list[Curves], out: Path, label: str, log: bool):
         ax.plot(c.x, c.loss, color=colour, alpha=0.2, linewidth=0.8)
         ax.plot(c.x, c.smoothed, color=colour, linewidth=1.8, label=f"{c.name} train")
         if c.val_x:
-            ax.plot(c.val_x, c.val_loss, color=colour, linestyle="--", marker="o", markersize=4, label=f"{c.name} val")
+            label = f"{c.name} val ({c.outcome})"
+            ax.plot(c.val_x, c.val_loss, color=colour, linestyle="--", marker="o", markersize=4, label=label)
     if log:
         ax.set_yscale("log")
     ax.set_xlabel(label)
@@ -241,10 +255,9 @@ def draw_text(curves: list[Curves], label: str, log: bool, width: int):
     gap = canvas.columns - len(low) - len(high)
     axis = low + label.center(gap) + high if gap > len(label) + 2 else low + " " * max(1, gap) + high
     lines.append(Text(" " * margin + axis, style="dim"))
-    legend = Text(" " * margin)
-    for c, colour in zip(curves, COLOURS * len(curves)):
-        legend.append("━━ ", style=colour).append(c.name + "  ")
-    lines.append(legend)
+    for c, colour in zip(curves, COLOURS * len(curves)):  # one line a run: its name and outcome
+        name = c.name + (f": {c.outcome}" if c.outcome else "")
+        lines.append(Text(" " * margin).append("━━ ", style=colour).append(name))
     note = f"lines: training loss, smoothed; {VAL_MARK}: validation loss{'; log scale' if log else ''}"
     lines.append(Text(" " * margin + note, style="dim"))
     return Group(*lines)

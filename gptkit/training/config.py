@@ -383,6 +383,8 @@ def check_combinations(c: TrainConfig):
 
 CHANGEABLE_ON_RESUME = tagged(TrainConfig, CHANGEABLE_ON_RESUME_TAG)
 NOT_SETTINGS = tagged(TrainConfig, NOT_A_SETTING_TAG)
+
+
 def lora_of(cfg: TrainConfig) -> LoraSettings | None:
     """The LoRA adapters a with_defaults cfg trains, if any."""
     if cfg.lora_rank is None:

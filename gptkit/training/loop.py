@@ -20,16 +20,15 @@ from gptkit.data.conversations import conversation_files, is_conversation_data
 from gptkit.data.loader import TokenSource, open_data
 from gptkit.data.packed import ConversationSource
 from gptkit.errors import GptkitError
-from gptkit.files import data_hash
 from gptkit.evaluation.hellaswag import read_hellaswag
+from gptkit.files import data_hash
 from gptkit.model.config import PRESETS
 from gptkit.progress import PrepareProgress
 from gptkit.training.config import TrainConfig, settings_of
-from gptkit.training.runcheck import check, default_out
-from gptkit.training.settings import merge_for_resume, with_defaults
 from gptkit.training.distributed import Processes, start_processes, stop_processes
 from gptkit.training.evaluate import evaluate, hellaswag_accuracy
 from gptkit.training.run import Run
+from gptkit.training.runcheck import check, default_out
 from gptkit.training.runfolder import load_run_state, lock_run_folder, open_run_folder, trim_metrics
 from gptkit.training.runlog import (
     METRICS_FILE,
@@ -41,6 +40,7 @@ from gptkit.training.runlog import (
     check_tensorboard,
     check_wandb,
 )
+from gptkit.training.settings import merge_for_resume, with_defaults
 from gptkit.training.setup import build_run, model_config
 from gptkit.training.step import StopRequest, train_step
 
