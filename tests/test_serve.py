@@ -31,7 +31,7 @@ from gptkit.model.config import GPTConfig
 from gptkit.options import ServeOptions
 from gptkit.inference.decode import load_for_decoding
 from gptkit.serve import handlers
-from gptkit.serve.app import ServerInfo, chat_template_of, listen, make_app
+from gptkit.serve.app import ServerInfo, chat_template_of, in_passing_thread, listen, make_app
 from gptkit.data.tokenizer import encode
 
 KEY = "test-key"
@@ -559,6 +559,24 @@ def test_a_port_in_use_is_one_line(checkpoint):
     result = CliRunner().invoke(app, ["serve", str(checkpoint), "--port", port, "--device", "cpu"])
     assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}")
     taken.close()
+
+
+def test_the_model_is_loaded_in_a_thread_that_ends_with_it():
+    """serve loads the model in a thread that ends (each thread that runs parallel torch work keeps a pool of OpenMP
+    threads as long as it lives): its result, or its exception, comes back."""
+    ran_in = []
+
+    def work():
+        ran_in.append(threading.current_thread())
+        return 42
+
+    def fails():
+        raise ValueError("no such checkpoint")
+
+    assert in_passing_thread(work) == 42
+    assert ran_in[0] is not threading.current_thread() and not ran_in[0].is_alive()
+    with pytest.raises(ValueError, match="no such checkpoint"):
+        in_passing_thread(fails)
 
 
 def test_help_imports_no_web_stack():
