@@ -7,7 +7,7 @@ Settings (every run of a setting starts from the same initial weights: same shap
   proxy    the same at 128 wide, block 64, batch 8 (about a fifth of the compute a step): the coarse grid.
   mini     the mini preset (6 layers, 384 wide), block 128, batch 8, --steps (default 1000), validation every 100.
 
-Grids (label -> options beyond the setting's): `compare` (old default, new default, AdamW one flag away), `coarse`
+Grids (label -> options beyond the setting's): `compare` (old default, new default, quality_bench.py's AdamW), `coarse`
 (one option at a time around the new default), `mini` (old vs new default over --seeds).
 Run: `OMP_NUM_THREADS=1 uv run python -m bench.recipe_sweep --setting proxy --grid coarse [--only LABEL ...]`.
 """
@@ -36,7 +36,12 @@ OLD_DEFAULT = ["--optimizer", "adamw", "--lr", "6e-4", "--schedule", "cosine", "
 MUON = ["--optimizer", "muon"]
 # fmt: off
 GRIDS = {
-    "compare": {"old default": OLD_DEFAULT, "new default": [], "adamw": ["--optimizer", "adamw"]},
+    "compare": {
+        "old default": OLD_DEFAULT,
+        "new default": [],
+        "adamw (quality bench's)": ["--optimizer", "adamw", "--lr", "1e-3", "--schedule", "cosine",
+                                    "--min-lr-fraction", "0.1", "--warmup-steps", "30"],
+    },
     "coarse": {
         "old default": OLD_DEFAULT,
         "adamw 1e-3 cosine": ["--optimizer", "adamw", "--lr", "1e-3", "--schedule", "cosine", "--min-lr-fraction", "0.1"],
@@ -76,6 +81,17 @@ def train(options: list[str], out: Path) -> tuple[list[dict], float]:
     return curve(out), time.time() - started
 
 
+def steps_to_reach(curves: dict, steps: int):
+    """Where each run first reaches each other run's final validation loss (at the evaluations' resolution)."""
+    for (reference, seed), points in curves.items():
+        target = points[-1]["val_loss"]
+        for (label, other_seed), other in curves.items():
+            if (label, other_seed) != (reference, seed) and other_seed == seed:
+                step = next((p["step"] for p in other if p["val_loss"] <= target), None)
+                reached = f"step {step} ({step / steps:.2f}x)" if step else "not reached"
+                print(f"- {label} reaches {reference}'s final {target:.3f} (seed {seed}): {reached}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--setting", choices=SETTINGS, default="quality")
@@ -88,7 +104,7 @@ def main():
     args = parser.parse_args()
     grid = dict(GRIDS["compare" if args.grid == "mini" else args.grid])
     if args.grid == "mini":
-        grid.pop("adamw")
+        grid.pop("adamw (quality bench's)")
     if args.only:
         grid = {label: options for label, options in grid.items() if label in args.only}
     grid |= {label: options.split() for label, _, options in (e.partition("=") for e in args.extra)}
@@ -97,7 +113,7 @@ def main():
         setting += ["--steps", "1000"]
     print(f"recipe sweep: setting {args.setting} ({' '.join(setting)}), one thread, one run at a time")
     print()
-    header_done = False
+    header_done, curves = False, {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for number, (label, options) in enumerate(grid.items()):
@@ -106,6 +122,7 @@ def main():
                     print("| run | seed | options | " + " | ".join(f"val @ {p['step']}" for p in points) + " | best |")
                     print("|---" * (len(points) + 4) + "|")
                     header_done = True
+                curves[label, seed] = points
                 vals = " | ".join(f"{p['val_loss']:.3f}" for p in points)
                 best = min(p["val_loss"] for p in points)
                 print(f"| {label} | {seed} | `{' '.join(options)}` | {vals} | {best:.3f} |", flush=True)
@@ -113,6 +130,8 @@ def main():
                     with open(args.json, "a") as f:
                         f.write(json.dumps({"setting": args.setting, "label": label, "options": options, "seed": seed,
                                             "curve": points, "seconds": round(seconds, 1)}) + "\n")  # fmt: skip
+    print()
+    steps_to_reach(curves, curves and max(p["step"] for points in curves.values() for p in points))
 
 
 if __name__ == "__main__":
