@@ -6,6 +6,7 @@ runs (each level in a child process under ATEN_CPU_CAPABILITY, the two sides of 
 - int8 decoding (int8.Int8Linear.kernel_dtype): torch's int8 kernel with bf16 activations, with fp32 ones, and
   the dequantized fp32 product;
 - fp32 decoding (model.blocked.BlockedLinear): one block per thread against nn.Linear;
+- bf16 decoding (inference.decode.torch_gemv_wins): torch's own product against oneDNN's, for 1, 2 and 4 rows;
 - the thread count: each of the above runs on torch's default (one thread per core); a training step and a decoding
   step on one thread show what the other cores bring.
 
@@ -33,6 +34,7 @@ TRAIN_CONFIG = dict(n_layer=6, n_head=6, n_embd=384, block_size=256)  # the mini
 TRAIN_BATCH = (4, 256)
 # GPT-2 124M's matrices as (out, in), and how many of each a decoding step reads.
 DECODE_MATRICES = ((2304, 768, 12), (768, 768, 12), (3072, 768, 12), (768, 3072, 12), (50257, 768, 1))
+BF16_ROWS = (1, 2, 4)  # rows of a bf16 decoding step: one sample, two, a batch
 MUON_MATRICES = ((768, 3072), (3072, 768), (2304, 768), (768, 768))
 
 
@@ -86,7 +88,23 @@ def decode_fns() -> dict:
     def int8_kernel(activations, which):
         return lambda: [kernel(activations[q.in_features][0], q.weight, scales[id(q)][which]) for q in int8]
 
-    return {
+    bf16 = [nn.Linear(linear.in_features, linear.out_features, bias=False).bfloat16() for linear in linears]
+
+    def bf16_product(rows: int, onednn: bool):
+        inputs = {n: torch.randn(rows, n).bfloat16() for n in x}
+
+        def run():
+            with torch.backends.mkldnn.flags(enabled=onednn):
+                return [linear(inputs[linear.in_features]) for linear in bf16]
+
+        return run
+
+    bf16_fns = {
+        f"bf16 {rows} rows, {'oneDNN' if onednn else 'torch'}": bf16_product(rows, onednn)
+        for rows in BF16_ROWS
+        for onednn in (True, False)
+    }
+    return bf16_fns | {
         "int8 kernel, bf16 activations": int8_kernel(x16, 0),
         "int8 kernel, fp32 activations": int8_kernel(x, 1),
         "int8 dequantized, fp32": lambda: [q.weight.float() @ x[q.in_features][0, 0] * q.scales for q in int8],
@@ -139,6 +157,7 @@ def measure(quick: bool) -> dict:
 
 def verdicts(r: dict) -> list[list[str]]:
     """[choice, what gptkit does here, figures, right?] for one level's measurements."""
+    from gptkit.inference.decode import torch_gemv_wins
     from gptkit.model.int8 import kernel_dtype_for_level
 
     d, t, m = r["decode"], r["train"], r["muon"]
@@ -155,7 +174,14 @@ def verdicts(r: dict) -> list[list[str]]:
     def right(chosen: bool, faster: bool) -> str:
         return "yes" if chosen == faster else "**no**"
 
-    return [
+    torch_gemv = {rows: torch_gemv_wins(rows, r["level"]) for rows in BF16_ROWS}
+    bf16_rows = [
+        [f"bf16 decoding step, {rows} row(s)", "torch" if torch_gemv[rows] else "oneDNN",
+         f"oneDNN {ms(d[f'bf16 {rows} rows, oneDNN'])}, torch {ms(d[f'bf16 {rows} rows, torch'])}",
+         right(torch_gemv[rows], d[f"bf16 {rows} rows, torch"] < d[f"bf16 {rows} rows, oneDNN"])]
+        for rows in BF16_ROWS
+    ]  # fmt: skip
+    return bf16_rows + [
         ["--dtype auto (training step, mini 4 x 256)", "bf16" if r["auto picks bf16"] else "fp32",
          f"fp32 {ms(t['fp32'])}, bf16 {ms(t['bf16 autocast'])} ({t['fp32'] / t['bf16 autocast']:.2f}x)",
          right(r["auto picks bf16"], bf16_train)],

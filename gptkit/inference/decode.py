@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from gptkit.data.tokenizer import VOCAB_SIZE
+from gptkit.machine.cpu import cpu_level
 from gptkit.model.blocked import BlockedLinear
 from gptkit.model.gpt import GPT
 from gptkit.model.int8 import Int8Linear, quantize_int8, replace_linears
@@ -16,6 +17,11 @@ from gptkit.model.kv_cache import KVCache
 # multiples of this many positions, so that samples of different lengths in one process share a graph (and stay
 # under dynamo's limit on recompilations) at the cost of masking up to 255 unused positions.
 COMPILED_CACHE_MULTIPLE = 256
+
+# Rows of a bf16 decoding step on the CPU up to which its products run in torch's own matrix-vector kernel: oneDNN's
+# products of one or two bf16 rows fall far short of the memory's bandwidth; from a few rows on oneDNN is the faster,
+# and at the DEFAULT level torch's kernel is a scalar loop (bench/choices_bench.py measures both at each level).
+TORCH_GEMV_MAX_ROWS = 2
 
 
 def prepare_for_decoding(model: GPT, compile: bool = False, dynamic: bool = False) -> GPT:
@@ -70,11 +76,31 @@ def one_token_logits(model: GPT, token: torch.Tensor, pos: torch.Tensor, cache: 
     return model(token, cache=cache, pos=pos)[0][:, -1]
 
 
+def torch_gemv_wins(rows: int, level: str) -> bool:
+    """Whether torch's own kernel is the faster for the bf16 products of a decoding step of rows rows on the CPU at
+    level (cpu.cpu_level's): see TORCH_GEMV_MAX_ROWS."""
+    return rows <= TORCH_GEMV_MAX_ROWS and level != "DEFAULT"
+
+
+def uses_torch_gemv(model: GPT, rows: int) -> bool:
+    """Whether a decoding step of rows rows runs its bf16 products in torch's own kernel rather than oneDNN's."""
+    weight = model.transformer.wte.weight
+    return weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and torch_gemv_wins(rows, cpu_level())
+
+
 def decode_step(model: GPT, token: torch.Tensor, pos: int | torch.Tensor, cache: KVCache) -> torch.Tensor:
     """One decoding step: one_token_logits, compiled if prepare_for_decoding(compile=True) compiled it; pos an int
     for all rows, or a (B,) tensor of each row's."""
     step = getattr(model, "compiled_step", None) or one_token_logits
-    return step(model, token, pos if isinstance(pos, torch.Tensor) else torch.tensor([pos], device=token.device), cache)
+    pos = pos if isinstance(pos, torch.Tensor) else torch.tensor([pos], device=token.device)
+    if not uses_torch_gemv(model, token.size(0)):
+        return step(model, token, pos, cache)
+    onednn = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        return step(model, token, pos, cache)
+    finally:
+        torch.backends.mkldnn.enabled = onednn
 
 
 def prefill(model: GPT, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
