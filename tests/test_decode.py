@@ -1,5 +1,6 @@
-"""The decoding step's choice of kernels (inference/decode.py): bf16 products of one or two rows in torch's own
-matrix-vector kernel rather than oneDNN's, only where torch's kernels are vectorized, with the same results."""
+"""Decoding's choices of kernels on the CPU: bf16 products of one or two rows in torch's own matrix-vector kernel
+rather than oneDNN's, only where torch's kernels are vectorized (inference/decode.py), and a bf16 model's keys and
+values cached in fp32 (model/kv_cache.py); each with the results of the way it replaces."""
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch
 from gptkit.inference import decode
 from gptkit.inference.decode import decode_step, decoding_cache, prefill, torch_gemv_wins
 from gptkit.machine.cpu import cpu_level
+from gptkit.model.kv_cache import KVCache
 
 
 def test_torch_gemv_for_few_rows_above_the_default_level():
@@ -61,3 +63,23 @@ def test_torch_gemv_step_matches_onednn_step(tiny_model):
     tolerance = 2 * (model.config.n_layer + 1) * torch.finfo(torch.bfloat16).eps * scale
     assert (logits[True] - logits[False]).abs().max() <= tolerance
     assert scale > 0
+
+
+def test_a_bf16_model_on_the_cpu_caches_in_fp32(tiny_model):
+    assert KVCache.for_model(tiny_model, 1, 8).dtype == torch.float32
+    assert KVCache.for_model(tiny_model.to(torch.bfloat16), 1, 8).dtype == torch.float32
+
+
+def test_bf16_cached_steps_match_the_full_forward(tiny_model):
+    """Steps over an fp32 cache give the bf16 model's own logits, up to the rounding of bf16 that the full forward's
+    bf16 attention adds (a unit in the last place of the largest logit per block and the head)."""
+    model = tiny_model.to(torch.bfloat16)
+    idx = torch.randint(0, 1000, (2, 12))
+    with torch.inference_mode():
+        full = model(idx)[0].float()
+        cache = decoding_cache(model, 2, 12)
+        steps = [prefill(model, idx[:, :6], cache)]
+        steps += [decode_step(model, idx[:, t : t + 1], t, cache) for t in range(6, 11)]
+    scale = full.abs().max()
+    tolerance = 2 * (model.config.n_layer + 1) * torch.finfo(torch.bfloat16).eps * scale
+    assert (torch.stack(steps, dim=1).float() - full[:, 5:11]).abs().max() <= tolerance

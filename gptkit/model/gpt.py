@@ -102,8 +102,9 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         mask, is_causal = None, True
-        if cache is not None:  # incremental decoding: attend to everything cached so far
+        if cache is not None:  # incremental decoding: attend to everything cached so far, in the cache's dtype
             k, v = cache.insert(self.layer, pos, k, v)
+            q = q.to(k.dtype)
             if isinstance(pos, torch.Tensor):  # one token over the whole cache, masked past each row's pos
                 mask = torch.arange(k.size(2), device=x.device) <= pos.view(-1, 1, 1, 1)
                 is_causal = False
@@ -121,7 +122,7 @@ class CausalSelfAttention(nn.Module):
             y = attention_by_matmul(q, k, v, causal, dropout)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.to(x.dtype).transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 

@@ -23,12 +23,20 @@ class KVCache:
 
     @classmethod
     def for_model(cls, model, rows: int, length: int | None = None) -> "KVCache":
-        """A cache for model (a GPT) of rows sequences of length positions (default and at most its context), in
-        the dtype and on the device of its weights."""
+        """A cache for model (a GPT) of rows sequences of length positions (default and at most its context), on the
+        device of its weights, in dtype_for_weights'."""
         config, weight = model.config, model.transformer.wte.weight
         length = min(length or config.block_size, config.block_size)
         head_size = config.n_embd // config.n_head
-        return cls.allocate(config.n_layer, rows, config.n_head, length, head_size, weight.dtype, weight.device)
+        dtype = cls.dtype_for_weights(weight)
+        return cls.allocate(config.n_layer, rows, config.n_head, length, head_size, dtype, weight.device)
+
+    @staticmethod
+    def dtype_for_weights(weight: torch.Tensor) -> torch.dtype:
+        """The keys' and values' dtype for a model of weights like weight: theirs, but fp32 for bf16 weights on the
+        CPU, where a query's attention over the cache runs several times faster in fp32 than in bf16 (oneDNN's small
+        bf16 products have a large fixed cost, and torch's own are slow over a long cache; bench/choices_bench.py)."""
+        return torch.float32 if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 else weight.dtype
 
     @property
     def rows(self) -> int:
@@ -48,10 +56,12 @@ class KVCache:
         return self.k[0].dtype
 
     def insert(self, layer: int, pos: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Store layer's k, v (B, H, T, D) at positions pos..pos+T-1; return its keys and values up to there. With
+        """Store layer's k, v (B, H, T, D) at positions pos..pos+T-1, in the cache's dtype; return its keys and values
+        up to there. With
         pos a tensor (one token, T = 1) of one position for all rows (1,) or one a row (B,), return the whole cache:
         the caller masks what lies past each row's position."""
         keys, values = self.k[layer], self.v[layer]
+        k, v = k.to(keys.dtype), v.to(values.dtype)
         if isinstance(pos, torch.Tensor):
             if pos.numel() == 1:
                 keys.index_copy_(2, pos, k)
