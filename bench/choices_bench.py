@@ -7,6 +7,8 @@ runs (each level in a child process under ATEN_CPU_CAPABILITY, the two sides of 
   the dequantized fp32 product;
 - fp32 decoding (model.blocked.BlockedLinear): one block per thread against nn.Linear;
 - bf16 decoding (inference.decode.torch_gemv_wins): torch's own product against oneDNN's, for 1, 2 and 4 rows;
+  its cache (model.kv_cache.KVCache.dtype_for_weights): a query's attention over 128 and 1,024 positions (12 layers),
+  fp32 against bf16;
 - the thread count: each of the above runs on torch's default (one thread per core); a training step and a decoding
   step on one thread show what the other cores bring.
 
@@ -34,6 +36,7 @@ TRAIN_CONFIG = dict(n_layer=6, n_head=6, n_embd=384, block_size=256)  # the mini
 TRAIN_BATCH = (4, 256)
 # GPT-2 124M's matrices as (out, in), and how many of each a decoding step reads.
 DECODE_MATRICES = ((2304, 768, 12), (768, 768, 12), (3072, 768, 12), (768, 3072, 12), (50257, 768, 1))
+CACHE_POSITIONS = (128, 1024)  # a short sample's cache, and GPT-2's context
 BF16_ROWS = (1, 2, 4)  # rows of a bf16 decoding step: one sample, two, a batch
 MUON_MATRICES = ((768, 3072), (3072, 768), (2304, 768), (768, 768))
 
@@ -75,6 +78,7 @@ def decode_fns() -> dict:
     """One decoding step's products of GPT-2 124M, each way gptkit could run them."""
     from gptkit.model.int8 import Int8Linear
     from gptkit.model.blocked import BlockedLinear
+    from gptkit.model.gpt import attention_by_matmul
 
     torch.manual_seed(0)
     linears = [nn.Linear(n_in, n_out, bias=False) for n_out, n_in, count in DECODE_MATRICES for _ in range(count)]
@@ -99,7 +103,15 @@ def decode_fns() -> dict:
 
         return run
 
+    def attention(dtype, positions: int):
+        q, k, v = (torch.randn(1, 12, length, 64, dtype=dtype) for length in (1, positions, positions))
+        return lambda: [attention_by_matmul(q, k, v, None) for _ in range(12)]
+
     bf16_fns = {
+        f"attention over {positions}, {name} cache": attention(dtype, positions)
+        for positions in CACHE_POSITIONS
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    } | {
         f"bf16 {rows} rows, {'oneDNN' if onednn else 'torch'}": bf16_product(rows, onednn)
         for rows in BF16_ROWS
         for onednn in (True, False)
@@ -158,6 +170,7 @@ def measure(quick: bool) -> dict:
 def verdicts(r: dict) -> list[list[str]]:
     """[choice, what gptkit does here, figures, right?] for one level's measurements."""
     from gptkit.inference.decode import torch_gemv_wins
+    from gptkit.model.kv_cache import KVCache
     from gptkit.model.int8 import kernel_dtype_for_level
 
     d, t, m = r["decode"], r["train"], r["muon"]
@@ -181,6 +194,11 @@ def verdicts(r: dict) -> list[list[str]]:
          right(torch_gemv[rows], d[f"bf16 {rows} rows, torch"] < d[f"bf16 {rows} rows, oneDNN"])]
         for rows in BF16_ROWS
     ]  # fmt: skip
+    fp32_cache = KVCache.dtype_for_weights(torch.empty(0, dtype=torch.bfloat16)) == torch.float32
+    for n in CACHE_POSITIONS:
+        fp32, bf16 = d[f"attention over {n}, fp32 cache"], d[f"attention over {n}, bf16 cache"]
+        bf16_rows.append([f"bf16 model's cache (attention over {n})", "fp32" if fp32_cache else "bf16",
+                          f"fp32 {ms(fp32)}, bf16 {ms(bf16)}", right(fp32_cache, fp32 < bf16)])  # fmt: skip
     return bf16_rows + [
         ["--dtype auto (training step, mini 4 x 256)", "bf16" if r["auto picks bf16"] else "fp32",
          f"fp32 {ms(t['fp32'])}, bf16 {ms(t['bf16 autocast'])} ({t['fp32'] / t['bf16 autocast']:.2f}x)",
