@@ -237,8 +237,8 @@ def main():
             theirs = llama_rows(args.llama_server, ckpt, Path(tmp), args, idx)
     print(f"{datetime.date.today()}, {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} at CPU level "
           f"{cpu_level()}; gptkit serve --max-batch {args.max_batch} --dtype {args.dtype}, "
-          f"{args.new_tokens} tokens a request, {args.rounds} requests a client; "
-          f"load average before: {load:.1f}, after: {os.getloadavg()[0]:.1f}; the server exited {code} on SIGTERM")  # fmt: skip
+          f"{args.new_tokens} tokens a request, {args.rounds} requests a client; load average before: {load:.1f}, "
+          f"after: {os.getloadavg()[0]:.1f}; the server exited {code} on SIGTERM")  # fmt: skip
     print(markdown(rows))
     if theirs is None:
         why = "no --llama-server" if args.llama_server is None else f"no file {args.llama_server}"
