@@ -207,9 +207,9 @@ def test_sample_and_eval_with_int8(trained_checkpoint, tmp_path):
 @pytest.mark.parametrize("command", ["sample", "eval"])
 def test_unsupported_quantization_is_a_clear_error(tiny_checkpoint, command):
     result = runner.invoke(app, [command, *(["Hi", "--ckpt"] if command == "sample" else []), str(tiny_checkpoint),
-                                 "--quantize", "int4"])  # fmt: skip
+                                 "--quantize", "int3"])  # fmt: skip
     assert result.exit_code == 1
-    assert "--quantize int4 is not supported: use --quantize int8" in result.stderr
+    assert "--quantize int3 is not supported: use --quantize int8 or int4" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 

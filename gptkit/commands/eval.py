@@ -17,7 +17,7 @@ from gptkit.evaluation.loss import evaluate_lm
 from gptkit.evaluation.tokens import read_tokens, validation_split
 from gptkit.files import data_hash
 from gptkit.machine.runtime import keep_freed_memory, pick_device, pick_dtype
-from gptkit.model.int8 import quantize_int8
+from gptkit.model.quantization import quantize_weights
 from gptkit.options import EvalOptions
 from gptkit.progress import count_bar, track
 
@@ -81,8 +81,7 @@ def run_eval(opts: EvalOptions):
     keep_freed_memory()
     stored = {}
     model = load_checkpoint(ckpt, device, metadata=stored)  # float32 weights; bf16/fp16 runs under autocast
-    if opts.quantize == "int8":
-        quantize_int8(model)
+    quantize_weights(model, opts.quantize)
     record = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "gptkit_version": __version__,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptkit.errors import GptkitError
+from gptkit.options.shared import QUANTIZATIONS
 
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 TASK_FIELDS = {
@@ -235,8 +236,8 @@ def core_score(
         raise GptkitError(f"the limit must be at least 1 example a task, not {limit}")
     if batch_size < 1:
         raise GptkitError(f"the batch size must be at least 1, not {batch_size}")
-    if quantize not in (None, "int8"):
-        raise GptkitError(f"quantize {quantize} is not supported: use int8 (weight-only, per channel)")
+    if quantize not in (None, *QUANTIZATIONS):
+        raise GptkitError(f"quantize {quantize} is not supported: use {' or '.join(QUANTIZATIONS)}")
     tasks = read_bundle(bundle_dir, limit)  # checked before the model loads
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gptkit.errors import GptkitError
+from gptkit.options.shared import QUANTIZATIONS
 
 try:
     import lm_eval
@@ -79,8 +80,8 @@ class GptkitLM(TemplateLM):
         from gptkit.inference.decode import load_for_decoding
         from gptkit.machine.runtime import pick_device, pick_dtype
 
-        if quantize not in (None, "int8"):
-            raise GptkitError(f"quantize {quantize} is not supported: use int8 (weight-only, per channel)")
+        if quantize not in (None, *QUANTIZATIONS):
+            raise GptkitError(f"quantize {quantize} is not supported: use {' or '.join(QUANTIZATIONS)}")
         self.ckpt = Path(ckpt)
         self._device = pick_device(device or "auto")
         self.dtype = pick_dtype(dtype or "auto", self._device)

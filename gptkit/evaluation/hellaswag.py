@@ -86,7 +86,7 @@ def hellaswag_rows(example: dict, block_size: int) -> tuple[torch.Tensor, torch.
 @torch.no_grad()
 def score_endings(model: GPT, tokens: torch.Tensor, mask: torch.Tensor, dtype=torch.float32):
     """(total loss, mean loss) over the masked tokens of each row, in one forward pass."""
-    device = model.lm_head.weight.device
+    device = model.transformer.wte.weight.device
     tokens, mask = tokens.to(device), mask.to(device)
     with autocast(device, dtype):
         logits, _ = model(tokens)

@@ -58,7 +58,7 @@ def summed_loss(model: GPT, batches, dtype: torch.dtype, distributed: bool = Fal
     count (a strided window scores only what earlier windows did not), but a target of -1 never does. With distributed, the sums of every process
     are added up (each process scores its share of the batches). progress(scored so far) runs after each batch and
     may raise to stop."""
-    device = model.lm_head.weight.device
+    device = model.transformer.wte.weight.device
     total = torch.zeros(2, dtype=torch.float64, device=device)  # nats, targets
     for inputs, targets, scored in batches:
         inputs, targets = inputs.to(device), targets.to(device)

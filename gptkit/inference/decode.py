@@ -10,8 +10,9 @@ from gptkit.data.tokenizer import VOCAB_SIZE
 from gptkit.machine.cpu import cpu_level
 from gptkit.model.blocked import BlockedLinear
 from gptkit.model.gpt import GPT
-from gptkit.model.int8 import Int8Linear, quantize_int8, replace_linears
+from gptkit.model.int8 import Int8Linear, replace_linears
 from gptkit.model.kv_cache import KVCache
+from gptkit.model.quantization import quantize_weights
 
 # A compiled step's graph is specialised to the length of the cache: with --compile the cache is allocated in
 # multiples of this many positions, so that samples of different lengths in one process share a graph (and stay
@@ -56,9 +57,7 @@ def drop_padded_vocabulary(model: GPT) -> GPT:
 def load_for_decoding(ckpt: Path, device, dtype, quantize: str | None, compile: bool, dynamic: bool = False) -> GPT:
     from gptkit.checkpoint.folder import load_checkpoint
 
-    model = drop_padded_vocabulary(load_checkpoint(ckpt, device, dtype))
-    if quantize == "int8":
-        quantize_int8(model)
+    model = quantize_weights(drop_padded_vocabulary(load_checkpoint(ckpt, device, dtype)), quantize)
     return prepare_for_decoding(model, compile, dynamic)
 
 

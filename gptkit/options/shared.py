@@ -21,7 +21,7 @@ DTYPE_NAMES = {
 }
 DEVICE_NAME = re.compile(r"auto|cpu|(cuda|mps)(:\d+)?")
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
-QUANTIZATIONS = ("int8",)
+QUANTIZATIONS = ("int8", "int4")  # model/quantization.py quantizes by these names
 
 
 def check_dtype(name: str):
@@ -116,10 +116,10 @@ def device_option(panel: str = HARDWARE):
 def quantize_option(panel: str):
     return option(
         None,
-        "int8: weight-only int8 (per-channel scales), quantized at load.",
+        "int8: weight-only int8 (per-channel scales); int4: 4-bit groups of 32 (CPU); quantized at load.",
         panel=panel,
         choices=QUANTIZATIONS,
-        message="{flag} {value} is not supported: use --quantize int8 (weight-only, per channel)",
+        message="{flag} {value} is not supported: use --quantize int8 or int4",
     )
 
 
