@@ -1,9 +1,9 @@
 """gptkit's batch-1 decoding against llama.cpp's on the same CPU and the same weights, with each precision's bound.
 
 The weights are GPT-2 124M's shape, random (bench.common.random_gpt2), saved as a gptkit checkpoint and exported to
-GGUF with `gptkit export` (f32, f16, bf16, q8_0). llama.cpp decodes with llama-bench (tg: tokens generated after an
+GGUF with `gptkit export` (f32, f16, bf16, q8_0; q4_0 by llama.cpp's llama-quantize). llama.cpp decodes with llama-bench (tg: tokens generated after an
 empty prompt); gptkit decodes greedily after a short prompt through generate(), the model loaded as `gptkit sample`
-loads it (fp32, bf16, --quantize int8), eager and compiled. The compiled step's cost is measured in fresh processes
+loads it (fp32, bf16, --quantize int8 and int4), eager and compiled. The compiled step's cost is measured in fresh processes
 (`gptkit sample --compile`): once with an empty compile cache, once with the cache that first run left.
 
 The bound of each precision: the bytes a step reads (every weight matrix, the output head included, once) over the
@@ -13,7 +13,7 @@ llama.cpp comes from llama-cpp-python's source distribution, which carries all o
 
     pip download --no-binary :all: --no-deps llama-cpp-python && tar xzf llama_cpp_python-*.tar.gz
     cmake -S llama_cpp_python-*/vendor/llama.cpp -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF
-    cmake --build build -j --target llama-bench llama-server
+    cmake --build build -j --target llama-bench llama-server llama-quantize
     uv run python -m bench.llama_bench --llama-bin build/bin [--tokens 128] [--repeats 3]
 
 Without llama-bench (no --llama-bin, or none there) the bench says so in one line and measures gptkit alone.
@@ -47,16 +47,25 @@ PRECISIONS = (
     ("fp32", ["--dtype", "float32"], ("f32",)),
     ("bf16", ["--dtype", "bfloat16"], ("f16", "bf16")),
     ("int8", ["--dtype", "bfloat16", "--quantize", "int8"], ("q8_0",)),
+    ("int4", ["--dtype", "bfloat16", "--quantize", "int4"], ("q4_0",)),
 )
-GOAL = {"fp32": 0.9, "bf16": 0.8, "int8": 0.8}  # issue 34's goal: gptkit / llama.cpp tokens/s at batch 1
+GOAL = {"fp32": 0.9, "bf16": 0.8, "int8": 0.8, "int4": 0.8}  # issue 34's: gptkit / llama.cpp tokens/s at batch 1
+QUANTIZED_BY_LLAMA = ("q4_0",)  # GGUF types gptkit does not write: llama-quantize makes them from the f32 file
 
 
 def gptkit_command() -> list[str]:
     return [sys.executable, "-m", "gptkit"]
 
 
-def export_gguf(ckpt: Path, gguf_type: str, folder: Path) -> Path:
+def export_gguf(ckpt: Path, gguf_type: str, folder: Path, llama_bin: Path) -> Path:
     out = folder / f"gpt2-{gguf_type}.gguf"
+    if out.exists():
+        return out
+    if gguf_type in QUANTIZED_BY_LLAMA:
+        f32 = export_gguf(ckpt, "f32", folder, llama_bin)
+        subprocess.run([str(llama_bin / "llama-quantize"), str(f32), str(out), gguf_type], check=True,
+                       capture_output=True)  # fmt: skip
+        return out
     command = [*gptkit_command(), "export", str(ckpt), "--format", "gguf", "--type", gguf_type, "--out", str(out)]
     subprocess.run(command, check=True, capture_output=True)
     return out
@@ -102,11 +111,12 @@ def measure(args, folder: Path) -> tuple[list[dict], float]:
     rows = []
     for name, flags, gguf_types in PRECISIONS:
         dtype = torch.float32 if name == "fp32" else torch.bfloat16
-        model = load_for_decoding(ckpt, torch.device("cpu"), dtype, "int8" if name == "int8" else None, False)
+        quantize = name if name.startswith("int") else None
+        model = load_for_decoding(ckpt, torch.device("cpu"), dtype, quantize, False)
         eager = [decode_rate(model, args.tokens) for _ in range(args.repeats)]
         llama = {}
         for gguf_type in gguf_types if llama_bench else ():
-            gguf = export_gguf(ckpt, gguf_type, folder)
+            gguf = export_gguf(ckpt, gguf_type, folder, args.llama_bin)
             llama[gguf_type] = llama_tokens_per_s(llama_bench, gguf, args.tokens, torch.get_num_threads(), args.repeats)
         cache = Path(tempfile.mkdtemp(dir=folder, prefix="inductor-"))
         first = compiled_run(ckpt, flags, args.tokens, cache) if args.compiled else None
