@@ -1,10 +1,11 @@
 """gptkit's batch-1 decoding against llama.cpp's on the same CPU and the same weights, with each precision's bound.
 
 The weights are GPT-2 124M's shape, random (bench.common.random_gpt2), saved as a gptkit checkpoint and exported to
-GGUF with `gptkit export` (f32, f16, bf16, q8_0; q4_0 by llama.cpp's llama-quantize). llama.cpp decodes with llama-bench (tg: tokens generated after an
-empty prompt); gptkit decodes greedily after a short prompt through generate(), the model loaded as `gptkit sample`
-loads it (fp32, bf16, --quantize int8 and int4), eager and compiled. The compiled step's cost is measured in fresh processes
-(`gptkit sample --compile`): once with an empty compile cache, once with the cache that first run left.
+GGUF with `gptkit export` (f32, f16, bf16, q8_0; q4_0 by llama.cpp's llama-quantize). llama.cpp decodes with
+llama-bench (tg: tokens generated after an empty prompt); gptkit decodes greedily after a short prompt through
+generate(), the model loaded as `gptkit sample` loads it (fp32, bf16, --quantize int8 and int4), eager and compiled.
+The compiled step's cost is measured in fresh processes (`gptkit sample --compile`): once with an empty compile
+cache, once with the cache that first run left.
 
 The bound of each precision: the bytes a step reads (every weight matrix, the output head included, once) over the
 machine's memory bandwidth (a copy much larger than the caches).
