@@ -81,7 +81,7 @@ def llama_tokens_per_s(llama_bench: Path, gguf: Path, tokens: int, threads: int,
 
 
 def decode_rate(model, tokens: int) -> float:
-    """Tokens/s of greedy batch-1 decoding after a PROMPT_TOKENS prompt, the first token (the prompt's pass) left out."""
+    """Tokens/s of greedy batch-1 decoding after a PROMPT_TOKENS prompt, leaving out the first token (the prompt)."""
     idx = torch.randint(0, 50257, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
     for step, _ in enumerate(generate(model, idx, tokens + 1, Sampling(temperature=0))):
         if step == 0:
