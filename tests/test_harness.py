@@ -218,8 +218,8 @@ def test_what_cannot_run_is_one_line(setup, tmp_path):
         run_tasks(setup["ckpt"], [MC_TASK], include_path=tmp_path / "nothing", device="cpu")
     with pytest.raises(GptkitError, match="no tasks given"):
         run_tasks(setup["ckpt"], [], include_path=tasks)
-    with pytest.raises(GptkitError, match="quantize int4 is not supported"):
-        run_tasks(setup["ckpt"], [MC_TASK], include_path=tasks, device="cpu", quantize="int4")
+    with pytest.raises(GptkitError, match="quantize int3 is not supported"):
+        run_tasks(setup["ckpt"], [MC_TASK], include_path=tasks, device="cpu", quantize="int3")
     with pytest.raises(GptkitError, match="does not exist"):
         run_tasks(tmp_path / "no-checkpoint", [MC_TASK], include_path=tasks, device="cpu")
 

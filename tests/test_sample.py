@@ -338,7 +338,7 @@ def test_cli_reads_the_prompt_from_stdin(workdir):
         (["--ckpt", "nowhere"], "checkpoint nowhere does not exist"),
         (["--draft", "nowhere"], "checkpoint nowhere does not exist"),
         (["--draft-tokens", "0"], "--draft-tokens must be at least 1"),
-        (["--quantize", "int4"], "--quantize int4 is not supported"),
+        (["--quantize", "int3"], "--quantize int3 is not supported"),
     ],
 )
 def test_cli_bad_options(workdir, args, message):

@@ -69,9 +69,10 @@ def decoding_cache(model: GPT, rows: int, tokens: int) -> KVCache:
     return KVCache.for_model(model, rows, tokens)
 
 
-def one_token_logits(model: GPT, token: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
-    """Logits (B, vocab_size) of the next token after token (B, 1) at position pos (a tensor: (1,) for all rows, or
-    (B,) one a row), its keys and values stored in cache."""
+def one_token_logits(model: GPT, token: torch.Tensor, pos: int | torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """Logits (B, vocab_size) of the next token after token (B, 1) at position pos (an int, or a tensor: (1,) for all
+    rows, or (B,) one a row), its keys and values stored in cache. An int attends to the positions up to pos alone;
+    a tensor to the whole cache, masked (the same shapes at every step, for a compiled step)."""
     return model(token, cache=cache, pos=pos)[0][:, -1]
 
 
@@ -89,9 +90,11 @@ def uses_torch_gemv(model: GPT, rows: int) -> bool:
 
 def decode_step(model: GPT, token: torch.Tensor, pos: int | torch.Tensor, cache: KVCache) -> torch.Tensor:
     """One decoding step: one_token_logits, compiled if prepare_for_decoding(compile=True) compiled it; pos an int
-    for all rows, or a (B,) tensor of each row's."""
-    step = getattr(model, "compiled_step", None) or one_token_logits
-    pos = pos if isinstance(pos, torch.Tensor) else torch.tensor([pos], device=token.device)
+    for all rows (made a tensor for a compiled step), or a (B,) tensor of each row's."""
+    step = getattr(model, "compiled_step", None)
+    if step is not None and not isinstance(pos, torch.Tensor):  # the same shapes at every step: one graph for all
+        pos = torch.tensor([pos], device=token.device)
+    step = step or one_token_logits
     if not uses_torch_gemv(model, token.size(0)):
         return step(model, token, pos, cache)
     onednn = torch.backends.mkldnn.enabled
