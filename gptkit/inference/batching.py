@@ -253,8 +253,10 @@ class Engine:
             self.logits = None
             return
         tokens = torch.tensor([[row.token] for row in self.rows], device=self.device)
-        positions = torch.tensor([row.pos for row in self.rows], device=self.device)
-        batch = self.cache.view(slice(0, len(self.rows)), max(row.pos for row in self.rows) + 1)
+        positions = [row.pos for row in self.rows]
+        batch = self.cache.view(slice(0, len(self.rows)), max(positions) + 1)
+        # rows at one position (a lone client's) attend to the positions filled so far, unmasked (decode_step)
+        positions = positions[0] if min(positions) == max(positions) else torch.tensor(positions, device=self.device)
         self.logits = decode_step(self.model, tokens, positions, batch)
         for row in self.rows:
             row.pos += 1
