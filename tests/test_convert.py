@@ -30,7 +30,7 @@ from gptkit.cli import app
 from gptkit.evaluation.loss import lm_windows
 from gptkit.checkpoint.nanogpt import read_nanogpt_file
 from gptkit.data.tokenizer import VOCAB_SIZE, encode
-from gptkit.training.config import run_name
+from gptkit.training.runcheck import run_name
 
 PADDED_VOCAB = 50304  # nanoGPT's and build-nanogpt's 50257 rounded up to a multiple of 64
 SHAPE = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=PADDED_VOCAB)

@@ -581,7 +581,7 @@ def test_a_filesystem_without_locks_warns_and_trains(text, tmp_path, monkeypatch
 def test_the_lock_itself_refuses_a_run_that_passed_the_early_check(text, tmp_path, monkeypatch):
     from gptkit.training.runfolder import lock_run_folder
 
-    monkeypatch.setattr("gptkit.training.config.check_not_held", lambda *args, **kwargs: None)  # as if it raced past
+    monkeypatch.setattr("gptkit.training.runcheck.check_not_held", lambda *args, **kwargs: None)  # as if it raced past
     out = tmp_path / "run"
     with lock_run_folder(out):
         code, output = cli(text, "--model", "nano", "--out", out, *train_options(3))
