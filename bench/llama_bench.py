@@ -110,7 +110,7 @@ def measure(args, folder: Path) -> tuple[list[dict], float]:
         llama_bench = None
     bandwidth = copy_bandwidth_gbs()
     rows = []
-    for name, flags, gguf_types in PRECISIONS:
+    for name, flags, gguf_types in (p for p in PRECISIONS if p[0] in args.precisions):
         dtype = torch.float32 if name == "fp32" else torch.bfloat16
         quantize = name if name.startswith("int") else None
         model = load_for_decoding(ckpt, torch.device("cpu"), dtype, quantize, False)
@@ -157,6 +157,7 @@ def main():
     parser.add_argument("--tokens", type=int, default=128, help="tokens generated a run")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each, gptkit's median, llama.cpp's mean")
     parser.add_argument("--no-compiled", dest="compiled", action="store_false", help="skip the compiled step")
+    parser.add_argument("--precisions", nargs="+", default=[p[0] for p in PRECISIONS], help="gptkit's, to measure")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         rows, bandwidth = measure(args, Path(folder))
