@@ -51,7 +51,7 @@ def main():
     print(f"\nCPU: {cpu_name()}; {source}; held-out tail ({VAL_FRACTION:.0%}) of data/input.txt\n")
     print("| weights | loss | vs fp32 | bits per byte |\n|---|---|---|---|")
     for name, lm in results.items():
-        print(f"| {name} | {lm['loss']:.4f} | {lm['loss'] - results['fp32']['loss']:+.4f} | {lm['bpb']:.4f} |")
+        print(f"| {name} | {lm['loss']:.4f} | {lm['loss'] - results['fp32']['loss']:+.4f} | {lm['bits_per_byte']:.4f} |")
 
 
 if __name__ == "__main__":
