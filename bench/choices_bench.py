@@ -7,8 +7,8 @@ runs (each level in a child process under ATEN_CPU_CAPABILITY, the two sides of 
   the dequantized fp32 product;
 - fp32 decoding (model.blocked.BlockedLinear): one block per thread against nn.Linear;
 - bf16 decoding (inference.decode.torch_gemv_wins): torch's own product against oneDNN's, for 1, 2 and 4 rows;
-  its cache (model.kv_cache.KVCache.dtype_for_weights): a query's attention over 128 and 1,024 positions (12 layers),
-  fp32 against bf16;
+  its cache (model.kv_cache.KVCache.dtype_for_weights): a one-row step's attention over 128 and 1,024 positions
+  (12 layers, oneDNN as the step has it), fp32 against bf16;
 - the thread count: each of the above runs on torch's default (one thread per core); a training step and a decoding
   step on one thread show what the other cores bring.
 
@@ -78,6 +78,8 @@ def decode_fns() -> dict:
     """One decoding step's products of GPT-2 124M, each way gptkit could run them."""
     from gptkit.model.int8 import Int8Linear
     from gptkit.model.blocked import BlockedLinear
+    from gptkit.inference.decode import torch_gemv_wins
+    from gptkit.machine.cpu import cpu_level
     from gptkit.model.gpt import attention_by_matmul
 
     torch.manual_seed(0)
@@ -104,8 +106,15 @@ def decode_fns() -> dict:
         return run
 
     def attention(dtype, positions: int):
+        """A one-row step's attention over positions in 12 layers, oneDNN on or off as decode_step has it."""
         q, k, v = (torch.randn(1, 12, length, 64, dtype=dtype) for length in (1, positions, positions))
-        return lambda: [attention_by_matmul(q, k, v, None) for _ in range(12)]
+        onednn = not torch_gemv_wins(1, cpu_level())
+
+        def run():
+            with torch.backends.mkldnn.flags(enabled=onednn):
+                return [attention_by_matmul(q, k, v, None) for _ in range(12)]
+
+        return run
 
     bf16_fns = {
         f"attention over {positions}, {name} cache": attention(dtype, positions)

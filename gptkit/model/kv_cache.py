@@ -34,8 +34,9 @@ class KVCache:
     @staticmethod
     def dtype_for_weights(weight: torch.Tensor) -> torch.dtype:
         """The keys' and values' dtype for a model of weights like weight: theirs, but fp32 for bf16 weights on the
-        CPU, where a query's attention over the cache runs several times faster in fp32 than in bf16 (oneDNN's small
-        bf16 products have a large fixed cost, and torch's own are slow over a long cache; bench/choices_bench.py)."""
+        CPU, where a one-row step's attention over the cache runs several times faster in fp32 than in bf16 (oneDNN's
+        small bf16 products have a large fixed cost, and torch's own, which such a step runs, are slow over a long
+        cache); a batch over a long cache, with oneDNN, loses a little (bench/choices_bench.py)."""
         return torch.float32 if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 else weight.dtype
 
     @property
