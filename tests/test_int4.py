@@ -6,15 +6,14 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from gptkit.checkpoint.folder import save_checkpoint
 from gptkit.cli import app
-from gptkit.data.tokenizer import encode
 from gptkit.errors import GptkitError
 from gptkit.model.config import GPTConfig
 from gptkit.model.gpt import GPT
 from gptkit.model.int4 import GROUP_SIZE, Int4Linear, quantize_int4
 from gptkit.model.quantization import QUANTIZERS
 from gptkit.options.shared import QUANTIZATIONS
+from test_quantize import SENTENCE, trained_checkpoint  # noqa: F401 (a fixture)
 
 runner = CliRunner()
 BF16_EPS = torch.finfo(torch.bfloat16).eps
@@ -62,24 +61,6 @@ def test_layers_not_a_multiple_of_the_group_are_a_clear_error():
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=48, block_size=16, vocab_size=256))
     with pytest.raises(GptkitError, match="multiple of it"):
         quantize_int4(model)
-
-
-SENTENCE = "The quick brown fox jumps over the lazy dog."
-
-
-@pytest.fixture(scope="module")
-def trained_checkpoint(tmp_path_factory):
-    """A tiny model trained on SENTENCE repeated until greedy decoding repeats it, with wide margins."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=50257))
-    tokens = torch.tensor(encode(" ".join([SENTENCE] * 3)))[None, :24]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0)
-    for _ in range(40):
-        _, loss = model(tokens[:, :-1], tokens[:, 1:])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return save_checkpoint(model.eval(), tmp_path_factory.mktemp("trained") / "trained")
 
 
 def test_sample_and_eval_with_int4(trained_checkpoint, tmp_path):
