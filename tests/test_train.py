@@ -859,6 +859,14 @@ def test_defaults_the_docs_state(tiny_config):
     assert (resolved().block_size, resolved(context=64).block_size, resolved("cuda").block_size) == (256, 64, 1024)
     assert (resolved().batch_size, resolved("cuda").batch_size) == (4, 16)
 
+    from gptkit.training.loop import recipe_summary  # the run's first line states the recipe it resolved to
+
+    assert recipe_summary(resolved()) == (
+        "muon lr 0.02 (matrices, momentum warmup 300) + adamw 0.008 (embeddings = head) / 0.008 (scalars), "
+        "weight decay 0.1 | wsd (cooldown 0.7), warmup 50, to 0"
+    )
+    assert recipe_summary(resolved(fine_tuning=True)).endswith("| cosine, warmup 50, to 0.1 of the peak")
+
 
 def test_a_run_saved_before_the_recipe_options_resumes_as_it_trained(tiny_config):
     """Settings saved before --schedule, --min-lr-fraction, --embedding-lr / --scalar-lr (one --adam-lr then) and

@@ -201,10 +201,8 @@ def recipe_summary(cfg: TrainConfig) -> str:
     else:
         groups = f"adamw lr {cfg.lr:g}"
     cooldown = f" (cooldown {cfg.cooldown_fraction:g})" if cfg.schedule == "wsd" else ""
-    return (
-        f"{groups}, weight decay {cfg.weight_decay:g} | {cfg.schedule}{cooldown}, warmup {cfg.warmup_steps}, "
-        f"to {cfg.min_lr_fraction:g}x"
-    )
+    floor = "0" if cfg.min_lr_fraction == 0 else f"{cfg.min_lr_fraction:g} of the peak"
+    return f"{groups}, weight decay {cfg.weight_decay:g} | {cfg.schedule}{cooldown}, warmup {cfg.warmup_steps}, to {floor}"
 
 
 def open_log(r: Run, procs: Processes, console, resumed: bool) -> RunLog:
