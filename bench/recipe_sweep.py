@@ -5,7 +5,7 @@ Settings (every run of a setting starts from the same initial weights: same shap
   quality  bench/quality_bench.py's: tiny Shakespeare, 4 layers, 4 heads, 256 wide, block 128, batch 16, 300 steps,
            validation every 50 steps.
   proxy    the same at 128 wide, block 64, batch 8 (about a fifth of the compute a step): the coarse grid.
-  mini     the mini preset (6 layers, 384 wide), block 128, batch 8, --steps (default 1000), validation every 100.
+  mini     the mini preset (6 layers, 384 wide), block 64, batch 8, --steps (default 1000), validation every 100.
 
 Grids (label -> options beyond the setting's): `compare` (old default, new default, quality_bench.py's AdamW), `coarse`
 (one option at a time around the new default), `mini` (old vs new default over --seeds).
@@ -29,7 +29,7 @@ SETTINGS = {
                 "--batch-size", "16", "--steps", "300", "--eval-every", "50"],
     "proxy": ["--model", "micro", "--n-layer", "4", "--n-head", "4", "--n-embd", "128", "--block-size", "64",
               "--batch-size", "8", "--steps", "300", "--eval-every", "50"],
-    "mini": ["--model", "mini", "--block-size", "128", "--batch-size", "8", "--eval-every", "100"],
+    "mini": ["--model", "mini", "--block-size", "64", "--batch-size", "8", "--eval-every", "100"],
 }  # fmt: skip
 # gptkit's defaults before the recipe (AdamW, 6e-4 cosine to a tenth, warmup steps / 20), spelled out
 OLD_DEFAULT = ["--optimizer", "adamw", "--lr", "6e-4", "--schedule", "cosine", "--min-lr-fraction", "0.1"]
@@ -99,6 +99,7 @@ def main():
     parser.add_argument("--only", nargs="*", help="these labels of the grid only")
     parser.add_argument("--extra", nargs="*", default=[], help="LABEL=OPTIONS runs to add, e.g. 'lr 0.03=--lr 0.03'")
     parser.add_argument("--steps", type=int, help="override the setting's steps")
+    parser.add_argument("--eval-every", type=int, help="override the setting's validation spacing")
     parser.add_argument("--seeds", type=int, nargs="*", default=[1337], help="seeds of every run")
     parser.add_argument("--json", type=Path, help="append each run's result to this file (one JSON line a run)")
     args = parser.parse_args()
@@ -108,7 +109,8 @@ def main():
     if args.only:
         grid = {label: options for label, options in grid.items() if label in args.only}
     grid |= {label: options.split() for label, _, options in (e.partition("=") for e in args.extra)}
-    setting = [*SETTINGS[args.setting], *COMMON, *(["--steps", str(args.steps)] if args.steps else [])]
+    setting = [*SETTINGS[args.setting], *COMMON, *(["--steps", str(args.steps)] if args.steps else []),
+               *(["--eval-every", str(args.eval_every)] if args.eval_every else [])]
     if args.setting == "mini" and not args.steps:
         setting += ["--steps", "1000"]
     print(f"recipe sweep: setting {args.setting} ({' '.join(setting)}), one thread, one run at a time")
