@@ -6,9 +6,13 @@ Settings (every run of a setting starts from the same initial weights: same shap
            validation every 50 steps.
   proxy    the same at 128 wide, block 64, batch 8 (about a fifth of the compute a step): the coarse grid.
   mini     the mini preset (6 layers, 384 wide), block 64, batch 8, --steps (default 1000), validation every 100.
+  finetune a base trained first with the quality setting and the default recipe on tiny Shakespeare, then fine-tuned
+           (`--model BASE`) on another domain, this repository's README.md and docs/*.md (English prose about
+           gptkit, about 45,000 tokens): block 128, batch 16, 100 steps, validation every 10.
 
 Grids (label -> options beyond the setting's): `compare` (old default, new default, quality_bench.py's AdamW), `coarse`
-(one option at a time around the new default), `mini` (old vs new default over --seeds).
+(one option at a time around the new default), `mini` (old vs new default over --seeds), `finetune` (fine-tuning's
+default against other rates and the from-scratch recipe).
 Run: `OMP_NUM_THREADS=1 uv run python -m bench.recipe_sweep --setting proxy --grid coarse [--only LABEL ...]`.
 """
 
@@ -30,6 +34,7 @@ SETTINGS = {
     "proxy": ["--model", "micro", "--n-layer", "4", "--n-head", "4", "--n-embd", "128", "--block-size", "64",
               "--batch-size", "8", "--steps", "300", "--eval-every", "50"],
     "mini": ["--model", "mini", "--block-size", "64", "--batch-size", "8", "--eval-every", "100"],
+    "finetune": ["--block-size", "128", "--batch-size", "16", "--steps", "100", "--eval-every", "10"],
 }  # fmt: skip
 # gptkit's defaults before the recipe (AdamW, 6e-4 cosine to a tenth, warmup steps / 20), spelled out
 OLD_DEFAULT = ["--optimizer", "adamw", "--lr", "6e-4", "--schedule", "cosine", "--min-lr-fraction", "0.1"]
@@ -61,6 +66,15 @@ GRIDS = {
         "weight decay 0": ["--weight-decay", "0"],
         "warmup 0": ["--warmup-steps", "0"],
     },
+    "finetune": {
+        "fine-tuning default (adamw 3e-5 cosine to a tenth)": [],
+        "adamw 1e-4": ["--lr", "1e-4"],
+        "adamw 3e-4": ["--lr", "3e-4"],
+        "adamw 1e-3": ["--lr", "1e-3"],
+        "muon fine-tuning default (1e-3, groups 3e-5)": MUON,
+        "muon 0.02, groups 3e-4, wsd": [*MUON, "--lr", "0.02", "--embedding-lr", "3e-4", "--scalar-lr", "3e-4",
+                                        "--schedule", "wsd"],
+    },
 }
 # fmt: on
 
@@ -71,9 +85,9 @@ def curve(folder: Path) -> list[dict]:
     return [{"step": r["step"], "val_loss": r["val_loss"]} for r in records if "val_loss" in r]
 
 
-def train(options: list[str], out: Path) -> tuple[list[dict], float]:
+def train(options: list[str], out: Path, data: Path = DATA) -> tuple[list[dict], float]:
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "gptkit", "train", str(DATA), *options, "--out", str(out)]
+    command = [sys.executable, "-m", "gptkit", "train", str(data), *options, "--out", str(out)]
     started = time.time()
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     if done.returncode != 0:
@@ -95,7 +109,7 @@ def steps_to_reach(curves: dict, steps: int):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--setting", choices=SETTINGS, default="quality")
-    parser.add_argument("--grid", choices=[*GRIDS, "mini"], default="compare")
+    parser.add_argument("--grid", choices=[*GRIDS, "mini"], help="default: finetune for that setting, else compare")
     parser.add_argument("--only", nargs="*", help="these labels of the grid only")
     parser.add_argument("--extra", nargs="*", default=[], help="LABEL=OPTIONS runs to add, e.g. 'lr 0.03=--lr 0.03'")
     parser.add_argument("--steps", type=int, help="override the setting's steps")
@@ -103,6 +117,7 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="*", default=[1337], help="seeds of every run")
     parser.add_argument("--json", type=Path, help="append each run's result to this file (one JSON line a run)")
     args = parser.parse_args()
+    args.grid = args.grid or ("finetune" if args.setting == "finetune" else "compare")
     grid = dict(GRIDS["compare" if args.grid == "mini" else args.grid])
     if args.grid == "mini":
         grid.pop("adamw (quality bench's)")
@@ -117,9 +132,20 @@ def main():
     print()
     header_done, curves = False, {}
     with tempfile.TemporaryDirectory() as tmp:
+        data = DATA
+        if args.setting == "finetune":
+            data = Path(tmp) / "docs.txt"
+            data.write_text("\n\n".join(p.read_text() for p in [ROOT / "README.md", *sorted(ROOT.glob("docs/*.md"))]))
         for seed in args.seeds:
+            if args.setting == "finetune":
+                base = Path(tmp) / f"base{seed}"
+                points, _ = train([*SETTINGS["quality"], *COMMON, "--seed", str(seed)], base)
+                print(f"base (seed {seed}): quality setting, default recipe, val {points[-1]['val_loss']:.3f} on tiny "
+                      f"Shakespeare at step {points[-1]['step']}", flush=True)  # fmt: skip
+            base_options = ["--model", str(base)] if args.setting == "finetune" else []
             for number, (label, options) in enumerate(grid.items()):
-                points, seconds = train([*setting, *options, "--seed", str(seed)], Path(tmp) / f"run{seed}-{number}")
+                out = Path(tmp) / f"run{seed}-{number}"
+                points, seconds = train([*setting, *base_options, *options, "--seed", str(seed)], out, data)
                 if not header_done:
                     print("| run | seed | options | " + " | ".join(f"val @ {p['step']}" for p in points) + " | best |")
                     print("|---" * (len(points) + 4) + "|")
