@@ -175,12 +175,14 @@ class TrainConfig:
         panel=SCHEDULE,
         choices=SCHEDULES,
         message="{flag} {value} is not one gptkit has: use " + ", ".join(SCHEDULES),
-        default_text="wsd from scratch, cosine fine-tuning",
+        default_text="linear from scratch, cosine fine-tuning",
     )
     cooldown_fraction: float | None = option(
         None, "wsd: the fraction of the steps spent decaying.", panel=SCHEDULE, above=0, max=1, fallback=0.7
     )
-    warmup_steps: int | None = option(None, "Steps of linear warmup.", panel=SCHEDULE, min=0, default_text="steps / 20")
+    warmup_steps: int | None = option(
+        None, "Steps of linear warmup.", panel=SCHEDULE, min=0, default_text="0 for Muon from scratch, else steps / 20"
+    )
     min_lr_fraction: float | None = option(
         None,
         "The learning rate at the end of the decay, as a fraction of each group's peak.",

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 ADAMW_LR, ADAMW_FINE_TUNING_LR = 6e-4, 3e-5
 MUON_LR, MUON_FINE_TUNING_LR = 0.02, 1e-3
 # The recipe from scratch (bench/recipe_sweep.py measured it): Muon, AdamW's groups beside it, Muon's momentum warmed
-# up, warmup-stable-decay to zero. Fine-tuning keeps AdamW, cosine to a tenth, no momentum warmup.
-SCRATCH = {"optimizer": "muon", "schedule": "wsd", "min_lr_fraction": 0.0, "muon_momentum_warmup": 300}
+# up, no warmup of the rates, linear decay to zero. Fine-tuning keeps AdamW, cosine to a tenth, no momentum warmup.
+SCRATCH = {"optimizer": "muon", "schedule": "linear", "min_lr_fraction": 0.0, "muon_momentum_warmup": 300}
 FINE_TUNING = {"optimizer": "adamw", "schedule": "cosine", "min_lr_fraction": 0.1, "muon_momentum_warmup": 0}
 EMBEDDING_LR = SCALAR_LR = 0.008  # AdamW's beside Muon, from scratch
 # What a run saved before an option existed trained with (resuming it goes on exactly so).
@@ -59,7 +59,7 @@ def recipe(v: dict, fine_tuning: bool) -> dict:
     if v["schedule"] != "wsd":
         v["cooldown_fraction"] = None
     if v["warmup_steps"] is None:
-        v["warmup_steps"] = v["steps"] // 20
+        v["warmup_steps"] = 0 if v["optimizer"] == "muon" and not fine_tuning else v["steps"] // 20
     return v
 
 
