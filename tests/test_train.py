@@ -194,7 +194,7 @@ def test_training_lowers_the_loss_of_a_learnable_text_with_clipped_gradients(tmp
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
     out = tmp_path / "run"
-    run(text, "nano", out, steps=30, n_layer=1, n_head=2, n_embd=32, lr=3e-2, warmup_steps=0)
+    run(text, "nano", out, steps=30, n_layer=1, n_head=2, n_embd=32, lr=3e-2, min_lr=3e-2, warmup_steps=0)  # constant
     loss, distinct_tokens = losses(out), len(set(load_tokens(text)[0].tolist()))
     assert loss[0] > 0.9 * math.log(50257) and loss[-1] < math.log(distinct_tokens), (loss, distinct_tokens)
     assert len(clipped) == 30 and all(max_norm == 1.0 for max_norm, _, _ in clipped)
