@@ -832,8 +832,8 @@ def test_weight_decay_acts_on_matrices_only(tiny_model, optimizer):
 
 def test_defaults_the_docs_state(tiny_config):
     """From scratch the recipe: Muon at 0.02 with AdamW's groups at 0.008 beside it, momentum warmed up over 300
-    steps, no warmup of the rates, linear decay to 0 (docs/training.md); --optimizer adamw: 6e-4, the same schedule
-    after a warmup of steps / 20.
+    steps, no warmup of the rates, linear decay to 0 (docs/training.md); --optimizer adamw: nanoGPT's 6e-4, warmup
+    over steps / 20, cosine to a tenth.
     Fine-tuning: AdamW at 3e-5 (Muon 1e-3, AdamW's groups 3e-5), cosine to a tenth, no momentum warmup. --batch-size
     4 on the CPU, 16 on a GPU; --block-size the model's context, at most 256 on the CPU."""
     from dataclasses import replace
@@ -851,7 +851,7 @@ def test_defaults_the_docs_state(tiny_config):
         return tuple(getattr(cfg, name) for name in recipe)
 
     assert values(resolved()) == ("muon", 0.02, 0.008, 0.008, 300, "linear", None, 0.0, 0.0, 0)
-    assert values(resolved(optimizer="adamw")) == ("adamw", 6e-4, None, None, None, "linear", None, 0.0, 0.0, 50)
+    assert values(resolved(optimizer="adamw")) == ("adamw", 6e-4, None, None, None, "cosine", None, 0.1, 6e-4 * 0.1, 50)
     assert values(resolved(schedule="wsd"))[5:7] == ("wsd", 0.7)
     assert values(resolved(fine_tuning=True)) == ("adamw", 3e-5, None, None, None, "cosine", None, 0.1, 3e-6, 50)
     muon_fine_tuning = values(resolved(optimizer="muon", fine_tuning=True))

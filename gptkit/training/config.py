@@ -175,7 +175,7 @@ class TrainConfig:
         panel=SCHEDULE,
         choices=SCHEDULES,
         message="{flag} {value} is not one gptkit has: use " + ", ".join(SCHEDULES),
-        default_text="linear from scratch, cosine fine-tuning",
+        default_text="linear for Muon from scratch, else cosine",
     )
     cooldown_fraction: float | None = option(
         None, "wsd: the fraction of the steps spent decaying.", panel=SCHEDULE, above=0, max=1, fallback=0.7
@@ -189,7 +189,7 @@ class TrainConfig:
         panel=SCHEDULE,
         min=0,
         max=1,
-        default_text="0 from scratch, 0.1 fine-tuning",
+        default_text="0 for Muon from scratch, else 0.1",
     )
     min_lr: float | None = option(
         None,
